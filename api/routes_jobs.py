@@ -1,0 +1,134 @@
+"""/v1/jobs routes: thin, they parse, call submit or the repository, and return schemas."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from api.deps import ApiDeps, get_deps
+from api.schemas import GenerationParams, JobCreate, JobList, JobOut
+from api.submit import Submission, submit_job
+from shared import jobs_repo
+from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
+from shared.status import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_FORM_PARAMS = set(GenerationParams.model_fields)
+_FORM_FIELDS = _FORM_PARAMS | {"image", "prompt", "model"}
+
+_SUBMIT_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "prompt"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "prompt": {"type": "string"},
+                        "model": {"type": "string"},
+                        **{
+                            name: {"type": "string"}
+                            for name in ("max_tokens", "temperature", "top_p", "top_k", "seed")
+                        },
+                        "stop": {"type": "array", "items": {"type": "string"}},
+                    },
+                }
+            },
+            "application/json": {"schema": JobCreate.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=_SUBMIT_DOC)
+async def create_job(
+    request: Request, response: Response, deps: ApiDeps = Depends(get_deps)
+) -> JobOut:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        sub = await _from_multipart(request)
+    elif content_type == "application/json":
+        sub = _from_json(await request.body())
+    else:
+        raise UnsupportedMediaType(
+            "send multipart/form-data (image file + prompt) or application/json",
+            code="unsupported_media_type",
+        )
+    job = await run_in_threadpool(submit_job, deps, sub)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_row(job)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def read_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
+    with deps.sessions() as session:
+        job = jobs_repo.get_job(session, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    return JobOut.from_row(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    deps: ApiDeps = Depends(get_deps),
+    status: JobStatus | None = None,
+    model: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> JobList:
+    with deps.sessions() as session:
+        page = jobs_repo.list_jobs(
+            session, status=status, model=model, limit=limit, cursor=cursor
+        )
+    return JobList(data=[JobOut.from_row(j) for j in page.jobs], next_cursor=page.next_cursor)
+
+
+async def _from_multipart(request: Request) -> Submission:
+    form: FormData = await request.form(max_files=1, max_fields=len(_FORM_FIELDS) + 8)
+    unknown = set(form.keys()) - _FORM_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}", code="unknown_field")
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInput("multipart field `image` must be a file", code="missing_image")
+    raw: dict[str, object] = {k: form.get(k) for k in _FORM_PARAMS - {"stop"} if k in form}
+    if "stop" in form:
+        raw["stop"] = form.getlist("stop")
+    params = GenerationParams.model_validate(raw)
+    prompt, model = form.get("prompt"), form.get("model")
+    return Submission(
+        image=await upload.read(),
+        prompt=prompt if isinstance(prompt, str) else None,
+        model=model if isinstance(model, str) and model else None,
+        params=params,
+    )
+
+
+def _from_json(body: bytes) -> Submission:
+    try:
+        req = JobCreate.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
+        raise
+    if req.image.url is not None:
+        raise InvalidInput(
+            "image.url is not accepted by this server; send image.base64 or a multipart upload",
+            code="image_url_not_supported",
+        )
+    try:
+        data = base64.b64decode(req.image.base64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
+    params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
+    return Submission(image=data, prompt=req.prompt, model=req.model, params=params)

@@ -1,0 +1,135 @@
+"""Accepting a job: validate, store the image, insert the row, enqueue; in that order.
+
+The order means a queued job always has its image. A failure after the image is
+stored undoes what was done, so nothing is left half-created.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from api.deps import ApiDeps
+from api.schemas import GenerationParams
+from shared import jobs_repo
+from shared.errors import InvalidInput, Unavailable
+from shared.images import ImageInfo, inspect_image
+from shared.models import Job
+from shared.queue import enqueue_job
+from shared.settings import queue_for_model
+from shared.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    image: bytes
+    prompt: str | None
+    model: str | None
+    params: GenerationParams
+
+
+def submit_job(deps: ApiDeps, sub: Submission) -> Job:
+    settings = deps.settings
+    prompt = _check_prompt(sub.prompt, settings.max_prompt_chars)
+    model = sub.model or settings.model
+    params = _resolve_params(sub.params, settings.default_max_tokens, settings.max_tokens_limit)
+    info = inspect_image(
+        sub.image,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+        allowed_formats=settings.allowed_formats,
+    )
+    job_id = uuid.uuid4()
+    key = f"images/{job_id}"
+    _store_image(deps, key, sub.image, info)
+    job = _insert_row(deps, job_id, key, model, prompt, params, info)
+    _enqueue(deps, job)
+    return job
+
+
+def _check_prompt(prompt: str | None, max_chars: int) -> str:
+    if prompt is None or not prompt.strip():
+        raise InvalidInput("a non-empty `prompt` is required", code="missing_prompt")
+    if len(prompt) > max_chars:
+        raise InvalidInput(
+            f"the prompt has {len(prompt)} characters; the limit is {max_chars}",
+            code="prompt_too_long",
+        )
+    return prompt
+
+
+def _resolve_params(params: GenerationParams, default_max: int, limit: int) -> dict[str, object]:
+    resolved = params.model_dump()
+    if resolved["max_tokens"] is None:
+        resolved["max_tokens"] = default_max
+    if resolved["max_tokens"] > limit:
+        raise InvalidInput(
+            f"max_tokens {resolved['max_tokens']} is above this server's limit {limit}",
+            code="max_tokens_too_large",
+        )
+    return resolved
+
+
+def _store_image(deps: ApiDeps, key: str, data: bytes, info: ImageInfo) -> None:
+    try:
+        deps.store.put(key, data, info.content_type)
+    except Exception as exc:
+        log.exception("storing image %s failed", key)
+        raise Unavailable("the object store did not take the image; retry shortly") from exc
+
+
+def _insert_row(
+    deps: ApiDeps,
+    job_id: uuid.UUID,
+    key: str,
+    model: str,
+    prompt: str,
+    params: dict[str, object],
+    info: ImageInfo,
+) -> Job:
+    job = Job(
+        id=job_id,
+        status=JobStatus.queued,
+        model=model,
+        prompt=prompt,
+        params=params,
+        image_key=key,
+        image_sha256=info.sha256,
+        image_bytes=info.size,
+        image_format=info.format,
+        image_width=info.width,
+        image_height=info.height,
+        attempts=0,
+    )
+    try:
+        with deps.sessions() as session:
+            jobs_repo.insert_job(session, job)
+            session.refresh(job)
+    except Exception as exc:
+        log.exception("inserting job %s failed", job_id)
+        _delete_quietly(deps, key)
+        raise Unavailable("the database did not take the job; retry shortly") from exc
+    return job
+
+
+def _enqueue(deps: ApiDeps, job: Job) -> None:
+    queue = queue_for_model(deps.settings.queue_prefix, job.model)
+    try:
+        enqueue_job(deps.celery, job.id, queue)
+    except Exception as exc:
+        log.exception("enqueueing job %s failed", job.id)
+        with deps.sessions() as session:
+            jobs_repo.delete_job(session, job.id)
+        _delete_quietly(deps, job.image_key)
+        raise Unavailable("the broker did not take the job; retry shortly") from exc
+
+
+def _delete_quietly(deps: ApiDeps, key: str) -> None:
+    try:
+        deps.store.delete(key)
+    except Exception:
+        log.exception("could not delete orphaned image %s", key)

@@ -1,0 +1,94 @@
+"""`vlmq` command line. Server commands exec their process so signals reach it directly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shared.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        raise SystemExit(2)
+    args.run(args, extra)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmq", description="Queue-based async inference for vision-language models."
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    api = sub.add_parser("api", help="serve the HTTP API (uvicorn)")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(run=_api)
+
+    worker = sub.add_parser("worker", help="run a worker: resident engine + Celery consumer")
+    worker.set_defaults(run=_worker)
+
+    flower = sub.add_parser("flower", help="run the Flower dashboard on the same broker")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.set_defaults(run=_flower)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    migrate.set_defaults(run=_migrate)
+
+    demo = sub.add_parser("demo", help="run API + worker locally and push sample images through")
+    demo.add_argument("--images", type=int, default=4, help="how many sample images to submit")
+    demo.set_defaults(run=_demo)
+
+    model = sub.add_parser("make-test-model", help="build a tiny random-weight Qwen2-VL offline")
+    model.add_argument("dir", type=Path)
+    model.add_argument("--size", choices=["tiny", "bench"], default="tiny")
+    model.set_defaults(run=_make_test_model)
+    return parser
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *argv])
+
+
+def _api(args: argparse.Namespace, extra: list[str]) -> None:
+    settings = Settings()
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    _exec(["-m", "uvicorn", "api.app:create_app", "--factory", "--host", host,
+           "--port", str(port), "--no-access-log", *extra])
+
+
+def _worker(args: argparse.Namespace, extra: list[str]) -> None:
+    _exec(["-m", "worker", *extra])
+
+
+def _flower(args: argparse.Namespace, extra: list[str]) -> None:
+    settings = Settings()
+    _exec(["-m", "celery", f"--broker={settings.broker_url}", "flower",
+           f"--port={args.port}", *extra])
+
+
+def _migrate(args: argparse.Namespace, extra: list[str]) -> None:
+    from shared.migrate import upgrade_head
+
+    upgrade_head(Settings())
+    print("database is at the latest schema revision")
+
+
+def _demo(args: argparse.Namespace, extra: list[str]) -> None:
+    from shared.demo import run_demo
+
+    raise SystemExit(run_demo(n_images=args.images))
+
+
+def _make_test_model(args: argparse.Namespace, extra: list[str]) -> None:
+    from shared.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.dir, size=args.size)
+    print(f"model written to {path}; serve it with VLMQ_MODEL_PATH={path}")

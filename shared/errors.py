@@ -1,0 +1,48 @@
+"""Domain errors. Each carries a stable code; api/errors.py maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class VlmqError(Exception):
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(VlmqError):
+    """The client sent something we refuse; `code` says what."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_image_format"
+    http_status = 415
+
+
+class NotFound(VlmqError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(VlmqError):
+    code = "conflict"
+    http_status = 409
+
+
+class Unavailable(VlmqError):
+    """A dependency (store, DB, broker) is down; the client may retry."""
+
+    code = "service_unavailable"
+    http_status = 503

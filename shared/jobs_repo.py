@@ -1,0 +1,141 @@
+"""Repository functions for jobs. Every status change is one guarded UPDATE."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidInput
+from shared.models import Job
+from shared.status import ALLOWED_FROM, JobStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def insert_job(session: Session, job: Job) -> Job:
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def transition(session: Session, job_id: uuid.UUID, target: JobStatus, **values: Any) -> bool:
+    """Move a job to `target` if its current status allows it; False when another actor won."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(ALLOWED_FROM[target]))
+        .values(status=target, **values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = session.execute(stmt).rowcount == 1
+    session.commit()
+    return changed
+
+
+def mark_running(session: Session, job_id: uuid.UUID) -> bool:
+    return transition(
+        session, job_id, JobStatus.running, started_at=utcnow(), attempts=Job.attempts + 1
+    )
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def mark_succeeded(session: Session, job_id: uuid.UUID, outcome: JobOutcome) -> bool:
+    return transition(
+        session,
+        job_id,
+        JobStatus.succeeded,
+        finished_at=utcnow(),
+        result_text=outcome.text,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        finish_reason=outcome.finish_reason,
+    )
+
+
+def mark_failed(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
+    return transition(
+        session,
+        job_id,
+        JobStatus.failed,
+        finished_at=utcnow(),
+        error_code=code,
+        error_message=message[:2000],
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    model: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Newest first; the cursor is the (created_at, id) of the last row returned."""
+    stmt = select(Job)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if model is not None:
+        stmt = stmt.where(Job.model == model)
+    if cursor:
+        created_at, last_id = _decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id))
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(stmt))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = _encode_cursor(rows[-1]) if more and rows else None
+    return Page(jobs=rows, next_cursor=next_cursor)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = base64.urlsafe_b64decode(padded).decode().split("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not one this API returned", code="invalid_cursor") from exc
+
+
+def delete_job(session: Session, job_id: uuid.UUID) -> None:
+    """Only for undoing a submission that could not be enqueued."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        session.delete(job)
+        session.commit()

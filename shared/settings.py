@@ -1,0 +1,78 @@
+"""The one settings object. Built at each entry point from `VLMQ_*` variables and passed down."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineKind(StrEnum):
+    vllm = "vllm"
+    transformers = "transformers"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLMQ_", extra="ignore")
+
+    # Where state lives. The defaults are the embedded, server-less setup of `vlmq demo`.
+    database_url: str = "sqlite:///./.vlmq/vlmq.db"
+    broker_url: str = "filesystem://"
+    broker_folder: Path = Path(".vlmq/broker")
+    store_url: str = "file://./.vlmq/objects"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_create_bucket: bool = True
+
+    # What the worker serves.
+    model: str = "tiny-qwen2-vl"
+    model_path: str = ".vlmq/models/tiny-qwen2-vl"
+    engine: EngineKind = EngineKind.transformers
+    queue_prefix: str = "vlmq"
+
+    # Upload limits, checked before anything is stored or enqueued.
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_image_side: int = 16_384
+    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    max_prompt_chars: int = 16_000
+
+    # Preprocessing bound applied by the worker before inference.
+    worker_max_pixels: int = 1024 * 1024
+
+    # Generation defaults and bounds.
+    default_max_tokens: int = 256
+    max_tokens_limit: int = 4096
+
+    # Batching: how many jobs a worker holds in flight and how long it gathers a batch.
+    max_batch_size: int = 16
+    max_wait_ms: int = 10
+    worker_concurrency: int | None = None
+
+    # vLLM engine settings (ignored by the transformers engine).
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"
+    quantization: str | None = None
+    max_num_seqs: int = 64
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    limit_mm_per_prompt: int = 1
+    enforce_eager: bool = False
+    cpu_kvcache_gib: int = 1
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
+
+    @property
+    def queue_name(self) -> str:
+        return queue_for_model(self.queue_prefix, self.model)
+
+
+def queue_for_model(prefix: str, model: str) -> str:
+    return f"{prefix}.jobs.{model}"

@@ -1,0 +1,53 @@
+"""The worker's Celery app: the resident engine is loaded before consuming, released in a finally."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import Celery
+
+from shared.queue import RUN_JOB_TASK, make_celery
+from shared.settings import Settings
+from worker.context import WorkerContext
+from worker.runner import run_job
+
+log = logging.getLogger(__name__)
+
+
+def build_worker_app(settings: Settings, ctx: WorkerContext) -> Celery:
+    app = make_celery(settings)
+
+    @app.task(name=RUN_JOB_TASK)
+    def run_job_task(job_id: str) -> str:
+        return run_job(ctx, uuid.UUID(job_id))
+
+    return app
+
+
+def concurrency_for(settings: Settings) -> int:
+    """Enough task threads to keep the engine's batch full; each thread holds one job."""
+    return settings.worker_concurrency or settings.max_batch_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    ctx = WorkerContext.start(settings)
+    try:
+        app = build_worker_app(settings, ctx)
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={concurrency_for(settings)}",
+                f"--queues={settings.queue_name}",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--task-events",  # lets Flower show tasks
+                *(argv or []),
+            ]
+        )
+    finally:
+        ctx.close()

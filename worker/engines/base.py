@@ -1,0 +1,71 @@
+"""The engine interface the worker drives, modelled on vLLM's EngineClient.
+
+`Engine` is what tasks call (blocking, thread-safe). `StepBackend` is what a concrete
+model runtime implements so the micro-batcher can feed it: add requests, run one step,
+collect finished ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+
+class EngineError(Exception):
+    """The engine itself failed; the job may succeed on another attempt."""
+
+
+class RequestRejected(Exception):
+    """This request can never run (e.g. prompt longer than the model allows)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RequestAborted(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt: str
+    image: Image.Image
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Engine(Protocol):
+    def generate(self, request: GenerationRequest) -> GenerationOutput: ...
+    def abort(self, request_id: str) -> None: ...
+    def check_health(self) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+StepResult = tuple[str, GenerationOutput | Exception]
+
+
+class StepBackend(Protocol):
+    def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
+        """Admit requests; returns the ones rejected at once."""
+        ...
+
+    def step(self) -> list[StepResult]:
+        """Advance every admitted request; return those that finished."""
+        ...
+
+    def abort(self, request_ids: list[str]) -> None: ...
+    def num_unfinished(self) -> int: ...
+    def shutdown(self) -> None: ...
