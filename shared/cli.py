@@ -92,3 +92,7 @@ def _make_test_model(args: argparse.Namespace, extra: list[str]) -> None:
 
     path = build_tiny_model(args.dir, size=args.size)
     print(f"model written to {path}; serve it with VLMQ_MODEL_PATH={path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -166,7 +166,8 @@ def _write_model(out_dir: Path, preset: Preset, seed: int) -> None:
     pixels = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
+        # Explicit, so transformers does not warn about its default changing in v5.22.
+        video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
@@ -262,8 +263,3 @@ def _corpus(seed: int, n: int = 2000) -> Iterator[str]:
             f"{w['noun'].capitalize()}s and {other}s, {rng.randint(1, 99)} of them."
         )
 
-
-def model_info(out_dir: Path) -> dict[str, object]:
-    """The preset a completed build was made from, e.g. for logging."""
-    marker = json.loads((Path(out_dir) / MARKER).read_text())
-    return {**marker, **asdict(PRESETS[marker["size"]])}

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from PIL import Image, ImageDraw
+
+from shared.migrate import upgrade_head
+from shared.settings import Settings
+from shared.tiny_model import build_tiny_model
+from tests.services import REDIS_URL, Service, fresh_database, moto_server, start_api, start_worker
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cached = Path(os.environ.get("VLMQ_TEST_MODEL_DIR", ".vlmq/models/tiny-qwen2-vl"))
+    return build_tiny_model(cached.resolve())
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(log_dir: Path) -> Iterator[str]:
+    with moto_server(log_dir) as url:
+        yield url
+
+
+@dataclass
+class Stack:
+    """Settings + env pointing at real Postgres, Redis and S3 for one test session."""
+
+    env: dict[str, str]
+    settings: Settings
+    log_dir: Path
+
+    def with_env(self, **overrides: str) -> Stack:
+        env = {**self.env, **{f"VLMQ_{k.upper()}": v for k, v in overrides.items()}}
+        return Stack(env=env, settings=_settings_from(env), log_dir=self.log_dir)
+
+
+def _settings_from(env: dict[str, str]) -> Settings:
+    values = {k.removeprefix("VLMQ_").lower(): v for k, v in env.items() if k.startswith("VLMQ_")}
+    return Settings(**values)
+
+
+def make_stack(db_url: str, s3_endpoint: str, model_dir: Path, log_dir: Path) -> Stack:
+    tag = uuid.uuid4().hex[:8]
+    vlmq_env = {
+        "VLMQ_DATABASE_URL": db_url,
+        "VLMQ_BROKER_URL": REDIS_URL,
+        "VLMQ_STORE_URL": f"s3://vlmq-test-{tag}/uploads",
+        "VLMQ_S3_ENDPOINT_URL": s3_endpoint,
+        "VLMQ_S3_ACCESS_KEY_ID": "test",
+        "VLMQ_S3_SECRET_ACCESS_KEY": "test",
+        "VLMQ_MODEL_PATH": str(model_dir),
+        "VLMQ_ENGINE": "transformers",
+        "VLMQ_QUEUE_PREFIX": f"vlmqtest{tag}",
+        "VLMQ_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "VLMQ_MAX_IMAGE_PIXELS": str(4_000_000),
+        "VLMQ_MAX_MODEL_LEN": "2048",
+        "VLMQ_WORKER_MAX_PIXELS": str(448 * 448),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    env.update(vlmq_env, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
+    return Stack(env=env, settings=_settings_from(env), log_dir=log_dir)
+
+
+@pytest.fixture(scope="session")
+def stack(s3_endpoint: str, tiny_model: Path, log_dir: Path) -> Iterator[Stack]:
+    with fresh_database() as db_url:
+        st = make_stack(db_url, s3_endpoint, tiny_model, log_dir)
+        upgrade_head(st.settings)
+        yield st
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[str]:
+    svc, base = start_api(stack.env, stack.log_dir)
+    yield base
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> Iterator[Service]:
+    svc = start_worker(stack.env, stack.log_dir)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture()
+def client(api: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PNG") -> bytes:
+    img = Image.new("RGB", (width, height), (20 + seed * 37 % 200, 120, 200))
+    ImageDraw.Draw(img).ellipse((width // 8, height // 8, width // 2, height // 2), fill=(250, 220, 30))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
