@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     limit_mm_per_prompt: int = 1
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
+    # Benchmarks only: generate exactly max_tokens so runs are comparable.
+    ignore_eos: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -4,6 +4,8 @@ Task threads call `generate()` and block on a future. One loop thread owns the
 backend: when idle it gathers requests until `max_batch_size` or `max_wait_ms`,
 and while requests are running it admits newcomers before every step, so a job
 never waits for a whole batch to finish when there is room (continuous batching).
+If the backend fails, the requests inside it fail with EngineError and the loop
+loads a fresh backend; requests still waiting are kept for it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from worker.engines.base import (
@@ -30,13 +33,15 @@ log = logging.getLogger(__name__)
 class BatchingEngine:
     def __init__(
         self,
-        backend: StepBackend,
+        backend_factory: Callable[[], StepBackend],
         *,
         max_batch_size: int,
         max_wait_ms: int,
         metrics: WorkerMetrics,
     ) -> None:
-        self.backend = backend
+        self.backend_factory = backend_factory
+        self.backend = backend_factory()
+        self.restarts = 0
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.metrics = metrics
@@ -45,13 +50,14 @@ class BatchingEngine:
         self._admitted_at: dict[str, float] = {}
         self._aborts: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._failure: BaseException | None = None
+        self._restarting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
         self._thread.start()
 
     # -- Engine protocol -------------------------------------------------------
     def generate(self, request: GenerationRequest) -> GenerationOutput:
-        self.check_health()
+        if not self._thread.is_alive():
+            raise EngineError("engine loop is not running")
         future: Future[GenerationOutput] = Future()
         self._inbox.put((request, future))
         return future.result()
@@ -60,8 +66,8 @@ class BatchingEngine:
         self._aborts.put(request_id)
 
     def check_health(self) -> None:
-        if self._failure is not None:
-            raise EngineError(f"engine is down: {self._failure}")
+        if self._restarting.is_set():
+            raise EngineError("engine is restarting after a failure")
         if not self._thread.is_alive():
             raise EngineError("engine loop is not running")
 
@@ -73,20 +79,41 @@ class BatchingEngine:
 
     # -- loop --------------------------------------------------------------------
     def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._iterate()
+            except Exception as exc:
+                log.exception("engine failed; failing its requests and loading it again")
+                self._fail_in_flight(EngineError(f"engine failed: {exc}"))
+                self._reload()
+
+    def _iterate(self) -> None:
+        self._apply_aborts()
+        batch = self._gather()
+        if batch:
+            self._admit(batch)
+        if self.backend.num_unfinished():
+            self.metrics.batch_size.observe(self.backend.num_unfinished())
+            self._deliver(self.backend.step())
+        self.metrics.in_flight.set(self.backend.num_unfinished())
+
+    def _reload(self) -> None:
+        self._restarting.set()
         try:
-            while not self._stop.is_set():
-                self._apply_aborts()
-                batch = self._gather()
-                if batch:
-                    self._admit(batch)
-                if self.backend.num_unfinished():
-                    self.metrics.batch_size.observe(self.backend.num_unfinished())
-                    self._deliver(self.backend.step())
-                self.metrics.in_flight.set(self.backend.num_unfinished())
-        except BaseException as exc:  # noqa: BLE001 - any loop death must fail the waiters
-            log.exception("engine loop died")
-            self._failure = exc
-            self._fail_all(EngineError(f"engine failed: {exc}"))
+            self.backend.shutdown()
+        except Exception:
+            log.exception("shutting down the failed engine raised; continuing")
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self.backend = self.backend_factory()
+                self.restarts += 1
+                self._restarting.clear()
+                return
+            except Exception:
+                log.exception("engine reload failed; retrying in %.0fs", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 60)
 
     def _gather(self) -> list[tuple[GenerationRequest, Future[GenerationOutput]]]:
         room = self.max_batch_size - self.backend.num_unfinished()
@@ -163,11 +190,15 @@ class BatchingEngine:
         for item in kept:
             self._inbox.put(item)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_in_flight(self, exc: Exception) -> None:
         for future in self._futures.values():
             if not future.done():
                 future.set_exception(exc)
         self._futures.clear()
+        self._admitted_at.clear()
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._fail_in_flight(exc)
         while True:
             try:
                 _, future = self._inbox.get_nowait()

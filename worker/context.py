@@ -36,7 +36,7 @@ class WorkerContext:
         log.info("loading %s engine for model %s from %s", settings.engine, settings.model,
                  settings.model_path)
         engine = BatchingEngine(
-            load_backend(settings),
+            lambda: load_backend(settings),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=metrics,

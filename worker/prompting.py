@@ -25,11 +25,11 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def check_prompt_fits(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
-    if prompt_tokens + max_tokens > max_model_len:
+def check_prompt_fits(prompt_tokens: int, max_model_len: int) -> None:
+    """The prompt must leave room for one generated token; max_tokens is capped to the rest."""
+    if prompt_tokens >= max_model_len:
         raise RequestRejected(
             "prompt_too_long",
-            f"prompt ({prompt_tokens} tokens with the image) plus max_tokens ({max_tokens}) "
-            f"exceeds the model's context of {max_model_len} tokens; shorten the prompt, "
-            "lower max_tokens or send a smaller image",
+            f"the prompt is {prompt_tokens} tokens with the image; the model's context is "
+            f"{max_model_len} tokens; shorten the prompt or send a smaller image",
         )

@@ -40,7 +40,7 @@ class TransformersBackend:
             text = render_chat_prompt(self.processor, request.prompt)
             try:
                 n_tokens = self._count_prompt_tokens(text, request)
-                check_prompt_fits(n_tokens, request.params["max_tokens"], self.max_model_len)
+                check_prompt_fits(n_tokens, self.max_model_len)
             except RequestRejected as exc:
                 rejected.append((request.request_id, exc))
                 continue
@@ -91,12 +91,13 @@ class TransformersBackend:
             padding=True,
             return_tensors="pt",
         ).to(self.device)
+        prompt_len = inputs["input_ids"].shape[1]
         if params.get("seed") is not None:
             torch.manual_seed(int(params["seed"]))
         sampling = params["temperature"] > 0
         out = self.model.generate(
             **inputs,
-            max_new_tokens=params["max_tokens"],
+            max_new_tokens=min(params["max_tokens"], self.max_model_len - prompt_len),
             do_sample=sampling,
             temperature=params["temperature"] if sampling else None,
             top_p=params["top_p"] if sampling else None,
@@ -104,7 +105,6 @@ class TransformersBackend:
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.pad_id,
         )
-        prompt_len = inputs["input_ids"].shape[1]
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
         results: list[StepResult] = []
         for row, (request, _) in enumerate(group):

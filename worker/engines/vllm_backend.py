@@ -1,0 +1,123 @@
+"""vLLM backend: a resident `LLMEngine` driven step by step by the micro-batcher.
+
+vLLM's scheduler does continuous batching; the batcher adds requests between steps,
+so new jobs join the running batch as soon as a slot frees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from shared.settings import Settings
+from worker.engines.base import GenerationOutput, GenerationRequest, RequestRejected, StepResult
+from worker.prompting import render_chat_prompt
+
+log = logging.getLogger(__name__)
+
+
+class VllmBackend:
+    def __init__(self, engine: Any, *, ignore_eos: bool = False) -> None:
+        self.engine = engine
+        self.tokenizer = engine.get_tokenizer()
+        self.ignore_eos = ignore_eos
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VllmBackend:
+        # Read by vLLM's CPU backend at import; GPU builds ignore it.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+        from vllm import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        mm_kwargs = {
+            k: v
+            for k, v in (("min_pixels", settings.min_pixels), ("max_pixels", settings.max_pixels))
+            if v is not None
+        }
+        args = EngineArgs(
+            model=settings.model_path,
+            served_model_name=[settings.model],
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            dtype=settings.dtype,
+            quantization=settings.quantization,
+            max_num_seqs=settings.max_num_seqs,
+            enforce_eager=settings.enforce_eager,
+            limit_mm_per_prompt={"image": settings.limit_mm_per_prompt, "video": 0},
+            mm_processor_kwargs=mm_kwargs or None,
+            scheduling_policy="priority",
+            disable_log_stats=True,
+        )
+        return cls(LLMEngine.from_engine_args(args), ignore_eos=settings.ignore_eos)
+
+    def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
+        from vllm.exceptions import VLLMValidationError
+
+        rejected: list[StepResult] = []
+        for request in requests:
+            try:
+                self.engine.add_request(
+                    request.request_id,
+                    {
+                        "prompt": render_chat_prompt(self.tokenizer, request.prompt),
+                        "multi_modal_data": {"image": request.image},
+                    },
+                    self._sampling_params(request.params),
+                    priority=int(request.params.get("priority", 0)),
+                )
+            except VLLMValidationError as exc:
+                code = "prompt_too_long" if "maximum model length" in str(exc) else "invalid_params"
+                rejected.append((request.request_id, RequestRejected(code, str(exc))))
+        return rejected
+
+    def step(self) -> list[StepResult]:
+        finished: list[StepResult] = []
+        for out in self.engine.step():
+            if not out.finished:
+                continue
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            eos = self.tokenizer.eos_token_id
+            if ids and ids[-1] == eos and completion.finish_reason == "stop":
+                ids = ids[:-1]
+            finished.append(
+                (
+                    out.request_id,
+                    GenerationOutput(
+                        text=completion.text,
+                        token_ids=ids,
+                        prompt_tokens=len(out.prompt_token_ids or []),
+                        completion_tokens=len(completion.token_ids),
+                        finish_reason=completion.finish_reason or "stop",
+                    ),
+                )
+            )
+        return finished
+
+    def abort(self, request_ids: list[str]) -> None:
+        if request_ids:
+            self.engine.abort_request(request_ids)
+
+    def num_unfinished(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
+    def shutdown(self) -> None:
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+    def _sampling_params(self, params: dict[str, Any]) -> Any:
+        from vllm import SamplingParams
+
+        top_k = int(params.get("top_k", -1))
+        return SamplingParams(
+            max_tokens=int(params["max_tokens"]),
+            temperature=float(params.get("temperature", 0.0)),
+            top_p=float(params.get("top_p", 1.0)),
+            top_k=top_k if top_k > 0 else 0,
+            seed=params.get("seed"),
+            stop=list(params.get("stop") or []) or None,
+            ignore_eos=self.ignore_eos,
+            skip_special_tokens=True,
+        )
