@@ -126,3 +126,15 @@ class JobList(BaseModel):
 
 class ErrorBody(BaseModel):
     error: JobError
+
+
+class ModelOut(BaseModel):
+    id: str
+    workers: int = Field(description="live worker processes serving this model")
+    engines: list[str]
+    capacity: int = Field(description="jobs the live workers hold in flight together")
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelOut]

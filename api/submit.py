@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from api.deps import ApiDeps
 from api.schemas import GenerationParams
-from shared import jobs_repo
+from shared import jobs_repo, workers_repo
 from shared.errors import InvalidInput, Unavailable
 from shared.images import ImageInfo, inspect_image
 from shared.models import Job
@@ -34,7 +34,7 @@ class Submission:
 def submit_job(deps: ApiDeps, sub: Submission) -> Job:
     settings = deps.settings
     prompt = _check_prompt(sub.prompt, settings.max_prompt_chars)
-    model = sub.model or settings.model
+    model = _check_model(deps, sub.model or settings.model)
     params = _resolve_params(sub.params, settings.default_max_tokens, settings.max_tokens_limit)
     info = inspect_image(
         sub.image,
@@ -60,6 +60,21 @@ def _check_prompt(prompt: str | None, max_chars: int) -> str:
             code="prompt_too_long",
         )
     return prompt
+
+
+def _check_model(deps: ApiDeps, model: str) -> str:
+    settings = deps.settings
+    if model == settings.model or model in settings.accepted_models:
+        return model
+    with deps.sessions() as session:
+        if workers_repo.is_live(session, model, settings.worker_ttl_seconds):
+            return model
+        live = [m.model for m in workers_repo.live_models(session, settings.worker_ttl_seconds)]
+    served = sorted({settings.model, *settings.accepted_models, *live})
+    raise InvalidInput(
+        f"unknown model {model!r}; this server takes jobs for {served} (GET /v1/models)",
+        code="unknown_model",
+    )
 
 
 def _resolve_params(params: GenerationParams, default_max: int, limit: int) -> dict[str, object]:

@@ -60,3 +60,23 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
     )
+
+
+class Worker(Base):
+    """A running worker process, kept fresh by its heartbeat; `GET /v1/models` reads these."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    engine: Mapped[str] = mapped_column(String(32), nullable=False)
+    queue: Mapped[str] = mapped_column(String(300), nullable=False)
+    max_batch_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+    last_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_workers_model_seen", "model", "last_seen_at"),)

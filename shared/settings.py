@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     model_path: str = ".vlmq/models/tiny-qwen2-vl"
     engine: EngineKind = EngineKind.transformers
     queue_prefix: str = "vlmq"
+    # Models the API takes jobs for even when no worker is live (they wait in the model's
+    # queue). VLMQ_MODEL and every model with a live worker are always accepted.
+    accepted_models: list[str] = []
+    heartbeat_seconds: float = 5.0
+    # A worker whose heartbeat is older than this is not live.
+    worker_ttl_seconds: float = 20.0
 
     # Upload limits, checked before anything is stored or enqueued.
     max_upload_bytes: int = 20 * 1024 * 1024

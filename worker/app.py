@@ -10,6 +10,7 @@ from celery import Celery
 from shared.queue import RUN_JOB_TASK, make_celery
 from shared.settings import Settings
 from worker.context import WorkerContext
+from worker.heartbeat import Heartbeat
 from worker.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     ctx = WorkerContext.start(settings)
+    heartbeat = Heartbeat(settings, ctx.sessions)
     try:
         app = build_worker_app(settings, ctx)
+        heartbeat.start()
         app.worker_main(
             [
                 "worker",
@@ -50,4 +53,5 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     finally:
+        heartbeat.stop()
         ctx.close()

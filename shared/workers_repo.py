@@ -1,0 +1,70 @@
+"""The live worker registry: workers upsert a heartbeat row, the API reads who is alive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.jobs_repo import utcnow
+from shared.models import Worker
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    workers: int
+    engines: list[str]
+    capacity: int  # jobs the live workers can hold in flight together
+
+
+def register(session: Session, worker: Worker) -> None:
+    session.merge(worker)
+    session.commit()
+
+
+def heartbeat(session: Session, worker_id: str) -> bool:
+    """False when the row is gone (e.g. pruned after a long stall), so the caller re-registers."""
+    stmt = update(Worker).where(Worker.id == worker_id).values(last_seen_at=utcnow())
+    alive = session.execute(stmt).rowcount == 1
+    session.commit()
+    return alive
+
+
+def unregister(session: Session, worker_id: str) -> None:
+    session.execute(delete(Worker).where(Worker.id == worker_id))
+    session.commit()
+
+
+def live_models(session: Session, ttl_seconds: float) -> list[ModelInfo]:
+    cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+    rows = session.execute(
+        select(
+            Worker.model,
+            func.count(),
+            func.sum(Worker.max_batch_size),
+        )
+        .where(Worker.last_seen_at >= cutoff)
+        .group_by(Worker.model)
+        .order_by(Worker.model)
+    ).all()
+    engines = session.execute(
+        select(Worker.model, Worker.engine).where(Worker.last_seen_at >= cutoff).distinct()
+    ).all()
+    by_model: dict[str, list[str]] = {}
+    for model, engine in engines:
+        by_model.setdefault(model, []).append(engine)
+    return [
+        ModelInfo(model=m, workers=int(n), engines=sorted(by_model.get(m, [])), capacity=int(cap or 0))
+        for m, n, cap in rows
+    ]
+
+
+def is_live(session: Session, model: str, ttl_seconds: float) -> bool:
+    cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+    found = session.scalar(
+        select(Worker.id).where(Worker.model == model, Worker.last_seen_at >= cutoff).limit(1)
+    )
+    return found is not None
