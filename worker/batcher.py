@@ -144,7 +144,16 @@ class BatchingEngine:
             self._futures[request.request_id] = future
             self._admitted_at[request.request_id] = now
         self.metrics.admitted_together.observe(len(batch))
-        self._deliver(self.backend.add([request for request, _ in batch]))
+        try:
+            rejected = self.backend.add([request for request, _ in batch])
+        except Exception:
+            # None of this batch has run: keep it for the engine that replaces this one.
+            for request, future in batch:
+                self._futures.pop(request.request_id, None)
+                self._admitted_at.pop(request.request_id, None)
+                self._inbox.put((request, future))
+            raise
+        self._deliver(rejected)
 
     def _deliver(self, results: list[StepResult]) -> None:
         now = time.monotonic()

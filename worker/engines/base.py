@@ -26,6 +26,14 @@ class RequestRejected(Exception):
         self.message = message
 
 
+def unprocessable(exc: Exception) -> RequestRejected:
+    return RequestRejected(
+        "invalid_request",
+        f"the model's input processor could not handle this request ({exc.__class__.__name__}: "
+        f"{exc}); check the image and prompt",
+    )
+
+
 class RequestAborted(Exception):
     pass
 

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from worker.engines.base import GenerationOutput, GenerationRequest, RequestRejected, StepResult
+from worker.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    RequestRejected,
+    StepResult,
+    unprocessable,
+)
 from worker.prompting import check_prompt_fits, cut_at_stop, render_chat_prompt
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,10 @@ class TransformersBackend:
                 check_prompt_fits(n_tokens, self.max_model_len)
             except RequestRejected as exc:
                 rejected.append((request.request_id, exc))
+                continue
+            except Exception as exc:  # this request's inputs broke the processor, not the engine
+                log.warning("request %s rejected by the processor", request.request_id, exc_info=True)
+                rejected.append((request.request_id, unprocessable(exc)))
                 continue
             self._pending.append((request, text))
         return rejected

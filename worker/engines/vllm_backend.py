@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from shared.settings import Settings
-from worker.engines.base import GenerationOutput, GenerationRequest, RequestRejected, StepResult
+from worker.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    RequestRejected,
+    StepResult,
+    unprocessable,
+)
 from worker.prompting import render_chat_prompt
 
 log = logging.getLogger(__name__)
@@ -22,6 +29,8 @@ class VllmBackend:
         self.engine = engine
         self.tokenizer = engine.get_tokenizer()
         self.ignore_eos = ignore_eos
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch_engine_core, name="engine-watch", daemon=True).start()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VllmBackend:
@@ -53,6 +62,7 @@ class VllmBackend:
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
         from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         rejected: list[StepResult] = []
         for request in requests:
@@ -69,6 +79,11 @@ class VllmBackend:
             except VLLMValidationError as exc:
                 code = "prompt_too_long" if "maximum model length" in str(exc) else "invalid_params"
                 rejected.append((request.request_id, RequestRejected(code, str(exc))))
+            except EngineDeadError:
+                raise
+            except Exception as exc:  # input processing of this one request failed
+                log.warning("request %s rejected by the processor", request.request_id, exc_info=True)
+                rejected.append((request.request_id, unprocessable(exc)))
         return rejected
 
     def step(self) -> list[StepResult]:
@@ -102,7 +117,28 @@ class VllmBackend:
     def num_unfinished(self) -> int:
         return self.engine.get_num_unfinished_requests()
 
+    def _watch_engine_core(self) -> None:
+        """Wakes a `step()` blocked on a dead engine core.
+
+        The sync client marks the engine dead when its core process exits but leaves
+        `get_output()` waiting forever; the async client queues EngineDeadError instead.
+        Doing the same here turns a hang into an error the batcher recovers from.
+        """
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        core = getattr(self.engine, "engine_core", None)
+        resources = getattr(core, "resources", None)
+        outputs = getattr(core, "outputs_queue", None)
+        if resources is None or outputs is None:
+            return
+        while not self._closed.wait(0.5):
+            if getattr(resources, "engine_dead", False):
+                log.error("vLLM engine core died")
+                outputs.put_nowait(EngineDeadError())
+                return
+
     def shutdown(self) -> None:
+        self._closed.set()
         core = getattr(self.engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
