@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from api.deps import ApiDeps, get_deps
 from api.schemas import GenerationParams, JobCreate, JobList, JobOut
@@ -94,7 +95,12 @@ def list_jobs(
 
 
 async def _from_multipart(request: Request) -> Submission:
-    form: FormData = await request.form(max_files=1, max_fields=len(_FORM_FIELDS) + 8)
+    try:
+        form: FormData = await request.form(max_files=1, max_fields=len(_FORM_FIELDS) + 8)
+    except HTTPException as exc:  # Starlette's wrapping of a malformed multipart body
+        raise InvalidInput(
+            f"malformed multipart body: {exc.detail}", code="invalid_multipart"
+        ) from exc
     unknown = set(form.keys()) - _FORM_FIELDS
     if unknown:
         raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}", code="unknown_field")
@@ -118,9 +124,7 @@ def _from_json(body: bytes) -> Submission:
     try:
         req = JobCreate.model_validate_json(body)
     except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
-        raise
+        raise _json_error(exc) from exc
     if req.image.url is not None:
         raise InvalidInput(
             "image.url is not accepted by this server; send image.base64 or a multipart upload",
@@ -132,3 +136,21 @@ def _from_json(body: bytes) -> Submission:
         raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
     params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
     return Submission(image=data, prompt=req.prompt, model=req.model, params=params)
+
+
+def _json_error(exc: ValidationError) -> Exception:
+    """Give the JSON form the same codes as the multipart form for the same mistakes."""
+    errors = exc.errors()
+    types = {e["type"] for e in errors}
+    if "json_invalid" in types:
+        return InvalidInput("the body is not valid JSON", code="invalid_json")
+    top_level = [e for e in errors if len(e["loc"]) == 1]
+    unknown = sorted(str(e["loc"][0]) for e in top_level if e["type"] == "extra_forbidden")
+    if unknown:
+        return InvalidInput(f"unknown fields: {', '.join(unknown)}", code="unknown_field")
+    missing = {e["loc"][0] for e in top_level if e["type"] == "missing"}
+    if "image" in missing:
+        return InvalidInput('`image` ({"base64": ...}) is required', code="missing_image")
+    if "prompt" in missing:
+        return InvalidInput("a non-empty `prompt` is required", code="missing_prompt")
+    return exc

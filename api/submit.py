@@ -59,6 +59,8 @@ def _check_prompt(prompt: str | None, max_chars: int) -> str:
             f"the prompt has {len(prompt)} characters; the limit is {max_chars}",
             code="prompt_too_long",
         )
+    if "\x00" in prompt:  # Postgres text cannot hold NUL; without this the insert fails as a 503
+        raise InvalidInput("the prompt contains a NUL character", code="invalid_prompt")
     return prompt
 
 
@@ -67,7 +69,7 @@ def _check_model(deps: ApiDeps, model: str) -> str:
     if model == settings.model or model in settings.accepted_models:
         return model
     with deps.sessions() as session:
-        if workers_repo.is_live(session, model, settings.worker_ttl_seconds):
+        if _storable(model) and workers_repo.is_live(session, model, settings.worker_ttl_seconds):
             return model
         live = [m.model for m in workers_repo.live_models(session, settings.worker_ttl_seconds)]
     served = sorted({settings.model, *settings.accepted_models, *live})
@@ -75,6 +77,11 @@ def _check_model(deps: ApiDeps, model: str) -> str:
         f"unknown model {model!r}; this server takes jobs for {served} (GET /v1/models)",
         code="unknown_model",
     )
+
+
+def _storable(model: str) -> bool:
+    """Whether the name fits `jobs.model`; Postgres refuses NUL even in a lookup."""
+    return len(model) <= Job.model.type.length and "\x00" not in model
 
 
 def _resolve_params(params: GenerationParams, default_max: int, limit: int) -> dict[str, object]:

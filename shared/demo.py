@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 
 import httpx
 from PIL import Image, ImageDraw
@@ -23,12 +26,26 @@ from shared.settings import Settings
 
 _DEFAULT_MODEL_PATH = Settings.model_fields["model_path"].default
 _START_TIMEOUT_S = 300
+_PROGRESS_EVERY_S = 5.0
+_STOP_TIMEOUT_S = 20
 
 
 def run_demo(n_images: int = 4) -> int:
     settings = Settings()
     _say(f"database {settings.database_url} | broker {settings.broker_url} | "
          f"store {settings.store_url}")
+    try:
+        with _stop_on_signals():
+            jobs = _run(settings, n_images)
+    except KeyboardInterrupt:
+        _say("interrupted; services stopped")
+        return 130
+    _print_results(jobs)
+    _print_next_steps()
+    return 0 if all(j["status"] == "succeeded" for j in jobs) else 1
+
+
+def _run(settings: Settings, n_images: int) -> list[dict]:
     _ensure_model(settings)
     upgrade_head(settings)
     port = _free_port()
@@ -42,10 +59,29 @@ def run_demo(n_images: int = 4) -> int:
             _wait_ready(client)
             ids = [_submit(client, i) for i in range(n_images)]
             _say(f"submitted {len(ids)} jobs; waiting for results (first run loads the model)")
-            jobs = [_poll(client, job_id) for job_id in ids]
-    _print_results(jobs)
-    _print_next_steps()
-    return 0 if all(j["status"] == "succeeded" for j in jobs) else 1
+            return [_poll(client, job_id) for job_id in ids]
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the `with` blocks stop the child services.
+
+    After the first signal the rest are ignored: a second Ctrl-C must not cut the cleanup
+    short and leave the children running.
+    """
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _say(msg: str) -> None:
@@ -53,12 +89,14 @@ def _say(msg: str) -> None:
 
 
 def _ensure_model(settings: Settings) -> None:
-    path = Path(settings.model_path)
-    if path.exists() or settings.model_path != _DEFAULT_MODEL_PATH:
+    """Only the default path is built here: any other path is the user's own model."""
+    if settings.model_path != _DEFAULT_MODEL_PATH:
         return
-    from shared.tiny_model import build_tiny_model
+    from shared.tiny_model import MARKER, build_tiny_model
 
-    _say(f"building the tiny random-weight test model in {path} (offline, a few seconds)")
+    path = Path(settings.model_path)
+    if not (path / MARKER).exists():
+        _say(f"building the tiny random-weight test model in {path} (offline, a few seconds)")
     build_tiny_model(path)
 
 
@@ -69,17 +107,24 @@ def _free_port() -> int:
 
 
 class _service:
-    """A `vlmq` sub-command run as a child process, logging to a file, stopped on exit."""
+    """A `vlmq` sub-command run as a child process, logging to a file, stopped on exit.
+
+    Each child leads its own process group, so stopping it also stops anything it spawned
+    (engine processes), whatever way the demo ends.
+    """
 
     def __init__(self, name: str, args: list[str], logs: Path) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
         self.log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         _say(f"started {name} (pid {self.proc.pid}, log {self.log_path})")
 
@@ -89,12 +134,23 @@ class _service:
 
     def __exit__(self, *exc: object) -> None:
         _RUNNING.remove(self)
-        self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _say(f"{self.name} did not stop in {_STOP_TIMEOUT_S}s; killing it")
+            self._signal(signal.SIGKILL)  # leftovers of the group, if any
+            self.proc.wait()
+        finally:
+            self.log.close()
+        _say(f"stopped {self.name}")
+
+    def _signal(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 _RUNNING: list[_service] = []
@@ -108,7 +164,9 @@ def _check_children() -> None:
 
 
 def _wait_ready(client: httpx.Client) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
+    start = time.monotonic()
+    deadline = start + _START_TIMEOUT_S
+    next_progress = start + _PROGRESS_EVERY_S
     while time.monotonic() < deadline:
         _check_children()
         try:
@@ -117,6 +175,10 @@ def _wait_ready(client: httpx.Client) -> None:
                 return
         except httpx.TransportError:
             pass
+        now = time.monotonic()
+        if now >= next_progress:
+            _say(f"waiting for the API to be ready ({now - start:.0f}s)")
+            next_progress = now + _PROGRESS_EVERY_S
         time.sleep(0.3)
     raise SystemExit("demo: the API did not become ready; see .vlmq/logs/api.log")
 
@@ -143,7 +205,9 @@ def _submit(client: httpx.Client, i: int) -> str:
 
 
 def _poll(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + _START_TIMEOUT_S
+    start = time.monotonic()
+    deadline = start + _START_TIMEOUT_S
+    next_progress = start + _PROGRESS_EVERY_S
     last = None
     while time.monotonic() < deadline:
         _check_children()
@@ -153,6 +217,11 @@ def _poll(client: httpx.Client, job_id: str) -> dict:
             last = job["status"]
         if job["status"] in ("succeeded", "failed", "cancelled", "expired"):
             return job
+        now = time.monotonic()
+        if now >= next_progress:
+            _say(f"job {job_id[:8]} still {job['status']} after {now - start:.0f}s "
+                 f"(worker log: .vlmq/logs/worker.log)")
+            next_progress = now + _PROGRESS_EVERY_S
         time.sleep(0.2)
     raise SystemExit(f"demo: job {job_id} did not finish; see .vlmq/logs/worker.log")
 
@@ -176,5 +245,6 @@ def _print_next_steps() -> None:
         "  Postgres:     VLMQ_DATABASE_URL=postgresql://user:pass@host:5432/vlmq\n"
         "  Redis broker: VLMQ_BROKER_URL=redis://host:6379/0\n"
         "  S3 / MinIO:   VLMQ_STORE_URL=s3://bucket/prefix VLMQ_S3_ENDPOINT_URL=http://minio:9000\n"
-        "  then: vlmq migrate && vlmq api & vlmq worker &   (or: docker compose up)\n"
+        "  then run `vlmq migrate` once, and `vlmq api`, `vlmq worker`, `vlmq flower` as\n"
+        "  services (or: docker compose up)\n"
     )

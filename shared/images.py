@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +16,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
+log = logging.getLogger(__name__)
+
 # We enforce our own pixel limit before decoding; Pillow's global guard would turn
 # our clear 4xx into a warning or a different exception type.
 Image.MAX_IMAGE_PIXELS = None
+
+# Qwen2-VL's image processor refuses aspect ratios above 200:1; the margin covers the
+# rounding when the worker scales an image down to its pixel bound.
+MAX_ASPECT_RATIO = 150
 
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -60,27 +66,21 @@ def inspect_image(
             "the file is not an image Pillow can identify; send JPEG, PNG, WEBP, GIF, BMP or TIFF",
             code="invalid_image",
         ) from exc
+    except Exception as exc:
+        # A plugin recognised the signature, then choked on the header. Pillow's plugins
+        # raise OSError, ValueError, SyntaxError, struct.error, ... for this; all are bad input.
+        raise _corrupt("image", exc) from exc
     fmt = (img.format or "").upper()
     if fmt not in allowed_formats:
         raise UnsupportedMediaType(
             f"image format {fmt or 'unknown'} is not accepted; allowed: {', '.join(allowed_formats)}"
         )
     width, height = img.size
-    if width * height > max_pixels or max(width, height) > max_side:
-        raise InvalidInput(
-            f"the image is {width}x{height}; the limits are {max_pixels} pixels "
-            f"and {max_side} pixels per side",
-            code="image_too_many_pixels",
-        )
+    check_dimensions(width, height, max_pixels=max_pixels, max_side=max_side)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # libjpeg's "corrupt data" warnings mean corrupt
-            img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
-        raise InvalidInput(
-            f"the {fmt} image could not be decoded ({exc}); re-export it and try again",
-            code="corrupt_image",
-        ) from exc
+        img.load()
+    except Exception as exc:
+        raise _corrupt(fmt, exc) from exc
     return ImageInfo(
         format=fmt,
         width=width,
@@ -94,7 +94,7 @@ def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode, apply EXIF rotation, take the first frame, convert to RGB, bound the pixels."""
     img = Image.open(io.BytesIO(data))
     img.seek(0)
-    img = ImageOps.exif_transpose(img) or img
+    img = _exif_oriented(img)
     img = to_rgb(img)
     pixels = img.width * img.height
     if pixels > max_pixels:
@@ -102,6 +102,49 @@ def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
         size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
         img = img.resize(size, Image.Resampling.BICUBIC)
     return img
+
+
+def check_dimensions(width: int, height: int, *, max_pixels: int, max_side: int) -> None:
+    """Refuse sizes the worker cannot or should not process, each with its own code."""
+    if width < 1 or height < 1:
+        raise InvalidInput(f"the image is {width}x{height}", code="corrupt_image")
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            code="image_too_many_pixels",
+        )
+    if max(width, height) > max_side:
+        raise InvalidInput(
+            f"the image is {width}x{height}; no side may be longer than {max_side} pixels",
+            code="image_side_too_long",
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InvalidInput(
+            f"the image is {width}x{height}, an aspect ratio of {ratio:.0f}:1; "
+            f"the limit is {MAX_ASPECT_RATIO}:1; crop or pad it",
+            code="image_aspect_ratio_too_large",
+        )
+
+
+def _corrupt(what: str, exc: Exception) -> InvalidInput:
+    return InvalidInput(
+        f"the {what} could not be decoded ({exc.__class__.__name__}: {exc}); "
+        "re-export it and try again",
+        code="corrupt_image",
+    )
+
+
+def _exif_oriented(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored.
+
+    The pixels were decoded at upload, so unreadable metadata is no reason to fail the job.
+    """
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:
+        log.warning("ignoring an unreadable EXIF orientation", exc_info=True)
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -123,7 +123,7 @@ def test_greedy_token_ids_match_transformers(tiny_model: Path) -> None:
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("PARITY "))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("PARITY "))
     result = json.loads(line.removeprefix("PARITY "))
     assert result["vllm"] == result["transformers"]
     assert all(len(ids) == 24 for ids in result["vllm"].values())

@@ -1,0 +1,22 @@
+# One command surface. Every target installs first (a no-op when .venv is up to date),
+# so `make demo` and `make test` work on a machine that only has python3.
+PYTHON ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench lint
+
+install:
+	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/vlmq demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python -m bench
+
+lint: install
+	$(VENV)/bin/python -m ruff check .
