@@ -16,7 +16,7 @@ test: install
 	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: install
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m tests.bench
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

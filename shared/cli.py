@@ -61,7 +61,9 @@ def _api(args: argparse.Namespace, extra: list[str]) -> None:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     _exec(["-m", "uvicorn", "api.app:create_app", "--factory", "--host", host,
-           "--port", str(port), "--no-access-log", *extra])
+           "--port", str(port), "--no-access-log",
+           # Longer than uvicorn's 5 s so polling clients and load balancers reuse connections.
+           "--timeout-keep-alive", "65", *extra])
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> None:

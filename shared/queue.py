@@ -35,6 +35,8 @@ def _transport_options(settings: Settings) -> dict[str, object]:
         return {
             "data_folder_in": folder,
             "data_folder_out": folder,
+            # kombu's default is ./control, relative to whatever folder the process runs in.
+            "control_folder": str(settings.broker_folder.resolve() / "control"),
             "store_processed": False,
             "polling_interval": 0.1,
         }

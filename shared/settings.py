@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     max_tokens_limit: int = 4096
 
     # Batching: how many jobs a worker holds in flight and how long it gathers a batch.
-    max_batch_size: int = 16
+    max_batch_size: int = 64
     max_wait_ms: int = 10
     worker_concurrency: int | None = None
 

@@ -68,4 +68,5 @@ def load_backend(settings: Settings) -> StepBackend:
         settings.model_path,
         max_model_len=settings.max_model_len,
         max_batch_size=settings.max_batch_size,
+        ignore_eos=settings.ignore_eos,
     )

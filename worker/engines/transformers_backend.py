@@ -27,7 +27,9 @@ _SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
 class TransformersBackend:
-    def __init__(self, model_path: str, *, max_model_len: int, max_batch_size: int) -> None:
+    def __init__(
+        self, model_path: str, *, max_model_len: int, max_batch_size: int, ignore_eos: bool = False
+    ) -> None:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.processor = AutoProcessor.from_pretrained(model_path)
@@ -36,6 +38,7 @@ class TransformersBackend:
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len
         self.max_batch_size = max_batch_size
+        self.ignore_eos = ignore_eos
         self.eos_ids = _eos_ids(self.model, self.processor.tokenizer)
         self.pad_id = self.processor.tokenizer.pad_token_id
         self._pending: list[tuple[GenerationRequest, str]] = []
@@ -102,12 +105,14 @@ class TransformersBackend:
             return_tensors="pt",
         ).to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = min(params["max_tokens"], self.max_model_len - prompt_len)
         if params.get("seed") is not None:
             torch.manual_seed(int(params["seed"]))
         sampling = params["temperature"] > 0
         out = self.model.generate(
             **inputs,
-            max_new_tokens=min(params["max_tokens"], self.max_model_len - prompt_len),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens if self.ignore_eos else None,
             do_sample=sampling,
             temperature=params["temperature"] if sampling else None,
             top_p=params["top_p"] if sampling else None,
