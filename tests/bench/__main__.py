@@ -61,7 +61,7 @@ def main() -> None:
     raw = run_arm("vllm", w)
     log_dir = OUT / "logs"
     log_dir.mkdir(exist_ok=True)
-    levels, burst = measure(w, log_dir)
+    levels, burst, cpu = measure(w, log_dir)
 
     light = levels[0]
     overhead_ms = (light.latency_p50_s - raw["single_p50_s"]) * 1000
@@ -77,6 +77,7 @@ def main() -> None:
         "raw_vllm": raw,
         "system_levels": [asdict(x) for x in levels],
         "system_burst": asdict(burst),
+        "system_burst_cpu_seconds": cpu,
         "ratios": ratios,
         "targets": TARGETS,
     }
@@ -94,6 +95,10 @@ def main() -> None:
         print(f"{x.concurrency:7d}  {x.images_per_s:8.1f}  {x.latency_p50_s:6.3f}  "
               f"{x.latency_p95_s:6.3f}  {x.submit_p50_s:6.3f}  {x.queued_p50_s:6.3f}  "
               f"{x.running_p50_s:6.3f}")
+    total = sum(cpu.values())
+    print(f"\nCPU seconds during the burst ({burst.seconds:.1f} s on {os.cpu_count()} cores):")
+    for part, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {part:55s} {seconds:6.1f}  {100 * seconds / max(total, 1e-9):4.0f}%")
     print(f"\nlight load: system p50 {light.latency_p50_s * 1000:.0f} ms, engine alone p50 "
           f"{raw['single_p50_s'] * 1000:.0f} ms")
     for name, value in ratios.items():

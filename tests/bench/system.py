@@ -27,6 +27,7 @@ from shared.migrate import upgrade_head
 from shared.models import Job
 from shared.settings import Settings
 from shared.status import TERMINAL
+from tests.bench import cpu_profile
 from tests.bench.workload import Workload
 from tests.services import REDIS_URL, fresh_database, moto_server, start_api, start_worker
 
@@ -175,7 +176,7 @@ def summarize(settings: Settings, concurrency: int, t0: float,
     )
 
 
-def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level]:
+def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level, dict[str, float]]:
     """Closed-loop levels, then the burst of every job at once (the headline figure)."""
     with running_system(w, log_dir) as (base, settings):
         watcher = Watcher(settings)
@@ -191,8 +192,10 @@ def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level]:
                       f"{levels[-1].latency_p50_s:.3f} s", file=sys.stderr, flush=True)
                 first += jobs
             print(f"bench: system, burst of {w.jobs} jobs", file=sys.stderr, flush=True)
+            cpu_before = cpu_profile.snapshot()
             burst = run_level(base, settings, watcher, w, 16, w.jobs, first, burst=True)
+            cpu = cpu_profile.delta(cpu_before, cpu_profile.snapshot())
             burst.concurrency = w.jobs  # every job outstanding at once
-            return levels, burst
+            return levels, burst, cpu
         finally:
             watcher.close()
