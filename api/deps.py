@@ -26,12 +26,16 @@ class ApiDeps:
     @classmethod
     def build(cls, settings: Settings) -> ApiDeps:
         engine = make_engine(settings)
+        celery = make_celery(settings)
+        # Built lazily by Celery on the first send; when many requests race to build it
+        # they serialise on the import lock, so build it before serving.
+        _ = celery.producer_pool
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
             store=make_store(settings),
-            celery=make_celery(settings),
+            celery=celery,
         )
 
     def close(self) -> None:
