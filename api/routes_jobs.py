@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import time
 import uuid
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,16 +17,20 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from api.deps import ApiDeps, get_deps
-from api.schemas import GenerationParams, JobCreate, JobList, JobOut
+from api.schemas import GenerationParams, JobCreate, JobList, JobOptions, JobOut
 from api.submit import Submission, submit_job
 from shared import jobs_repo
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
-from shared.status import JobStatus
+from shared.models import Job
+from shared.queue import request_abort
+from shared.status import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _FORM_PARAMS = set(GenerationParams.model_fields)
-_FORM_FIELDS = _FORM_PARAMS | {"image", "prompt", "model"}
+_FORM_OPTIONS = set(JobOptions.model_fields)
+_FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | {"image", "prompt", "model"}
+_MAX_IDEMPOTENCY_KEY = 200
 
 _SUBMIT_DOC = {
     "requestBody": {
@@ -65,18 +72,61 @@ async def create_job(
             "send multipart/form-data (image file + prompt) or application/json",
             code="unsupported_media_type",
         )
-    job = await run_in_threadpool(submit_job, deps, sub)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobOut.from_row(job)
+    sub = replace(sub, idempotency_key=_idempotency_key(request))
+    accepted = await run_in_threadpool(submit_job, deps, sub)
+    response.headers["Location"] = f"/v1/jobs/{accepted.job.id}"
+    if accepted.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.from_row(accepted.job)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def read_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
+async def read_job(
+    job_id: uuid.UUID,
+    deps: ApiDeps = Depends(get_deps),
+    wait: Annotated[
+        float, Query(ge=0, le=3600, description="long poll: seconds to wait for a terminal status")
+    ] = 0,
+) -> JobOut:
+    deadline = time.monotonic() + min(wait, deps.settings.long_poll_max_seconds)
+    delay = 0.05
+    while True:
+        job = await run_in_threadpool(_read, deps, job_id)
+        if job.status in TERMINAL or time.monotonic() >= deadline:
+            return JobOut.from_row(job)
+        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 2, 0.5)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
+    with deps.sessions() as session:
+        job, previous = jobs_repo.cancel(session, job_id)
+    if previous == JobStatus.running:
+        request_abort(deps.celery, job_id)
+    return JobOut.from_row(job)
+
+
+def _read(deps: ApiDeps, job_id: uuid.UUID) -> Job:
     with deps.sessions() as session:
         job = jobs_repo.get_job(session, job_id)
-    if job is None:
-        raise NotFound(f"no job with id {job_id}")
-    return JobOut.from_row(job)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        return jobs_repo.refresh_deadline(session, job)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > _MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters",
+            code="invalid_idempotency_key",
+        )
+    return key
 
 
 @router.get("", response_model=JobList)
@@ -111,12 +161,14 @@ async def _from_multipart(request: Request) -> Submission:
     if "stop" in form:
         raw["stop"] = form.getlist("stop")
     params = GenerationParams.model_validate(raw)
+    options = JobOptions.model_validate({k: form.get(k) for k in _FORM_OPTIONS if k in form})
     prompt, model = form.get("prompt"), form.get("model")
     return Submission(
         image=await upload.read(),
         prompt=prompt if isinstance(prompt, str) else None,
         model=model if isinstance(model, str) and model else None,
         params=params,
+        options=options,
     )
 
 
@@ -135,7 +187,10 @@ def _from_json(body: bytes) -> Submission:
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
     params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
-    return Submission(image=data, prompt=req.prompt, model=req.model, params=params)
+    options = JobOptions.model_validate(req.model_dump(include=_FORM_OPTIONS))
+    return Submission(
+        image=data, prompt=req.prompt, model=req.model, params=params, options=options
+    )
 
 
 def _json_error(exc: ValidationError) -> Exception:

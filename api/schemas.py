@@ -42,8 +42,20 @@ class ImageSource(BaseModel):
         return self
 
 
-class JobCreate(GenerationParams):
-    """JSON form of POST /v1/jobs; generation fields sit beside the prompt."""
+class JobOptions(BaseModel):
+    """How the job is scheduled, as opposed to how its text is generated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(default=5, ge=0, le=9, description="0 runs first, 9 last")
+    max_queue_seconds: int | None = Field(
+        default=None, ge=1, le=30 * 86400,
+        description="expire the job if it has not started this long after submission",
+    )
+
+
+class JobCreate(GenerationParams, JobOptions):
+    """JSON form of POST /v1/jobs; generation and scheduling fields sit beside the prompt."""
 
     image: ImageSource
     prompt: str
@@ -81,6 +93,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+    priority: int
+    expires_at: datetime | None
     result: JobResult | None
     error: JobError | None
 
@@ -114,6 +128,8 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             attempts=job.attempts,
+            priority=job.priority,
+            expires_at=job.expires_at,
             result=result,
             error=error,
         )

@@ -6,14 +6,19 @@ stored undoes what was done, so nothing is left half-created.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
-from api.schemas import GenerationParams
+from api.schemas import GenerationParams, JobOptions
 from shared import jobs_repo, workers_repo
-from shared.errors import InvalidInput, Unavailable
+from shared.errors import Conflict, InvalidInput, Unavailable
 from shared.images import ImageInfo, inspect_image
 from shared.models import Job
 from shared.queue import enqueue_job
@@ -29,9 +34,17 @@ class Submission:
     prompt: str | None
     model: str | None
     params: GenerationParams
+    options: JobOptions = field(default_factory=JobOptions)
+    idempotency_key: str | None = None
 
 
-def submit_job(deps: ApiDeps, sub: Submission) -> Job:
+@dataclass(frozen=True)
+class Accepted:
+    job: Job
+    replayed: bool  # True when an earlier submission with the same Idempotency-Key is returned
+
+
+def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     settings = deps.settings
     prompt = _check_prompt(sub.prompt, settings.max_prompt_chars)
     model = _check_model(deps, sub.model or settings.model)
@@ -43,12 +56,68 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Job:
         max_side=settings.max_image_side,
         allowed_formats=settings.allowed_formats,
     )
+    fingerprint = _fingerprint(info, prompt, model, params, sub.options)
+    if sub.idempotency_key is not None:
+        earlier = _replay(deps, sub.idempotency_key, fingerprint)
+        if earlier is not None:
+            return Accepted(earlier, replayed=True)
     job_id = uuid.uuid4()
     key = f"images/{job_id}"
     _store_image(deps, key, sub.image, info)
-    job = _insert_row(deps, job_id, key, model, prompt, params, info)
+    job = Job(
+        id=job_id,
+        status=JobStatus.queued,
+        model=model,
+        prompt=prompt,
+        params=params,
+        image_key=key,
+        image_sha256=info.sha256,
+        image_bytes=info.size,
+        image_format=info.format,
+        image_width=info.width,
+        image_height=info.height,
+        attempts=0,
+        priority=sub.options.priority,
+        expires_at=_deadline(sub.options.max_queue_seconds or settings.max_queue_seconds),
+        idempotency_key=sub.idempotency_key,
+        request_sha256=fingerprint,
+    )
+    try:
+        _insert_row(deps, job)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key inserted first.
+        _delete_quietly(deps, key)
+        earlier = _replay(deps, sub.idempotency_key or "", fingerprint)
+        if earlier is None:
+            raise Unavailable("the database did not take the job; retry shortly") from None
+        return Accepted(earlier, replayed=True)
     _enqueue(deps, job)
-    return job
+    return Accepted(job, replayed=False)
+
+
+def _fingerprint(
+    info: ImageInfo, prompt: str, model: str, params: dict[str, object], options: JobOptions
+) -> str:
+    body = {"image": info.sha256, "prompt": prompt, "model": model, "params": params,
+            "options": options.model_dump()}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
+    with deps.sessions() as session:
+        earlier = jobs_repo.find_by_idempotency_key(session, key)
+    if earlier is None:
+        return None
+    if earlier.request_sha256 != fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request; use a new key for a new job",
+            code="idempotency_key_reused",
+        )
+    return earlier
+
+
+def _deadline(seconds: int | None) -> datetime | None:
+    return jobs_repo.utcnow() + timedelta(seconds=seconds) if seconds else None
 
 
 def _check_prompt(prompt: str | None, max_chars: int) -> str:
@@ -104,44 +173,23 @@ def _store_image(deps: ApiDeps, key: str, data: bytes, info: ImageInfo) -> None:
         raise Unavailable("the object store did not take the image; retry shortly") from exc
 
 
-def _insert_row(
-    deps: ApiDeps,
-    job_id: uuid.UUID,
-    key: str,
-    model: str,
-    prompt: str,
-    params: dict[str, object],
-    info: ImageInfo,
-) -> Job:
-    job = Job(
-        id=job_id,
-        status=JobStatus.queued,
-        model=model,
-        prompt=prompt,
-        params=params,
-        image_key=key,
-        image_sha256=info.sha256,
-        image_bytes=info.size,
-        image_format=info.format,
-        image_width=info.width,
-        image_height=info.height,
-        attempts=0,
-    )
+def _insert_row(deps: ApiDeps, job: Job) -> None:
     try:
         with deps.sessions() as session:
             jobs_repo.insert_job(session, job)
             session.refresh(job)
+    except IntegrityError:
+        raise
     except Exception as exc:
-        log.exception("inserting job %s failed", job_id)
-        _delete_quietly(deps, key)
+        log.exception("inserting job %s failed", job.id)
+        _delete_quietly(deps, job.image_key)
         raise Unavailable("the database did not take the job; retry shortly") from exc
-    return job
 
 
 def _enqueue(deps: ApiDeps, job: Job) -> None:
     queue = queue_for_model(deps.settings.queue_prefix, job.model)
     try:
-        enqueue_job(deps.celery, job.id, queue)
+        enqueue_job(deps.celery, job.id, queue, job.priority)
     except Exception as exc:
         log.exception("enqueueing job %s failed", job.id)
         with deps.sessions() as session:

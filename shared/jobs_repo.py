@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import InvalidInput
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Job
 from shared.status import ALLOWED_FROM, JobStatus
 
@@ -139,3 +139,65 @@ def delete_job(session: Session, job_id: uuid.UUID) -> None:
     if job is not None:
         session.delete(job)
         session.commit()
+
+
+def find_by_idempotency_key(session: Session, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+
+
+def is_past_deadline(job: Job) -> bool:
+    return job.expires_at is not None and as_utc(job.expires_at) <= utcnow()
+
+
+def expire(session: Session, job_id: uuid.UUID) -> bool:
+    return transition(
+        session,
+        job_id,
+        JobStatus.expired,
+        finished_at=utcnow(),
+        error_code="expired",
+        error_message="the job was not started before its max_queue_seconds ran out",
+    )
+
+
+def claim(session: Session, job_id: uuid.UUID) -> Job | None:
+    """queued -> running for the caller, or None: gone, taken, finished, or expired (now)."""
+    job = get_job(session, job_id)
+    if job is None or job.status != JobStatus.queued:
+        return None
+    if is_past_deadline(job):
+        expire(session, job_id)
+        return None
+    if not mark_running(session, job_id):
+        return None
+    return job
+
+
+def refresh_deadline(session: Session, job: Job) -> Job:
+    """Reads expire lazily: a queued job past its deadline shows (and becomes) expired."""
+    if job.status == JobStatus.queued and is_past_deadline(job):
+        expire(session, job.id)
+        return get_job(session, job.id) or job
+    return job
+
+
+def cancel(session: Session, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
+    """Cancels a queued or running job; returns it and the status it was cancelled from."""
+    job = get_job(session, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    previous = job.status
+    moved = previous in ALLOWED_FROM[JobStatus.cancelled] and transition(
+        session,
+        job_id,
+        JobStatus.cancelled,
+        finished_at=utcnow(),
+        error_code="cancelled",
+        error_message="cancelled by the client",
+    )
+    job = get_job(session, job_id)
+    if not moved or job is None:
+        status = job.status if job else "gone"
+        raise Conflict(f"job {job_id} is already {status}; only queued or running jobs can be "
+                       "cancelled", code="job_finished")
+    return job, previous

@@ -6,7 +6,18 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, Index, Integer, String, Text, Uuid, func
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.status import JobStatus
@@ -42,6 +53,12 @@ class Job(Base):
     image_height: Mapped[int] = mapped_column(Integer, nullable=False)
 
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # 0 runs first, 9 last; honoured by the broker and by vLLM's scheduler.
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
+    # A job still queued at this moment expires instead of running.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
     )
@@ -59,6 +76,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
+        UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from celery import Celery
@@ -9,6 +10,9 @@ from celery import Celery
 from shared.settings import Settings
 
 RUN_JOB_TASK = "vlmq.run_job"
+# Redis keeps one list per priority step; 0 is served first, as in vLLM's scheduler.
+PRIORITY_STEPS = list(range(10))
+DEFAULT_PRIORITY = 5
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -18,6 +22,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_ignore_result=True,  # results live in Postgres, not in Celery's backend
         worker_prefetch_multiplier=1,
+        task_default_priority=DEFAULT_PRIORITY,
         task_default_queue=settings.queue_name,
         task_serializer="json",
         accept_content=["json"],
@@ -29,6 +34,8 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"priority_steps": PRIORITY_STEPS, "sep": ":", "queue_order_strategy": "priority"}
     if settings.broker_url.startswith("filesystem://"):
         folder = str(settings.broker_folder.resolve())
         settings.broker_folder.mkdir(parents=True, exist_ok=True)
@@ -43,5 +50,23 @@ def _transport_options(settings: Settings) -> dict[str, object]:
     return {}
 
 
-def enqueue_job(app: Celery, job_id: uuid.UUID, queue: str) -> None:
-    app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue)
+def enqueue_job(
+    app: Celery, job_id: uuid.UUID, queue: str, priority: int = DEFAULT_PRIORITY
+) -> None:
+    app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority)
+
+
+ABORT_COMMAND = "vlmq_abort"
+
+
+def request_abort(app: Celery, job_id: uuid.UUID) -> None:
+    """Tells every worker to drop this job from its engine; the one running it frees the slot.
+
+    Best effort: the job is already cancelled in the database, so a worker that misses
+    this message finishes the work and its result is discarded by the guarded update.
+    """
+    try:
+        app.control.broadcast(ABORT_COMMAND, arguments={"job_id": str(job_id)})
+    except Exception:  # e.g. the filesystem broker has no broadcast
+        logging.getLogger(__name__).warning("could not broadcast abort for %s", job_id,
+                                            exc_info=True)

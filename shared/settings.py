@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # Preprocessing bound applied by the worker before inference.
     worker_max_pixels: int = 1024 * 1024
 
+    # Job lifecycle: a queued job older than this expires instead of running (unset = never);
+    # jobs may ask for their own `max_queue_seconds`. Long polls wait at most long_poll_max_seconds.
+    max_queue_seconds: int | None = None
+    long_poll_max_seconds: int = 60
+
     # Generation defaults and bounds.
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096

@@ -51,8 +51,16 @@ class Stack:
 
 
 def _settings_from(env: dict[str, str]) -> Settings:
-    values = {k.removeprefix("VLMQ_").lower(): v for k, v in env.items() if k.startswith("VLMQ_")}
-    return Settings(**values)
+    """Settings exactly as a process started with `env` reads them (JSON lists included)."""
+    ours = {k: v for k, v in env.items() if k.startswith("VLMQ_")}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("VLMQ_")}
+    os.environ.update(ours)
+    try:
+        return Settings()
+    finally:
+        for key in ours:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
 
 
 def make_stack(db_url: str, s3_endpoint: str, model_dir: Path, log_dir: Path) -> Stack:
@@ -71,6 +79,8 @@ def make_stack(db_url: str, s3_endpoint: str, model_dir: Path, log_dir: Path) ->
         "VLMQ_MAX_IMAGE_PIXELS": str(4_000_000),
         "VLMQ_MAX_MODEL_LEN": "2048",
         "VLMQ_WORKER_MAX_PIXELS": str(448 * 448),
+        # Models no worker serves at first: jobs for them wait in their own queues.
+        "VLMQ_ACCEPTED_MODELS": '["parked", "prio"]',
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
     env.update(vlmq_env, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")

@@ -154,6 +154,27 @@ def test_concurrent_jobs_share_engine_steps(
     assert images == n
 
 
+def test_cancel_aborts_a_running_job_inside_the_engine(
+    client: httpx.Client, vllm_stack: Stack, vllm_worker: Service
+) -> None:
+    job_id = submit(client, VLLM_MODEL, seed=21, max_tokens=1900)
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    resp = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+
+    # The engine frees the slot promptly (the full generation would take several seconds).
+    deadline = time.monotonic() + 10
+    while sample(metrics(vllm_stack), "vlmq_engine_in_flight") > 0:
+        assert time.monotonic() < deadline, "the request is still running in the engine"
+        time.sleep(0.1)
+    vllm_worker.wait_for_log(f"job {job_id}: aborted in the engine", timeout=10)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["result"] is None
+
+
 def engine_core_processes(worker: Service) -> list[psutil.Process]:
     children = psutil.Process(worker.proc.pid).children(recursive=True)
     return [p for p in children if "EngineCore" in " ".join([p.name(), *p.cmdline()])]

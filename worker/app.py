@@ -6,8 +6,9 @@ import logging
 import uuid
 
 from celery import Celery
+from celery.worker.control import control_command
 
-from shared.queue import RUN_JOB_TASK, make_celery
+from shared.queue import ABORT_COMMAND, RUN_JOB_TASK, make_celery
 from shared.settings import Settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
@@ -22,6 +23,12 @@ def build_worker_app(settings: Settings, ctx: WorkerContext) -> Celery:
     @app.task(name=RUN_JOB_TASK)
     def run_job_task(job_id: str) -> str:
         return run_job(ctx, uuid.UUID(job_id))
+
+    @control_command(name=ABORT_COMMAND, args=[("job_id", str)], signature="<job_id>")
+    def abort_job(state: object, job_id: str) -> dict[str, str]:
+        # Every worker hears the broadcast; aborting a request it does not hold is a no-op.
+        ctx.engine.abort(job_id)
+        return {"ok": f"abort requested for {job_id}"}
 
     return app
 

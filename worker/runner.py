@@ -9,7 +9,6 @@ from shared import jobs_repo
 from shared.images import prepare_image
 from shared.jobs_repo import JobOutcome
 from shared.models import Job
-from shared.status import JobStatus
 from worker.context import WorkerContext
 from worker.engines.base import EngineError, GenerationRequest, RequestAborted, RequestRejected
 
@@ -28,13 +27,17 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
         return _fail(ctx, job_id, "image_unreadable", f"could not read the stored image: {exc}")
 
     request = GenerationRequest(
-        request_id=str(job_id), prompt=job.prompt, image=image, params=job.params
+        request_id=str(job_id),
+        prompt=job.prompt,
+        image=image,
+        params={**job.params, "priority": job.priority},
     )
     try:
         output = ctx.engine.generate(request)
     except RequestRejected as exc:
         return _fail(ctx, job_id, exc.code, exc.message)
     except RequestAborted:
+        log.info("job %s: aborted in the engine", job_id)
         return "aborted"
     except EngineError as exc:
         return _fail(ctx, job_id, "engine_error", str(exc))
@@ -56,12 +59,10 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
 
 def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Job | None:
     with ctx.sessions() as session:
-        job = jobs_repo.get_job(session, job_id)
+        job = jobs_repo.claim(session, job_id)
         if job is None:
-            log.warning("job %s: no such row; dropping message", job_id)
-            return None
-        if job.status != JobStatus.queued or not jobs_repo.mark_running(session, job_id):
-            log.info("job %s: status %s, not ours to run", job_id, job.status)
+            log.info("job %s: not queued (gone, taken, cancelled or expired); not running it",
+                     job_id)
             return None
         wait = jobs_repo.utcnow() - jobs_repo.as_utc(job.created_at)
         ctx.metrics.queue_wait.observe(max(wait.total_seconds(), 0.0))
