@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -48,9 +48,15 @@ def transition(session: Session, job_id: uuid.UUID, target: JobStatus, **values:
     return changed
 
 
-def mark_running(session: Session, job_id: uuid.UUID) -> bool:
+def mark_running(session: Session, job_id: uuid.UUID, lease_seconds: float = 30) -> bool:
+    now = utcnow()
     return transition(
-        session, job_id, JobStatus.running, started_at=utcnow(), attempts=Job.attempts + 1
+        session,
+        job_id,
+        JobStatus.running,
+        started_at=now,
+        attempts=Job.attempts + 1,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
     )
 
 
@@ -72,6 +78,9 @@ def mark_succeeded(session: Session, job_id: uuid.UUID, outcome: JobOutcome) -> 
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,
         finish_reason=outcome.finish_reason,
+        lease_expires_at=None,
+        error_code=None,  # an earlier attempt's transient error no longer applies
+        error_message=None,
     )
 
 
@@ -83,6 +92,7 @@ def mark_failed(session: Session, job_id: uuid.UUID, code: str, message: str) ->
         finished_at=utcnow(),
         error_code=code,
         error_message=message[:2000],
+        lease_expires_at=None,
     )
 
 
@@ -160,7 +170,7 @@ def expire(session: Session, job_id: uuid.UUID) -> bool:
     )
 
 
-def claim(session: Session, job_id: uuid.UUID) -> Job | None:
+def claim(session: Session, job_id: uuid.UUID, lease_seconds: float = 30) -> Job | None:
     """queued -> running for the caller, or None: gone, taken, finished, or expired (now)."""
     job = get_job(session, job_id)
     if job is None or job.status != JobStatus.queued:
@@ -168,7 +178,7 @@ def claim(session: Session, job_id: uuid.UUID) -> Job | None:
     if is_past_deadline(job):
         expire(session, job_id)
         return None
-    if not mark_running(session, job_id):
+    if not mark_running(session, job_id, lease_seconds):
         return None
     return job
 
@@ -201,3 +211,45 @@ def cancel(session: Session, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
         raise Conflict(f"job {job_id} is already {status}; only queued or running jobs can be "
                        "cancelled", code="job_finished")
     return job, previous
+
+
+def requeue(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
+    """running -> queued for another attempt; the error stays visible until one succeeds."""
+    return transition(
+        session,
+        job_id,
+        JobStatus.queued,
+        lease_expires_at=None,
+        error_code=code,
+        error_message=message[:2000],
+    )
+
+
+def extend_leases(session: Session, job_ids: list[uuid.UUID], lease_seconds: float) -> None:
+    if not job_ids:
+        return
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.running)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    id: uuid.UUID
+    model: str
+    priority: int
+    attempts: int
+
+
+def lapsed_leases(session: Session, limit: int = 500) -> list[Lapsed]:
+    """Running jobs whose worker stopped renewing their lease (killed, hung, partitioned)."""
+    rows = session.execute(
+        select(Job.id, Job.model, Job.priority, Job.attempts)
+        .where(Job.status == JobStatus.running, Job.lease_expires_at < utcnow())
+        .limit(limit)
+    ).all()
+    return [Lapsed(*row) for row in rows]

@@ -57,6 +57,8 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     # A job still queued at this moment expires instead of running.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Renewed by the worker running the job; a lapsed lease means the worker is gone.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(
@@ -77,6 +79,7 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
         UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 
 

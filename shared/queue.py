@@ -35,7 +35,16 @@ def make_celery(settings: Settings) -> Celery:
 
 def _transport_options(settings: Settings) -> dict[str, object]:
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"priority_steps": PRIORITY_STEPS, "sep": ":", "queue_order_strategy": "priority"}
+        return {
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # A message taken by a worker that died comes back after this, not after the
+            # 1-hour default; the lease reaper requeues the job itself sooner.
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, settings.visibility_timeout // 5),
+            "unacked_restore_throttle": 1,
+        }
     if settings.broker_url.startswith("filesystem://"):
         folder = str(settings.broker_folder.resolve())
         settings.broker_folder.mkdir(parents=True, exist_ok=True)
@@ -51,9 +60,15 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 
 
 def enqueue_job(
-    app: Celery, job_id: uuid.UUID, queue: str, priority: int = DEFAULT_PRIORITY
+    app: Celery,
+    job_id: uuid.UUID,
+    queue: str,
+    priority: int = DEFAULT_PRIORITY,
+    countdown: float | None = None,
 ) -> None:
-    app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority)
+    app.send_task(
+        RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority, countdown=countdown
+    )
 
 
 ABORT_COMMAND = "vlmq_abort"

@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     # jobs may ask for their own `max_queue_seconds`. Long polls wait at most long_poll_max_seconds.
     max_queue_seconds: int | None = None
     long_poll_max_seconds: int = 60
+    # Transient failures (engine crash, storage or database errors, a lost worker) are
+    # retried with exponential backoff until a job has run max_attempts times.
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 2.0
+    retry_backoff_max_seconds: float = 300.0
+    # A running job's lease is renewed by its worker; when it lapses the job is requeued.
+    lease_seconds: int = 30
+    # The longest a job may take; sizes the broker's redelivery of unacknowledged messages.
+    max_job_seconds: int = 600
+    visibility_timeout_seconds: int | None = None
+
+    @property
+    def visibility_timeout(self) -> int:
+        return self.visibility_timeout_seconds or self.max_job_seconds + 60
 
     # Generation defaults and bounds.
     default_max_tokens: int = 256

@@ -34,6 +34,8 @@ def vllm_stack(stack: Stack) -> Stack:
         max_wait_ms="20",
         metrics_port=str(free_port()),
         heartbeat_seconds="1",
+        # One attempt, so an engine failure shows as the job's final state.
+        max_attempts="1",
     )
 
 

@@ -8,7 +8,7 @@ import uuid
 from celery import Celery
 from celery.worker.control import control_command
 
-from shared.queue import ABORT_COMMAND, RUN_JOB_TASK, make_celery
+from shared.queue import ABORT_COMMAND, RUN_JOB_TASK
 from shared.settings import Settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def build_worker_app(settings: Settings, ctx: WorkerContext) -> Celery:
-    app = make_celery(settings)
+    app = ctx.celery
 
     @app.task(name=RUN_JOB_TASK)
     def run_job_task(job_id: str) -> str:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     ctx = WorkerContext.start(settings)
-    heartbeat = Heartbeat(settings, ctx.sessions)
+    heartbeat = Heartbeat(ctx)
     try:
         app = build_worker_app(settings, ctx)
         heartbeat.start()

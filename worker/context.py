@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
+from celery import Celery
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_session_factory
+from shared.queue import make_celery
 from shared.settings import EngineKind, Settings
 from shared.storage import ObjectStore, make_store
 from worker.batcher import BatchingEngine
@@ -26,6 +29,9 @@ class WorkerContext:
     store: ObjectStore
     engine: Engine
     metrics: WorkerMetrics
+    celery: Celery
+    # Jobs this process is running; their leases are renewed while they are here.
+    running: set[uuid.UUID] = field(default_factory=set)
 
     @classmethod
     def start(cls, settings: Settings) -> WorkerContext:
@@ -48,6 +54,7 @@ class WorkerContext:
             store=make_store(settings),
             engine=engine,
             metrics=metrics,
+            celery=make_celery(settings),
         )
 
     def close(self) -> None:

@@ -1,4 +1,10 @@
-"""Keeps this worker's row in the registry fresh so the API knows its model is served."""
+"""The worker's periodic upkeep, one thread:
+
+- keeps this worker's row in the registry fresh, so the API knows its model is served;
+- renews the leases of the jobs it is running;
+- requeues jobs whose lease lapsed because the worker running them died (any worker
+  may do this; the guarded update lets exactly one win per job).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,20 @@ import socket
 import threading
 import uuid
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from shared import workers_repo
+from shared import jobs_repo, workers_repo
 from shared.models import Worker
-from shared.settings import Settings
+from shared.queue import enqueue_job
+from shared.settings import queue_for_model
+from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        self.settings = settings
-        self.sessions = sessions
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.sessions = ctx.sessions
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -52,11 +59,38 @@ class Heartbeat:
             )
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_seconds):
-            try:
-                with self.sessions() as session:
-                    if not workers_repo.heartbeat(session, self.worker_id):
-                        self._register()
-            except Exception:
-                # A database hiccup must not kill the worker; the next beat retries.
-                log.warning("heartbeat for %s failed", self.worker_id, exc_info=True)
+        # Renew well inside the lease so one slow beat does not let it lapse.
+        period = min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 3)
+        while not self._stop.wait(period):
+            for task in (self._beat, self._renew_leases, self._reap_lapsed):
+                try:
+                    task()
+                except Exception:
+                    # A database hiccup must not kill the worker; the next beat retries.
+                    log.warning("%s failed", task.__name__, exc_info=True)
+
+    def _beat(self) -> None:
+        with self.sessions() as session:
+            if not workers_repo.heartbeat(session, self.worker_id):
+                self._register()
+
+    def _renew_leases(self) -> None:
+        with self.sessions() as session:
+            jobs_repo.extend_leases(session, list(self.ctx.running), self.settings.lease_seconds)
+
+    def _reap_lapsed(self) -> None:
+        s = self.settings
+        with self.sessions() as session:
+            for job in jobs_repo.lapsed_leases(session):
+                if job.id in self.ctx.running:
+                    continue
+                message = "the worker running this job stopped renewing its lease"
+                if job.attempts >= s.max_attempts:
+                    jobs_repo.mark_failed(session, job.id, "worker_lost",
+                                          f"{message} (after {job.attempts} attempts)")
+                    continue
+                if jobs_repo.requeue(session, job.id, "worker_lost", message):
+                    enqueue_job(self.ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model),
+                                job.priority)
+                    log.warning("job %s: lease lapsed; requeued (attempt %d)", job.id,
+                                job.attempts)
