@@ -245,11 +245,15 @@ class Lapsed:
     attempts: int
 
 
-def lapsed_leases(session: Session, limit: int = 500) -> list[Lapsed]:
-    """Running jobs whose worker stopped renewing their lease (killed, hung, partitioned)."""
+def lapsed_leases(session: Session, model: str, limit: int = 500) -> list[Lapsed]:
+    """Running jobs of `model` whose worker stopped renewing their lease (killed, hung)."""
     rows = session.execute(
         select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(Job.status == JobStatus.running, Job.lease_expires_at < utcnow())
+        .where(
+            Job.status == JobStatus.running,
+            Job.model == model,
+            Job.lease_expires_at < utcnow(),
+        )
         .limit(limit)
     ).all()
     return [Lapsed(*row) for row in rows]

@@ -37,7 +37,6 @@ def _transport_options(settings: Settings) -> dict[str, object]:
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return {
             "priority_steps": PRIORITY_STEPS,
-            "sep": ":",
             "queue_order_strategy": "priority",
             # A message taken by a worker that died comes back after this, not after the
             # 1-hour default; the lease reaper requeues the job itself sooner.

@@ -13,17 +13,25 @@ import pytest
 from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory
+from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import Stack, png_bytes
-from tests.services import Service, start_api, start_worker
+from tests.services import Service, fresh_database, start_api, start_worker
 
 JOBS = 320
 KILLS = 3
 
 
 @pytest.fixture(scope="module")
-def fault_stack(stack: Stack) -> Stack:
-    """Own queues and short timings, so recovery is quick enough for a test."""
+def fault_stack(stack: Stack) -> Iterator[Stack]:
+    """Own database and queues, and short timings so recovery is quick enough for a test."""
+    with fresh_database() as db_url:
+        st = stack.with_env(database_url=db_url)
+        upgrade_head(st.settings)
+        yield _with_fault_timings(st)
+
+
+def _with_fault_timings(stack: Stack) -> Stack:
     return stack.with_env(
         queue_prefix=f"vlmqfault{uuid.uuid4().hex[:6]}",
         max_batch_size="16",
@@ -66,26 +74,27 @@ def test_killing_workers_mid_batch_loses_no_job(fault_stack: Stack, fault_api: s
         ids = list(pool.map(submit, range(JOBS)))
     assert counts(fault_stack, ids) == {"queued": JOBS}  # all in flight before the first kill
 
-    recoveries = []
-    worker: Service = start_worker(fault_stack.env, fault_stack.log_dir, name="worker-fault-0")
-    for kill in range(1, KILLS + 1):
-        target = len(ids) * kill // (KILLS + 2)
-        deadline = time.monotonic() + 120
-        while counts(fault_stack, ids).get("succeeded", 0) < target:
-            assert time.monotonic() < deadline, counts(fault_stack, ids)
-            time.sleep(0.05)
-        running = counts(fault_stack, ids).get("running", 0)
-        worker.kill()
-        print(f"kill {kill}: SIGKILL with {running} jobs running")
-        killed_at = time.monotonic()
-        worker = start_worker(fault_stack.env, fault_stack.log_dir, name=f"worker-fault-{kill}")
-        recoveries.append(killed_at)
+    workers: list[Service] = [start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-0")]
+    try:
+        for kill in range(1, KILLS + 1):
+            target = len(ids) * kill // (KILLS + 2)
+            deadline = time.monotonic() + 120
+            while counts(fault_stack, ids).get("succeeded", 0) < target:
+                assert time.monotonic() < deadline, counts(fault_stack, ids)
+                time.sleep(0.05)
+            running = counts(fault_stack, ids).get("running", 0)
+            workers[-1].kill()
+            print(f"kill {kill}: SIGKILL with {running} jobs running")
+            workers.append(
+                start_worker(fault_stack.env, fault_stack.log_dir, f"worker-fault-{kill}")
+            )
 
-    deadline = time.monotonic() + 240
-    while (c := counts(fault_stack, ids)).get("succeeded", 0) + c.get("failed", 0) < JOBS:
-        assert time.monotonic() < deadline, f"jobs still not terminal: {c}"
-        time.sleep(0.2)
-    worker.stop()
+        deadline = time.monotonic() + 120
+        while (c := counts(fault_stack, ids)).get("succeeded", 0) + c.get("failed", 0) < JOBS:
+            assert time.monotonic() < deadline, f"jobs still not terminal: {c}"
+            time.sleep(0.2)
+    finally:
+        workers[-1].stop()
 
     with make_session_factory(make_engine(fault_stack.settings))() as session:
         rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()

@@ -2,8 +2,8 @@
 
 - keeps this worker's row in the registry fresh, so the API knows its model is served;
 - renews the leases of the jobs it is running;
-- requeues jobs whose lease lapsed because the worker running them died (any worker
-  may do this; the guarded update lets exactly one win per job).
+- requeues its model's jobs whose lease lapsed because the worker running them died
+  (any worker of the model may do this; the guarded update lets exactly one win per job).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Heartbeat:
     def _reap_lapsed(self) -> None:
         s = self.settings
         with self.sessions() as session:
-            for job in jobs_repo.lapsed_leases(session):
+            for job in jobs_repo.lapsed_leases(session, s.model):
                 if job.id in self.ctx.running:
                     continue
                 message = "the worker running this job stopped renewing its lease"
