@@ -10,13 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import Stack, png_bytes
-from tests.services import Service, fresh_database, start_api, start_worker
+from tests.services import REDIS_URL, Service, fresh_database, start_api, start_worker
 
 JOBS = 320
 KILLS = 3
@@ -25,8 +26,12 @@ KILLS = 3
 @pytest.fixture(scope="module")
 def fault_stack(stack: Stack) -> Iterator[Stack]:
     """Own database and queues, and short timings so recovery is quick enough for a test."""
+    # Kombu keeps one unacked-message index per Redis database, shared by every stack on it;
+    # a database of its own keeps earlier tests' brokers out of this recovery test.
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(broker).flushdb()
     with fresh_database() as db_url:
-        st = stack.with_env(database_url=db_url)
+        st = stack.with_env(database_url=db_url, broker_url=broker)
         upgrade_head(st.settings)
         yield _with_fault_timings(st)
 
