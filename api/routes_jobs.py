@@ -92,9 +92,13 @@ async def read_job(
     deadline = time.monotonic() + min(wait, deps.settings.long_poll_max_seconds)
     delay = 0.05
     while True:
-        job = await run_in_threadpool(_read, deps, job_id)
+        job, estimate = await run_in_threadpool(_read, deps, job_id)
         if job.status in TERMINAL or time.monotonic() >= deadline:
-            return JobOut.from_row(job)
+            out = JobOut.from_row(job)
+            if estimate is not None:
+                out.queue_position = estimate.position
+                out.eta_seconds = estimate.eta_seconds
+            return out
         await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
         delay = min(delay * 2, 0.5)
 
@@ -108,12 +112,14 @@ def cancel_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
     return JobOut.from_row(job)
 
 
-def _read(deps: ApiDeps, job_id: uuid.UUID) -> Job:
+def _read(deps: ApiDeps, job_id: uuid.UUID) -> tuple[Job, jobs_repo.QueueEstimate | None]:
     with deps.sessions() as session:
         job = jobs_repo.get_job(session, job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id}")
-        return jobs_repo.refresh_deadline(session, job)
+        job = jobs_repo.refresh_deadline(session, job)
+        queued = job.status == JobStatus.queued
+        return job, jobs_repo.queue_estimate(session, job) if queued else None
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -95,6 +95,12 @@ class JobOut(BaseModel):
     attempts: int
     priority: int
     expires_at: datetime | None
+    queue_position: int | None = Field(
+        default=None, description="while queued: jobs of this model that run first"
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="while queued: estimated seconds until done, from recent throughput"
+    )
     result: JobResult | None
     error: JobError | None
 

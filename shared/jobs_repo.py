@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -257,3 +257,31 @@ def lapsed_leases(session: Session, model: str, limit: int = 500) -> list[Lapsed
         .limit(limit)
     ).all()
     return [Lapsed(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class QueueEstimate:
+    position: int  # jobs of the same model that run before this one
+    eta_seconds: float | None  # None until the model has finished jobs recently
+
+
+def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> QueueEstimate:
+    """Where a queued job stands, from the queue ahead of it and the model's recent throughput."""
+    ahead = session.scalar(
+        select(func.count()).where(
+            Job.model == job.model,
+            Job.status == JobStatus.queued,
+            or_(
+                Job.priority < job.priority,
+                and_(Job.priority == job.priority, Job.created_at < job.created_at),
+            ),
+        )
+    ) or 0
+    since = utcnow() - timedelta(seconds=window_seconds)
+    done = session.scalar(
+        select(func.count()).where(
+            Job.model == job.model, Job.status == JobStatus.succeeded, Job.finished_at >= since
+        )
+    ) or 0
+    eta = (ahead + 1) / (done / window_seconds) if done else None
+    return QueueEstimate(position=int(ahead), eta_seconds=eta)

@@ -140,3 +140,38 @@ def test_priority_zero_overtakes_a_backlog(client: httpx.Client, prio_worker: St
     print(f"priority-0 job started {rank + 1} of {len(order)}")
     # The worker may have fetched one backlog message before the urgent one was seen.
     assert rank <= 1, order
+
+
+def test_queued_jobs_show_their_place_in_the_queue(client: httpx.Client) -> None:
+    first = created(submit(client, priority="3"))["id"]
+    second = created(submit(client, seed=1, priority="3"))["id"]
+    urgent = created(submit(client, seed=2, priority="2"))["id"]
+    try:
+        places = {i: client.get(f"/v1/jobs/{i}").json() for i in (first, second, urgent)}
+        assert [places[i]["queue_position"] for i in (urgent, first, second)] == [0, 1, 2]
+        # No job of this model has finished yet, so there is no throughput to estimate from.
+        assert all(p["eta_seconds"] is None for p in places.values())
+    finally:
+        for i in (first, second, urgent):
+            client.post(f"/v1/jobs/{i}/cancel")
+    assert client.get(f"/v1/jobs/{first}").json()["queue_position"] is None
+
+
+def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
+    model = f"eta-{uuid.uuid4().hex[:6]}"
+    now = jobs_repo.utcnow()
+
+    def row(status: str, **extra: object) -> Job:
+        return Job(id=uuid.uuid4(), status=status, model=model, prompt="p", params={},
+                   image_key="k", image_sha256="0" * 64, image_bytes=1, image_format="PNG",
+                   image_width=1, image_height=1, **extra)
+
+    with make_session_factory(make_engine(stack.settings))() as session:
+        session.add_all([row("succeeded", finished_at=now) for _ in range(3)])
+        ahead, waiting = row("queued", priority=1), row("queued", priority=5)
+        session.add_all([ahead, waiting])
+        session.commit()
+        estimate = jobs_repo.queue_estimate(session, waiting, window_seconds=300)
+    # Three done in the last 300 s is one per 100 s; this job is second in line.
+    assert estimate.position == 1
+    assert estimate.eta_seconds == pytest.approx(200)
