@@ -81,6 +81,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         expires_at=_deadline(sub.options.max_queue_seconds or settings.max_queue_seconds),
         idempotency_key=sub.idempotency_key,
         request_sha256=fingerprint,
+        enqueued_at=jobs_repo.utcnow(),
     )
     try:
         _insert_row(deps, job)

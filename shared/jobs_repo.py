@@ -213,13 +213,16 @@ def cancel(session: Session, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
     return job, previous
 
 
-def requeue(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
+def requeue(
+    session: Session, job_id: uuid.UUID, code: str, message: str, delay_seconds: float = 0
+) -> bool:
     """running -> queued for another attempt; the error stays visible until one succeeds."""
     return transition(
         session,
         job_id,
         JobStatus.queued,
         lease_expires_at=None,
+        enqueued_at=utcnow() + timedelta(seconds=delay_seconds),
         error_code=code,
         error_message=message[:2000],
     )
@@ -285,3 +288,40 @@ def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> Q
     ) or 0
     eta = (ahead + 1) / (done / window_seconds) if done else None
     return QueueEstimate(position=int(ahead), eta_seconds=eta)
+
+
+def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def take_unsent(session: Session, model: str, older_than_seconds: float,
+                limit: int = 500) -> list[Lapsed]:
+    """Queued jobs of `model` whose message should have been delivered long ago.
+
+    Each is stamped as sent again in the same guarded UPDATE, so when several workers look
+    at once exactly one of them re-sends a given job.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    stale = session.execute(
+        select(Job.id, Job.model, Job.priority, Job.attempts, Job.enqueued_at)
+        .where(Job.model == model, Job.status == JobStatus.queued, Job.enqueued_at < cutoff)
+        .limit(limit)
+    ).all()
+    taken: list[Lapsed] = []
+    for job_id, job_model, priority, attempts, sent_at in stale:
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at == sent_at)
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if session.execute(stmt).rowcount == 1:
+            taken.append(Lapsed(job_id, job_model, priority, attempts))
+    session.commit()
+    return taken

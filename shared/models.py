@@ -57,6 +57,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     # A job still queued at this moment expires instead of running.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the job's latest broker message was sent; a job queued long after this lost its
+    # message (e.g. a broker restarted without persistence) and is sent again.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Renewed by the worker running the job; a lapsed lease means the worker is gone.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -80,6 +83,7 @@ class Job(Base):
         Index("ix_jobs_created_id", "created_at", "id"),
         UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_model_status_enqueued", "model", "status", "enqueued_at"),
     )
 
 

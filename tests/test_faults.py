@@ -1,12 +1,15 @@
-"""Workers killed with SIGKILL mid-batch lose no job: every accepted job ends in exactly one
-terminal state with one result, and re-executions are counted."""
+"""Faults during a run lose no job: workers killed with SIGKILL mid-batch, the broker
+restarted without persistence, the API restarted. Afterwards every accepted job is in exactly
+one terminal state with one result; re-executions are counted and printed."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,42 +20,92 @@ from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import Stack, png_bytes
-from tests.services import REDIS_URL, Service, fresh_database, start_api, start_worker
+from tests.services import Service, free_port, fresh_database, start_api, start_worker
 
-JOBS = 320
 KILLS = 3
 
 
+class RedisServer:
+    """A private, non-persistent Redis, so restarting it disturbs no other test."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--logfile", str(self.log_dir / f"redis-{self.port}.log")],
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis.from_url(self.url).ping():
+                    return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def fault_stack(stack: Stack) -> Iterator[Stack]:
-    """Own database and queues, and short timings so recovery is quick enough for a test."""
-    # Kombu keeps one unacked-message index per Redis database, shared by every stack on it;
-    # a database of its own keeps earlier tests' brokers out of this recovery test.
-    broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
-    redis.Redis.from_url(broker).flushdb()
+def broker(log_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(log_dir)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def fault_stack(stack: Stack, broker: RedisServer) -> Iterator[Stack]:
+    """Own database, broker and queues, and short timings so recovery fits in a test."""
     with fresh_database() as db_url:
-        st = stack.with_env(database_url=db_url, broker_url=broker)
+        st = stack.with_env(
+            database_url=db_url,
+            broker_url=broker.url,
+            queue_prefix=f"vlmqfault{uuid.uuid4().hex[:6]}",
+            max_batch_size="16",
+            lease_seconds="3",
+            heartbeat_seconds="1",
+            visibility_timeout_seconds="8",
+            max_attempts=str(KILLS + 3),
+            retry_backoff_seconds="0.2",
+        )
         upgrade_head(st.settings)
-        yield _with_fault_timings(st)
-
-
-def _with_fault_timings(stack: Stack) -> Stack:
-    return stack.with_env(
-        queue_prefix=f"vlmqfault{uuid.uuid4().hex[:6]}",
-        max_batch_size="16",
-        lease_seconds="3",
-        heartbeat_seconds="1",
-        visibility_timeout_seconds="8",
-        max_attempts=str(KILLS + 3),
-        retry_backoff_seconds="0.2",
-    )
+        yield st
 
 
 @pytest.fixture(scope="module")
-def fault_api(fault_stack: Stack) -> Iterator[str]:
+def fault_api(fault_stack: Stack) -> Iterator[Service]:
     svc, base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault")
-    yield base
+    svc.base = base  # type: ignore[attr-defined]
+    yield svc
     svc.stop()
+
+
+def base_url(api: Service) -> str:
+    return api.base  # type: ignore[attr-defined,no-any-return]
+
+
+def submit_many(base: str, first: int, n: int) -> list[uuid.UUID]:
+    def submit(i: int) -> uuid.UUID:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            resp = client.post(
+                "/v1/jobs",
+                files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},
+                data={"prompt": f"job {i}", "max_tokens": "4"},
+            )
+            assert resp.status_code == 202, resp.text
+            return uuid.UUID(resp.json()["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(submit, range(first, first + n)))
 
 
 def counts(stack: Stack, ids: list[uuid.UUID]) -> dict[str, int]:
@@ -64,51 +117,75 @@ def counts(stack: Stack, ids: list[uuid.UUID]) -> dict[str, int]:
     return out
 
 
-def test_killing_workers_mid_batch_loses_no_job(fault_stack: Stack, fault_api: str) -> None:
-    def submit(i: int) -> uuid.UUID:
-        with httpx.Client(base_url=fault_api, timeout=30) as client:
-            resp = client.post(
-                "/v1/jobs",
-                files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},
-                data={"prompt": f"job {i}", "max_tokens": "4"},
-            )
-            assert resp.status_code == 202, resp.text
-            return uuid.UUID(resp.json()["id"])
+def wait_succeeded(stack: Stack, ids: list[uuid.UUID], at_least: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (c := counts(stack, ids)).get("succeeded", 0) + c.get("failed", 0) < at_least:
+        assert time.monotonic() < deadline, f"jobs still not terminal: {c}"
+        time.sleep(0.1)
 
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(submit, range(JOBS)))
-    assert counts(fault_stack, ids) == {"queued": JOBS}  # all in flight before the first kill
 
-    workers: list[Service] = [start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-0")]
+def assert_none_lost(stack: Stack, ids: list[uuid.UUID], label: str) -> None:
+    with make_session_factory(make_engine(stack.settings))() as session:
+        rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+    assert len(rows) == len(ids)
+    lost = [r.id for r in rows if r.status not in ("succeeded", "failed")]
+    assert not lost, f"{len(lost)} jobs lost"
+    assert all(r.status == "succeeded" for r in rows), {r.error_code for r in rows}
+    assert all(r.result_text is not None and r.finished_at for r in rows)
+    reruns = sum(r.attempts - 1 for r in rows)
+    print(f"{label}: {len(ids)} jobs, 0 lost, {sum(r.attempts > 1 for r in rows)} executed "
+          f"more than once ({reruns} extra executions)")
+
+
+def test_killing_workers_mid_batch_loses_no_job(fault_stack: Stack, fault_api: Service) -> None:
+    ids = submit_many(base_url(fault_api), 0, 320)
+    assert counts(fault_stack, ids) == {"queued": 320}  # all in flight before the first kill
+
+    workers = [start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-0")]
     try:
         for kill in range(1, KILLS + 1):
-            target = len(ids) * kill // (KILLS + 2)
-            deadline = time.monotonic() + 120
-            while counts(fault_stack, ids).get("succeeded", 0) < target:
-                assert time.monotonic() < deadline, counts(fault_stack, ids)
-                time.sleep(0.05)
+            wait_succeeded(fault_stack, ids, len(ids) * kill // (KILLS + 2), timeout=120)
             running = counts(fault_stack, ids).get("running", 0)
             workers[-1].kill()
             print(f"kill {kill}: SIGKILL with {running} jobs running")
             workers.append(
                 start_worker(fault_stack.env, fault_stack.log_dir, f"worker-fault-{kill}")
             )
-
-        deadline = time.monotonic() + 120
-        while (c := counts(fault_stack, ids)).get("succeeded", 0) + c.get("failed", 0) < JOBS:
-            assert time.monotonic() < deadline, f"jobs still not terminal: {c}"
-            time.sleep(0.2)
+        wait_succeeded(fault_stack, ids, len(ids), timeout=120)
     finally:
         workers[-1].stop()
+    assert_none_lost(fault_stack, ids, f"{KILLS} worker SIGKILLs")
 
-    with make_session_factory(make_engine(fault_stack.settings))() as session:
-        rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
-    assert len(rows) == JOBS
-    lost = [r.id for r in rows if r.status not in ("succeeded", "failed")]
-    assert not lost, f"{len(lost)} jobs lost"
-    assert all(r.status == "succeeded" for r in rows), {r.error_code for r in rows}
-    assert all(r.result_text is not None and r.finished_at for r in rows)
-    reruns = sum(r.attempts - 1 for r in rows)
-    print(f"{JOBS} jobs, {KILLS} SIGKILLs: 0 lost, {sum(r.attempts > 1 for r in rows)} jobs "
-          f"executed more than once ({reruns} extra executions)")
-    assert reruns >= 1, "a kill mid-batch should have interrupted at least one job"
+
+def test_broker_restart_without_persistence_loses_no_job(
+    fault_stack: Stack, fault_api: Service, broker: RedisServer
+) -> None:
+    ids = submit_many(base_url(fault_api), 1000, 160)
+    worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-redis")
+    try:
+        wait_succeeded(fault_stack, ids, 30, timeout=120)
+        broker.kill()  # every queued and unacknowledged message is gone with it
+        print(f"redis killed with {counts(fault_stack, ids)}")
+        time.sleep(1)
+        broker.start()
+        # Jobs whose messages were lost are sent again from Postgres.
+        wait_succeeded(fault_stack, ids, len(ids), timeout=150)
+    finally:
+        worker.stop()
+    assert_none_lost(fault_stack, ids, "Redis restart")
+
+
+def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack, fault_api: Service) -> None:
+    worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-api")
+    try:
+        before = submit_many(base_url(fault_api), 2000, 60)
+        fault_api.kill()
+        api, base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-2")
+        try:
+            after = submit_many(base, 3000, 60)
+            wait_succeeded(fault_stack, before + after, 120, timeout=120)
+        finally:
+            api.stop()
+    finally:
+        worker.stop()
+    assert_none_lost(fault_stack, before + after, "API restart")

@@ -3,7 +3,10 @@
 - keeps this worker's row in the registry fresh, so the API knows its model is served;
 - renews the leases of the jobs it is running;
 - requeues its model's jobs whose lease lapsed because the worker running them died
-  (any worker of the model may do this; the guarded update lets exactly one win per job).
+  (any worker of the model may do this; the guarded update lets exactly one win per job);
+- re-sends the message of its model's jobs still queued long after their message was sent
+  (lost with a broker that restarted without persistence); a duplicate message is harmless,
+  since only the first delivery can claim the job.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class Heartbeat:
         # Renew well inside the lease so one slow beat does not let it lapse.
         period = min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 3)
         while not self._stop.wait(period):
-            for task in (self._beat, self._renew_leases, self._reap_lapsed):
+            for task in (self._beat, self._renew_leases, self._reap_lapsed, self._resend_lost):
                 try:
                     task()
                 except Exception:
@@ -94,3 +97,13 @@ class Heartbeat:
                                 job.priority)
                     log.warning("job %s: lease lapsed; requeued (attempt %d)", job.id,
                                 job.attempts)
+
+    def _resend_lost(self) -> None:
+        s = self.settings
+        with self.sessions() as session:
+            unsent = jobs_repo.take_unsent(session, s.model, s.visibility_timeout)
+        for job in unsent:
+            enqueue_job(self.ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model),
+                        job.priority)
+            log.warning("job %s: still queued long after its message was sent; sent again",
+                        job.id)

@@ -97,7 +97,7 @@ def _retry_or_fail(ctx: WorkerContext, job: Job, code: str, message: str) -> str
         return _fail(ctx, job.id, code, f"{message} (after {attempt} attempts)")
     delay = min(s.retry_backoff_seconds * 2 ** (attempt - 1), s.retry_backoff_max_seconds)
     with ctx.sessions() as session:
-        if not jobs_repo.requeue(session, job.id, code, message):
+        if not jobs_repo.requeue(session, job.id, code, message, delay_seconds=delay):
             return "skipped"
     enqueue_job(ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model), job.priority,
                 countdown=delay)

@@ -1,4 +1,4 @@
-"""Job priority, queue deadline, idempotency key and running lease.
+"""Job priority, queue deadline, idempotency key, running lease and enqueue time.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,13 +22,17 @@ def upgrade() -> None:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("request_sha256", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_unique_constraint("uq_jobs_idempotency_key", ["idempotency_key"])
         batch.create_index("ix_jobs_status_lease", ["status", "lease_expires_at"])
+        batch.create_index("ix_jobs_model_status_enqueued", ["model", "status", "enqueued_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_model_status_enqueued")
         batch.drop_index("ix_jobs_status_lease")
+        batch.drop_column("enqueued_at")
         batch.drop_constraint("uq_jobs_idempotency_key", type_="unique")
         batch.drop_column("lease_expires_at")
         batch.drop_column("request_sha256")
