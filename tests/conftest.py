@@ -11,7 +11,10 @@ import httpx
 import pytest
 import redis
 from PIL import Image, ImageDraw
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.settings import Settings
 from shared.tiny_model import build_tiny_model
@@ -118,6 +121,24 @@ def client(api: str) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def db_sessions(settings: Settings) -> sessionmaker[Session]:
+    """One pooled engine per database for the whole test session, so polling loops do not
+    open a connection pool per call (Postgres allows only so many clients)."""
+    if settings.database_url not in _ENGINES:
+        _ENGINES[settings.database_url] = make_engine(settings)
+    return make_session_factory(_ENGINES[settings.database_url])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    yield
+    for engine in _ENGINES.values():
+        engine.dispose()
 
 
 def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PNG") -> bytes:

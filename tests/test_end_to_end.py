@@ -10,9 +10,8 @@ import boto3
 import httpx
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory
 from shared.models import Job
-from tests.conftest import Stack, png_bytes
+from tests.conftest import Stack, db_sessions, png_bytes
 from tests.services import Service, wait_terminal
 
 
@@ -53,7 +52,7 @@ def test_multipart_upload_runs_to_success(
     assert 1 <= result["completion_tokens"] <= 12
     assert result["finish_reason"] in ("stop", "length")
 
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         row = session.scalars(select(Job).where(Job.id == uuid.UUID(created["id"]))).one()
     assert row.result_text == result["text"]
     assert row.image_sha256 == hashlib.sha256(image).hexdigest()

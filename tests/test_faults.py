@@ -16,10 +16,9 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.models import Job
-from tests.conftest import Stack, png_bytes
+from tests.conftest import Stack, db_sessions, png_bytes
 from tests.services import Service, free_port, fresh_database, start_api, start_worker
 
 KILLS = 3
@@ -109,7 +108,7 @@ def submit_many(base: str, first: int, n: int) -> list[uuid.UUID]:
 
 
 def counts(stack: Stack, ids: list[uuid.UUID]) -> dict[str, int]:
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         rows = session.scalars(select(Job.status).where(Job.id.in_(ids))).all()
     out: dict[str, int] = {}
     for status in rows:
@@ -125,7 +124,7 @@ def wait_succeeded(stack: Stack, ids: list[uuid.UUID], at_least: int, timeout: f
 
 
 def assert_none_lost(stack: Stack, ids: list[uuid.UUID], label: str) -> None:
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
     assert len(rows) == len(ids)
     lost = [r.id for r in rows if r.status not in ("succeeded", "failed")]

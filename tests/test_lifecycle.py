@@ -11,9 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from shared import jobs_repo
-from shared.db import make_engine, make_session_factory
 from shared.models import Job
-from tests.conftest import Stack, png_bytes
+from tests.conftest import Stack, db_sessions, png_bytes
 from tests.services import Service, start_worker, wait_terminal
 
 
@@ -83,7 +82,7 @@ def test_a_job_not_started_in_time_expires_and_never_runs(
     assert job["error"]["code"] == "expired"
 
     # A worker that pulls the message late finds the deadline passed and does not run it.
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         assert jobs_repo.claim(session, uuid.UUID(claimed_late["id"])) is None
         row = jobs_repo.get_job(session, uuid.UUID(claimed_late["id"]))
         assert row is not None and row.status == "expired" and row.attempts == 0
@@ -100,7 +99,7 @@ def test_idempotency_key_returns_the_original_job(client: httpx.Client, stack: S
     other = submit(client, seed=5, headers={"Idempotency-Key": key})
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         rows = session.scalar(select(func.count()).where(Job.idempotency_key == key))
     assert rows == 1
 
@@ -166,7 +165,7 @@ def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
                    image_key="k", image_sha256="0" * 64, image_bytes=1, image_format="PNG",
                    image_width=1, image_height=1, **extra)
 
-    with make_session_factory(make_engine(stack.settings))() as session:
+    with db_sessions(stack.settings)() as session:
         session.add_all([row("succeeded", finished_at=now) for _ in range(3)])
         ahead, waiting = row("queued", priority=1), row("queued", priority=5)
         session.add_all([ahead, waiting])
