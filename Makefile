@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench lint
+.PHONY: install demo test bench soak lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
@@ -17,6 +17,9 @@ test: install
 
 bench: install
 	$(VENV)/bin/python -m tests.bench
+
+soak: install
+	$(VENV)/bin/python -m tests.soak
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import redis
 
 PG_ADMIN_URL = os.environ.get("VLMQ_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VLMQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -144,3 +145,32 @@ def wait_terminal(client: httpx.Client, job_id: str, timeout: float = 120) -> di
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} not terminal after {timeout}s: {job}")
+
+
+class RedisServer:
+    """A private, non-persistent Redis, so restarting it disturbs no other test."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--logfile", str(self.log_dir / f"redis-{self.port}.log")],
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis.from_url(self.url).ping():
+                    return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()

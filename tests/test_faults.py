@@ -4,7 +4,6 @@ one terminal state with one result; re-executions are counted and printed."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,45 +11,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
-import redis
 from sqlalchemy import select
 
 from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import Stack, db_sessions, png_bytes
-from tests.services import Service, free_port, fresh_database, start_api, start_worker
+from tests.services import (
+    PG_ADMIN_URL,
+    RedisServer,
+    Service,
+    fresh_database,
+    start_api,
+    start_worker,
+)
 
 KILLS = 3
-
-
-class RedisServer:
-    """A private, non-persistent Redis, so restarting it disturbs no other test."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--logfile", str(self.log_dir / f"redis-{self.port}.log")],
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis.from_url(self.url).ping():
-                    return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "private redis-server did not start"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +165,22 @@ def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack, fault_api: Se
     finally:
         worker.stop()
     assert_none_lost(fault_stack, before + after, "API restart")
+
+
+def test_dropped_database_connections_lose_no_job(fault_stack: Stack, fault_api: Service) -> None:
+    ids = submit_many(base_url(fault_api), 4000, 160)
+    worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-db")
+    db_name = fault_stack.settings.database_url.rsplit("/", 1)[1]
+    try:
+        for drop in (1, 2):
+            wait_succeeded(fault_stack, ids, 40 * drop, timeout=120)
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                dropped = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (db_name,)
+                ).fetchone()
+            print(f"drop {drop}: terminated {dropped[0] if dropped else 0} connections")
+        wait_succeeded(fault_stack, ids, len(ids), timeout=150)
+    finally:
+        worker.stop()
+    assert_none_lost(fault_stack, ids, "dropped DB connections")

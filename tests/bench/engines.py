@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.bench.workload import Workload
 from tests.parity_probe import drain
 from worker.engines.base import GenerationRequest
@@ -68,6 +70,7 @@ def raw_vllm(w: Workload) -> dict[str, float]:
         t = time.perf_counter()
         llm.generate([inputs(20_000 + i)], sampling, use_tqdm=False)
         single.append(time.perf_counter() - t)
+    llm.llm_engine.engine_core.shutdown()  # stops the engine-core and worker processes
     return {
         "images": w.jobs,
         "seconds": elapsed,
@@ -84,7 +87,10 @@ def main() -> None:
     out.write_text(json.dumps(result))
     sys.stdout.flush()
     sys.stderr.flush()
-    # vLLM's engine-core helper threads can keep the interpreter alive after the work is done.
+    # vLLM's helper threads can keep the interpreter alive after the work is done; exit
+    # without them, but never leave an engine process behind.
+    for child in psutil.Process().children(recursive=True):
+        child.kill()
     os._exit(0)
 
 
