@@ -151,18 +151,20 @@ def test_broker_restart_without_persistence_loses_no_job(
     assert_none_lost(fault_stack, ids, "Redis restart")
 
 
-def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack, fault_api: Service) -> None:
+def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack) -> None:
     worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-api")
+    first, first_base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-1")
     try:
-        before = submit_many(base_url(fault_api), 2000, 60)
-        fault_api.kill()
-        api, base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-2")
+        before = submit_many(first_base, 2000, 60)
+        first.kill()
+        second, base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-2")
         try:
             after = submit_many(base, 3000, 60)
             wait_succeeded(fault_stack, before + after, 120, timeout=120)
         finally:
-            api.stop()
+            second.stop()
     finally:
+        first.stop()
         worker.stop()
     assert_none_lost(fault_stack, before + after, "API restart")
 

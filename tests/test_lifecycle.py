@@ -174,3 +174,19 @@ def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
     # Three done in the last 300 s is one per 100 s; this job is second in line.
     assert estimate.position == 1
     assert estimate.eta_seconds == pytest.approx(200)
+
+
+def test_prompt_longer_than_the_model_allows_fails_at_once(
+    client: httpx.Client, worker: Service
+) -> None:
+    # Under the API's character limit, over the model's 2048-token context.
+    long_prompt = " ".join(f"word{i}" for i in range(1500))
+    resp = client.post(
+        "/v1/jobs",
+        files={"image": ("a.png", png_bytes(112, 84), "image/png")},
+        data={"prompt": long_prompt, "max_tokens": "4"},
+    )
+    job = wait_terminal(client, created(resp)["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "prompt_too_long"
+    assert job["attempts"] == 1  # permanent: not retried
