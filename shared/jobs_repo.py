@@ -325,3 +325,11 @@ def take_unsent(session: Session, model: str, older_than_seconds: float,
             taken.append(Lapsed(job_id, job_model, priority, attempts))
     session.commit()
     return taken
+
+
+def cancelled_among(session: Session, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    if not job_ids:
+        return []
+    return list(session.scalars(
+        select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.cancelled)
+    ))

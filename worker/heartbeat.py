@@ -1,7 +1,7 @@
 """The worker's periodic upkeep, one thread:
 
 - keeps this worker's row in the registry fresh, so the API knows its model is served;
-- renews the leases of the jobs it is running;
+- renews the leases of the jobs it is running, and aborts those cancelled meanwhile;
 - requeues its model's jobs whose lease lapsed because the worker running them died
   (any worker of the model may do this; the guarded update lets exactly one win per job);
 - re-sends the message of its model's jobs still queued long after their message was sent
@@ -78,8 +78,13 @@ class Heartbeat:
                 self._register()
 
     def _renew_leases(self) -> None:
+        running = list(self.ctx.running)
         with self.sessions() as session:
-            jobs_repo.extend_leases(session, list(self.ctx.running), self.settings.lease_seconds)
+            jobs_repo.extend_leases(session, running, self.settings.lease_seconds)
+            cancelled = jobs_repo.cancelled_among(session, running)
+        # The cancel broadcast is best effort; this catches any job it missed.
+        for job_id in cancelled:
+            self.ctx.engine.abort(str(job_id))
 
     def _reap_lapsed(self) -> None:
         s = self.settings
