@@ -21,8 +21,7 @@ from shared import jobs_repo, workers_repo
 from shared.errors import Conflict, InvalidInput, Unavailable
 from shared.images import ImageInfo, inspect_image
 from shared.models import Job
-from shared.queue import enqueue_job
-from shared.settings import queue_for_model
+from shared.queue import enqueue_for_model
 from shared.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -188,9 +187,8 @@ def _insert_row(deps: ApiDeps, job: Job) -> None:
 
 
 def _enqueue(deps: ApiDeps, job: Job) -> None:
-    queue = queue_for_model(deps.settings.queue_prefix, job.model)
     try:
-        enqueue_job(deps.celery, job.id, queue, job.priority)
+        enqueue_for_model(deps.celery, deps.settings, job.id, job.model, job.priority)
     except Exception as exc:
         log.exception("enqueueing job %s failed", job.id)
         with deps.sessions() as session:

@@ -7,7 +7,7 @@ import uuid
 
 from celery import Celery
 
-from shared.settings import Settings
+from shared.settings import Settings, queue_for_model
 
 RUN_JOB_TASK = "vlmq.run_job"
 # Redis keeps one list per priority step; 0 is served first, as in vLLM's scheduler.
@@ -68,6 +68,19 @@ def enqueue_job(
     app.send_task(
         RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority, countdown=countdown
     )
+
+
+def enqueue_for_model(
+    app: Celery,
+    settings: Settings,
+    job_id: uuid.UUID,
+    model: str,
+    priority: int = DEFAULT_PRIORITY,
+    countdown: float | None = None,
+) -> None:
+    """Sends the job to the queue its model's workers consume."""
+    queue = queue_for_model(settings.queue_prefix, model)
+    enqueue_job(app, job_id, queue, priority, countdown)
 
 
 ABORT_COMMAND = "vlmq_abort"

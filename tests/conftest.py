@@ -4,6 +4,7 @@ import io
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,3 +148,20 @@ def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PN
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+def submit_many(base: str, first: int, n: int) -> list[uuid.UUID]:
+    """Submits jobs first..first+n-1 concurrently over HTTP; returns their ids in order."""
+
+    def submit(i: int) -> uuid.UUID:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            resp = client.post(
+                "/v1/jobs",
+                files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},
+                data={"prompt": f"job {i}", "max_tokens": "4"},
+            )
+            assert resp.status_code == 202, resp.text
+            return uuid.UUID(resp.json()["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(submit, range(first, first + n)))

@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 from sqlalchemy import func, select
 
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.models import Job
 from shared.tiny_model import build_tiny_model
-from tests.conftest import make_stack, png_bytes
+from tests.conftest import make_stack, submit_many
 from tests.services import (
     RedisServer,
     Service,
@@ -51,18 +48,7 @@ def main() -> None:
         sessions = make_session_factory(make_engine(stack.settings))
         api, base = start_api(stack.env, log_dir)
 
-        def submit(i: int) -> uuid.UUID:
-            with httpx.Client(base_url=base, timeout=30) as client:
-                resp = client.post(
-                    "/v1/jobs",
-                    files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},
-                    data={"prompt": f"soak {i}", "max_tokens": "4"},
-                )
-                resp.raise_for_status()
-                return uuid.UUID(resp.json()["id"])
-
-        with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(submit, range(args.jobs)))
+        ids = submit_many(base, 0, args.jobs)
         print(f"soak: {len(ids)} jobs accepted; logs in {log_dir}", flush=True)
 
         def finished() -> int:

@@ -7,17 +7,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from sqlalchemy import select
 
 from shared.migrate import upgrade_head
 from shared.models import Job
-from tests.conftest import Stack, db_sessions, png_bytes
+from tests.conftest import Stack, db_sessions, submit_many
 from tests.services import (
     PG_ADMIN_URL,
     RedisServer,
@@ -67,21 +65,6 @@ def fault_api(fault_stack: Stack) -> Iterator[Service]:
 
 def base_url(api: Service) -> str:
     return api.base  # type: ignore[attr-defined,no-any-return]
-
-
-def submit_many(base: str, first: int, n: int) -> list[uuid.UUID]:
-    def submit(i: int) -> uuid.UUID:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            resp = client.post(
-                "/v1/jobs",
-                files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},
-                data={"prompt": f"job {i}", "max_tokens": "4"},
-            )
-            assert resp.status_code == 202, resp.text
-            return uuid.UUID(resp.json()["id"])
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(submit, range(first, first + n)))
 
 
 def counts(stack: Stack, ids: list[uuid.UUID]) -> dict[str, int]:

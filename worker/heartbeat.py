@@ -19,8 +19,7 @@ import uuid
 
 from shared import jobs_repo, workers_repo
 from shared.models import Worker
-from shared.queue import enqueue_job
-from shared.settings import queue_for_model
+from shared.queue import enqueue_for_model
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -98,8 +97,7 @@ class Heartbeat:
                                           f"{message} (after {job.attempts} attempts)")
                     continue
                 if jobs_repo.requeue(session, job.id, "worker_lost", message):
-                    enqueue_job(self.ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model),
-                                job.priority)
+                    enqueue_for_model(self.ctx.celery, s, job.id, job.model, job.priority)
                     log.warning("job %s: lease lapsed; requeued (attempt %d)", job.id,
                                 job.attempts)
 
@@ -108,7 +106,6 @@ class Heartbeat:
         with self.sessions() as session:
             unsent = jobs_repo.take_unsent(session, s.model, s.visibility_timeout)
         for job in unsent:
-            enqueue_job(self.ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model),
-                        job.priority)
+            enqueue_for_model(self.ctx.celery, s, job.id, job.model, job.priority)
             log.warning("job %s: still queued long after its message was sent; sent again",
                         job.id)

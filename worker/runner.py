@@ -9,8 +9,7 @@ from shared import jobs_repo
 from shared.images import prepare_image
 from shared.jobs_repo import JobOutcome
 from shared.models import Job
-from shared.queue import enqueue_job
-from shared.settings import queue_for_model
+from shared.queue import enqueue_for_model
 from worker.context import WorkerContext
 from worker.engines.base import GenerationRequest, RequestAborted, RequestRejected
 
@@ -99,8 +98,7 @@ def _retry_or_fail(ctx: WorkerContext, job: Job, code: str, message: str) -> str
     with ctx.sessions() as session:
         if not jobs_repo.requeue(session, job.id, code, message, delay_seconds=delay):
             return "skipped"
-    enqueue_job(ctx.celery, job.id, queue_for_model(s.queue_prefix, job.model), job.priority,
-                countdown=delay)
+    enqueue_for_model(ctx.celery, s, job.id, job.model, job.priority, countdown=delay)
     log.info("job %s: attempt %d failed (%s); retrying in %.1fs", job.id, attempt, code, delay)
     ctx.metrics.jobs.labels(outcome="retried").inc()
     return "retried"
