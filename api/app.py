@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import routes_health, routes_jobs, routes_models
+from api import routes_deliveries, routes_health, routes_jobs, routes_models
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import install_error_handlers
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_deliveries.router)
     # base64 in JSON inflates the image by 4/3.
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD

@@ -17,7 +17,14 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from api.deps import ApiDeps, get_deps
-from api.schemas import GenerationParams, JobCreate, JobList, JobOptions, JobOut
+from api.schemas import (
+    GenerationParams,
+    JobCreate,
+    JobList,
+    JobOptions,
+    JobOut,
+    WebhookOptions,
+)
 from api.submit import Submission, submit_job
 from shared import jobs_repo
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
@@ -29,7 +36,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _FORM_PARAMS = set(GenerationParams.model_fields)
 _FORM_OPTIONS = set(JobOptions.model_fields)
-_FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | {"image", "prompt", "model"}
+_FORM_WEBHOOK = set(WebhookOptions.model_fields)
+_FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
 _MAX_IDEMPOTENCY_KEY = 200
 
 _SUBMIT_DOC = {
@@ -49,6 +57,10 @@ _SUBMIT_DOC = {
                             for name in ("max_tokens", "temperature", "top_p", "top_k", "seed")
                         },
                         "stop": {"type": "array", "items": {"type": "string"}},
+                        "priority": {"type": "integer"},
+                        "max_queue_seconds": {"type": "integer"},
+                        "webhook_url": {"type": "string"},
+                        "webhook_events": {"type": "array", "items": {"type": "string"}},
                     },
                 }
             },
@@ -168,6 +180,7 @@ async def _from_multipart(request: Request) -> Submission:
         raw["stop"] = form.getlist("stop")
     params = GenerationParams.model_validate(raw)
     options = JobOptions.model_validate({k: form.get(k) for k in _FORM_OPTIONS if k in form})
+    webhook = WebhookOptions.model_validate(_webhook_form(form))
     prompt, model = form.get("prompt"), form.get("model")
     return Submission(
         image=await upload.read(),
@@ -175,7 +188,24 @@ async def _from_multipart(request: Request) -> Submission:
         model=model if isinstance(model, str) and model else None,
         params=params,
         options=options,
+        webhook=webhook,
     )
+
+
+def _webhook_form(form: FormData) -> dict[str, object]:
+    """webhook_events may repeat or be comma-separated: `job.failed,job.expired`."""
+    raw: dict[str, object] = {}
+    if "webhook_url" in form:
+        raw["webhook_url"] = form.get("webhook_url")
+    if "webhook_events" in form:
+        raw["webhook_events"] = [
+            part.strip()
+            for value in form.getlist("webhook_events")
+            if isinstance(value, str)
+            for part in value.split(",")
+            if part.strip()
+        ]
+    return raw
 
 
 def _from_json(body: bytes) -> Submission:
@@ -194,8 +224,10 @@ def _from_json(body: bytes) -> Submission:
         raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
     params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
     options = JobOptions.model_validate(req.model_dump(include=_FORM_OPTIONS))
+    webhook = WebhookOptions.model_validate(req.model_dump(include=_FORM_WEBHOOK))
     return Submission(
-        image=data, prompt=req.prompt, model=req.model, params=params, options=options
+        image=data, prompt=req.prompt, model=req.model, params=params, options=options,
+        webhook=webhook,
     )
 
 

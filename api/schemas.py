@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.models import Job
-from shared.status import JobStatus
+from shared.job_view import JobError, JobOut
+from shared.models import WebhookAttempt, WebhookDelivery
+from shared.webhook_events import DeliveryStatus, WebhookEvent
 
 
 class GenerationParams(BaseModel):
@@ -54,7 +54,24 @@ class JobOptions(BaseModel):
     )
 
 
-class JobCreate(GenerationParams, JobOptions):
+class WebhookOptions(BaseModel):
+    """Where the job's terminal event is delivered, instead of (or besides) polling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[WebhookEvent] | None = Field(
+        default=None, min_length=1, description="default: every terminal event"
+    )
+
+    @model_validator(mode="after")
+    def _events_need_url(self) -> WebhookOptions:
+        if self.webhook_events is not None and self.webhook_url is None:
+            raise ValueError("webhook_events needs a webhook_url")
+        return self
+
+
+class JobCreate(GenerationParams, JobOptions, WebhookOptions):
     """JSON form of POST /v1/jobs; generation and scheduling fields sit beside the prompt."""
 
     image: ImageSource
@@ -62,83 +79,64 @@ class JobCreate(GenerationParams, JobOptions):
     model: str | None = None
 
 
-class JobResult(BaseModel):
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+class DeliveryAttemptOut(BaseModel):
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = Field(description="null while in flight")
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
 
 
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class ImageMeta(BaseModel):
-    sha256: str
-    bytes: int
-    format: str
-    width: int
-    height: int
-
-
-class JobOut(BaseModel):
+class DeliveryOut(BaseModel):
     id: uuid.UUID
-    status: JobStatus
-    model: str
-    prompt: str
-    params: dict[str, Any]
-    image: ImageMeta
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    job_id: uuid.UUID
+    event: WebhookEvent
+    url: str
+    webhook_id: str = Field(description="the webhook-id header; the same on every attempt")
+    status: DeliveryStatus
     attempts: int
-    priority: int
-    expires_at: datetime | None
-    queue_position: int | None = Field(
-        default=None, description="while queued: jobs of this model that run first"
-    )
-    eta_seconds: float | None = Field(
-        default=None, description="while queued: estimated seconds until done, from recent throughput"
-    )
-    result: JobResult | None
-    error: JobError | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    history: list[DeliveryAttemptOut]
 
     @classmethod
-    def from_row(cls, job: Job) -> JobOut:
-        result = None
-        if job.status == JobStatus.succeeded and job.result_text is not None:
-            result = JobResult(
-                text=job.result_text,
-                prompt_tokens=job.prompt_tokens or 0,
-                completion_tokens=job.completion_tokens or 0,
-                finish_reason=job.finish_reason or "stop",
-            )
-        error = None
-        if job.error_code is not None:
-            error = JobError(code=job.error_code, message=job.error_message or "")
+    def from_row(cls, delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
         return cls(
-            id=job.id,
-            status=job.status,
-            model=job.model,
-            prompt=job.prompt,
-            params=job.params,
-            image=ImageMeta(
-                sha256=job.image_sha256,
-                bytes=job.image_bytes,
-                format=job.image_format,
-                width=job.image_width,
-                height=job.image_height,
+            id=delivery.id,
+            job_id=delivery.job_id,
+            event=WebhookEvent(delivery.event),
+            url=delivery.url,
+            webhook_id=delivery.message_id,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            next_attempt_at=(
+                delivery.next_attempt_at if delivery.status == DeliveryStatus.pending else None
             ),
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            attempts=job.attempts,
-            priority=job.priority,
-            expires_at=job.expires_at,
-            result=result,
-            error=error,
+            created_at=delivery.created_at,
+            delivered_at=delivery.delivered_at,
+            last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error,
+            history=[
+                DeliveryAttemptOut(
+                    number=a.number,
+                    started_at=a.started_at,
+                    finished_at=a.finished_at,
+                    status_code=a.status_code,
+                    latency_ms=a.latency_ms,
+                    error=a.error,
+                )
+                for a in attempts
+            ],
         )
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+    next_cursor: str | None = None
 
 
 class JobList(BaseModel):

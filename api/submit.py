@@ -16,13 +16,15 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
-from api.schemas import GenerationParams, JobOptions
+from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import jobs_repo, workers_repo
 from shared.errors import Conflict, InvalidInput, Unavailable
 from shared.images import ImageInfo, inspect_image
 from shared.models import Job
 from shared.queue import enqueue_for_model
+from shared.settings import Settings
 from shared.status import JobStatus
+from shared.webhook_urls import resolve_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Submission:
     model: str | None
     params: GenerationParams
     options: JobOptions = field(default_factory=JobOptions)
+    webhook: WebhookOptions = field(default_factory=WebhookOptions)
     idempotency_key: str | None = None
 
 
@@ -48,6 +51,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     prompt = _check_prompt(sub.prompt, settings.max_prompt_chars)
     model = _check_model(deps, sub.model or settings.model)
     params = _resolve_params(sub.params, settings.default_max_tokens, settings.max_tokens_limit)
+    _check_webhook(settings, sub.webhook)
     info = inspect_image(
         sub.image,
         max_bytes=settings.max_upload_bytes,
@@ -55,7 +59,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         max_side=settings.max_image_side,
         allowed_formats=settings.allowed_formats,
     )
-    fingerprint = _fingerprint(info, prompt, model, params, sub.options)
+    fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)
     if sub.idempotency_key is not None:
         earlier = _replay(deps, sub.idempotency_key, fingerprint)
         if earlier is not None:
@@ -81,6 +85,10 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         idempotency_key=sub.idempotency_key,
         request_sha256=fingerprint,
         enqueued_at=jobs_repo.utcnow(),
+        webhook_url=sub.webhook.webhook_url,
+        webhook_events=(
+            [str(e) for e in sub.webhook.webhook_events] if sub.webhook.webhook_events else None
+        ),
     )
     try:
         _insert_row(deps, job)
@@ -96,10 +104,15 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
 
 
 def _fingerprint(
-    info: ImageInfo, prompt: str, model: str, params: dict[str, object], options: JobOptions
+    info: ImageInfo,
+    prompt: str,
+    model: str,
+    params: dict[str, object],
+    options: JobOptions,
+    webhook: WebhookOptions,
 ) -> str:
     body = {"image": info.sha256, "prompt": prompt, "model": model, "params": params,
-            "options": options.model_dump()}
+            "options": options.model_dump(), "webhook": webhook.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,6 +131,23 @@ def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
 
 def _deadline(seconds: int | None) -> datetime | None:
     return jobs_repo.utcnow() + timedelta(seconds=seconds) if seconds else None
+
+
+def _check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
+    """Refuses, before anything is stored, a URL the sender would refuse to connect to."""
+    if webhook.webhook_url is None:
+        return
+    if not settings.webhook_secrets:
+        raise InvalidInput(
+            "this server has no webhook signing secret, so it cannot send webhooks; poll "
+            "GET /v1/jobs/{id} or ask the operator to set VLMQ_WEBHOOK_SECRETS",
+            code="webhooks_not_configured",
+        )
+    resolve_webhook_url(
+        webhook.webhook_url,
+        allow_http=settings.webhook_allow_http,
+        allowed_networks=settings.webhook_allowed_networks,
+    )
 
 
 def _check_prompt(prompt: str | None, max_chars: int) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -32,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker: resident engine + Celery consumer")
     worker.set_defaults(run=_worker)
+
+    webhooks = sub.add_parser(
+        "webhooks", help="deliver signed webhooks (CPU-only Celery worker on the webhook queue)"
+    )
+    webhooks.set_defaults(run=_webhooks)
+
+    secret = sub.add_parser("webhook-secret", help="print a new whsec_ webhook signing secret")
+    secret.set_defaults(run=_webhook_secret)
 
     flower = sub.add_parser("flower", help="run the Flower dashboard on the same broker")
     flower.add_argument("--port", type=int, default=5555)
@@ -68,6 +78,14 @@ def _api(args: argparse.Namespace, extra: list[str]) -> None:
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> None:
     _exec(["-m", "worker", *extra])
+
+
+def _webhooks(args: argparse.Namespace, extra: list[str]) -> None:
+    _exec(["-m", "worker.webhook_app", *extra])
+
+
+def _webhook_secret(args: argparse.Namespace, extra: list[str]) -> None:
+    print(f"whsec_{base64.b64encode(secrets.token_bytes(32)).decode()}")
 
 
 def _flower(args: argparse.Namespace, extra: list[str]) -> None:

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared import deliveries_repo
+from shared.cursor import decode_cursor, encode_cursor
+from shared.errors import Conflict, NotFound
 from shared.models import Job
-from shared.status import ALLOWED_FROM, JobStatus
+from shared.status import ALLOWED_FROM, TERMINAL, JobStatus
+from shared.timeutil import as_utc, utcnow
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+__all__ = ["as_utc", "utcnow"]  # re-exported: callers read the clock through this module
 
 
 def insert_job(session: Session, job: Job) -> Job:
@@ -36,16 +31,25 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
 
 
 def transition(session: Session, job_id: uuid.UUID, target: JobStatus, **values: Any) -> bool:
-    """Move a job to `target` if its current status allows it; False when another actor won."""
+    """Move a job to `target` if its current status allows it; False when another actor won.
+
+    A job that ends with a webhook gets its delivery row in the same transaction, so no
+    terminal event can be lost between the two writes.
+    """
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ALLOWED_FROM[target]))
         .values(status=target, **values)
+        .returning(Job.webhook_url, Job.webhook_events)
         .execution_options(synchronize_session=False)
     )
-    changed = session.execute(stmt).rowcount == 1
+    row = session.execute(stmt).first()
+    if row is not None and target in TERMINAL and row.webhook_url:
+        deliveries_repo.add_for_terminal_job(
+            session, job_id, target, row.webhook_url, row.webhook_events
+        )
     session.commit()
-    return changed
+    return row is not None
 
 
 def mark_running(session: Session, job_id: uuid.UUID, lease_seconds: float = 30) -> bool:
@@ -117,7 +121,7 @@ def list_jobs(
     if model is not None:
         stmt = stmt.where(Job.model == model)
     if cursor:
-        created_at, last_id = _decode_cursor(cursor)
+        created_at, last_id = decode_cursor(cursor)
         stmt = stmt.where(
             or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id))
         )
@@ -125,22 +129,8 @@ def list_jobs(
     rows = list(session.scalars(stmt))
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1]) if more and rows else None
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     return Page(jobs=rows, next_cursor=next_cursor)
-
-
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, job_id = base64.urlsafe_b64decode(padded).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("cursor is not one this API returned", code="invalid_cursor") from exc
 
 
 def delete_job(session: Session, job_id: uuid.UUID) -> None:
@@ -333,3 +323,22 @@ def cancelled_among(session: Session, job_ids: list[uuid.UUID]) -> list[uuid.UUI
     return list(session.scalars(
         select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.cancelled)
     ))
+
+
+def expire_overdue(session: Session, limit: int = 500) -> int:
+    """Expires queued jobs with a webhook that are past their deadline.
+
+    Other jobs expire lazily when read or claimed; these owe their endpoint a
+    job.expired event even when nobody reads them and no worker serves their model.
+    """
+    overdue = session.scalars(
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.queued,
+            Job.expires_at < utcnow(),
+            Job.webhook_url.is_not(None),
+        )
+        .limit(limit)
+    ).all()
+    session.rollback()
+    return sum(expire(session, job_id) for job_id in overdue)

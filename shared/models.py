@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Enum,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -21,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.status import JobStatus
+from shared.webhook_events import DeliveryStatus
 
 
 def _utcnow() -> datetime:
@@ -78,12 +80,17 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # Where the terminal event goes; webhook_events None means every terminal event.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
         UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_model_status_enqueued", "model", "status", "enqueued_at"),
+        Index("ix_jobs_status_expires", "status", "expires_at"),
     )
 
 
@@ -105,3 +112,65 @@ class Worker(Base):
     )
 
     __table_args__ = (Index("ix_workers_model_seen", "model", "last_seen_at"),)
+
+
+class WebhookDelivery(Base):
+    """One terminal event of one job on its way to the job's webhook URL."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    # The webhook-id header: one per event, the same on every attempt, so receivers dedupe.
+    message_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Written by the first attempt and sent unchanged by every later one.
+    payload: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, name="delivery_status", native_enum=False, length=16),
+        nullable=False,
+        default=DeliveryStatus.pending,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Attempts since the delivery was created or last replayed; picks the retry delay.
+    round_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Held by the sender making an attempt; a lapsed lease means that sender died.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a message for the due attempt went to the webhook queue.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", name="uq_webhook_deliveries_message_id"),
+        Index("ix_webhook_deliveries_job", "job_id"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """The ledger: one row per HTTP attempt, written when it starts and when it ends."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "number"),)

@@ -10,6 +10,7 @@ from celery import Celery
 from shared.settings import Settings, queue_for_model
 
 RUN_JOB_TASK = "vlmq.run_job"
+DELIVER_WEBHOOK_TASK = "vlmq.deliver_webhook"
 # Redis keeps one list per priority step; 0 is served first, as in vLLM's scheduler.
 PRIORITY_STEPS = list(range(10))
 DEFAULT_PRIORITY = 5
@@ -81,6 +82,11 @@ def enqueue_for_model(
     """Sends the job to the queue its model's workers consume."""
     queue = queue_for_model(settings.queue_prefix, model)
     enqueue_job(app, job_id, queue, priority, countdown)
+
+
+def enqueue_delivery(app: Celery, settings: Settings, delivery_id: uuid.UUID) -> None:
+    """Asks a webhook worker to make the delivery's due attempt; CPU-only, off the GPU queues."""
+    app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=settings.webhook_queue)
 
 
 ABORT_COMMAND = "vlmq_abort"

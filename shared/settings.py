@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -92,13 +94,56 @@ class Settings(BaseSettings):
     # Benchmarks only: generate exactly max_tokens so runs are comparable.
     ignore_eos: bool = False
 
+    # Webhooks. Every delivery carries one signature per secret, so a new secret can be
+    # added before an old one is removed (rotation). Generate one with `vlmq webhook-secret`.
+    webhook_secrets: list[str] = []
+    # Local development only: plain http, and networks (CIDR) exempt from the refusal of
+    # private, loopback and link-local addresses.
+    webhook_allow_http: bool = False
+    webhook_allowed_networks: list[str] = []
+    # Seconds to wait after the 1st, 2nd, ... failed attempt; one more attempt than entries.
+    webhook_retry_schedule: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, le=1)
+    webhook_retry_after_max_seconds: float = 86_400
+    webhook_timeout_seconds: float = 15.0
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_max_payload_bytes: int = 16 * 1024
+    webhook_concurrency: int = 16
+    # How often a webhook worker looks for deliveries that are due.
+    webhook_poll_seconds: float = 1.0
+    # Base of links in webhook payloads, e.g. https://vlmq.example.com; relative when unset.
+    public_url: str | None = None
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
 
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _whsec_secrets(cls, secrets: list[str]) -> list[str]:
+        for secret in secrets:
+            if not secret.startswith("whsec_") or len(_whsec_key(secret)) < 24:
+                raise ValueError(
+                    "each webhook secret is whsec_ followed by base64 of at least 24 random "
+                    "bytes; `vlmq webhook-secret` prints one"
+                )
+        return secrets
+
     @property
     def queue_name(self) -> str:
         return queue_for_model(self.queue_prefix, self.model)
+
+    @property
+    def webhook_queue(self) -> str:
+        return f"{self.queue_prefix}.webhooks"
+
+
+def _whsec_key(secret: str) -> bytes:
+    try:
+        key = secret.removeprefix("whsec_")
+        return base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def queue_for_model(prefix: str, model: str) -> str:

@@ -174,3 +174,9 @@ class RedisServer:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+
+def start_webhooks(env: dict[str, str], log_dir: Path, name: str = "webhooks") -> Service:
+    svc = Service(name, ["webhooks"], env, log_dir)
+    svc.wait_for_log(" ready.", timeout=60)
+    return svc

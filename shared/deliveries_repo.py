@@ -1,0 +1,293 @@
+"""Repository functions for webhook deliveries and their attempt ledger.
+
+Postgres is the source of truth: a delivery row is written in the same transaction that
+finishes its job, and queue messages only tell a sender to look at a row. A lost message,
+a killed sender or a broker restart therefore delays an event but never loses it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.cursor import decode_cursor, encode_cursor
+from shared.errors import NotFound
+from shared.models import WebhookAttempt, WebhookDelivery
+from shared.status import JobStatus
+from shared.timeutil import utcnow
+from shared.webhook_events import EVENT_FOR_STATUS, DeliveryStatus
+
+
+def add_for_terminal_job(
+    session: Session,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    url: str,
+    events: list[str] | None,
+) -> None:
+    """Called inside the transaction that moves the job to `status`; commits with it."""
+    event = EVENT_FOR_STATUS[status]
+    if events is not None and event not in events:
+        return
+    session.add(
+        WebhookDelivery(
+            job_id=job_id,
+            event=event,
+            url=url,
+            message_id=f"msg_{uuid.uuid4().hex}",
+            status=DeliveryStatus.pending,
+            attempts=0,
+            round_attempts=0,
+            next_attempt_at=utcnow(),
+        )
+    )
+
+
+def _attemptable(now: datetime) -> list[ColumnElement[bool]]:
+    """Pending, due, and held by no live sender."""
+    return [
+        WebhookDelivery.status == DeliveryStatus.pending,
+        WebhookDelivery.next_attempt_at <= now,
+        or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now),
+    ]
+
+
+def _due(now: datetime, redispatch_before: datetime) -> list[ColumnElement[bool]]:
+    """Attemptable and without a recent queue message for it."""
+    return [
+        *_attemptable(now),
+        or_(
+            WebhookDelivery.dispatched_at.is_(None),
+            WebhookDelivery.dispatched_at < redispatch_before,
+        ),
+    ]
+
+
+def take_due(session: Session, redispatch_after_seconds: float,
+             limit: int = 500) -> list[uuid.UUID]:
+    """Deliveries whose attempt is due and that no sender holds, stamped as dispatched.
+
+    The stamp is set by one guarded UPDATE, so when several webhook workers look at once
+    each delivery is taken by one of them. A stamped delivery whose message went missing is
+    taken again after `redispatch_after_seconds`.
+    """
+    now = utcnow()
+    conditions = _due(now, now - timedelta(seconds=redispatch_after_seconds))
+    candidates = (
+        select(WebhookDelivery.id)
+        .where(*conditions)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    )
+    ids = list(session.scalars(candidates))
+    if not ids:
+        session.rollback()
+        return []
+    taken = session.scalars(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids), *conditions)
+        .values(dispatched_at=now)
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return list(taken)
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: uuid.UUID
+    job_id: uuid.UUID
+    event: str
+    url: str
+    message_id: str
+    payload: str | None
+    number: int  # of this attempt among all the delivery's attempts
+    round_attempts: int  # since creation or the last replay, this attempt included
+    attempt_id: uuid.UUID
+
+
+def claim(session: Session, delivery_id: uuid.UUID, lease_seconds: float) -> Claim | None:
+    """Takes the delivery for one attempt, or None when it is not due or another sender has it.
+
+    An attempt a dead sender left open is closed as interrupted, so the ledger shows it.
+    """
+    now = utcnow()
+    lease = now + timedelta(seconds=lease_seconds)
+    row = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, *_attemptable(now))
+        .values(
+            lease_expires_at=lease,
+            dispatched_at=None,
+            attempts=WebhookDelivery.attempts + 1,
+            round_attempts=WebhookDelivery.round_attempts + 1,
+        )
+        .returning(
+            WebhookDelivery.job_id,
+            WebhookDelivery.event,
+            WebhookDelivery.url,
+            WebhookDelivery.message_id,
+            WebhookDelivery.payload,
+            WebhookDelivery.attempts,
+            WebhookDelivery.round_attempts,
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    job_id, event, url, message_id, payload, attempts, round_attempts = row
+    session.execute(
+        update(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == delivery_id, WebhookAttempt.finished_at.is_(None))
+        .values(finished_at=now, error="interrupted: the sender stopped during the attempt")
+        .execution_options(synchronize_session=False)
+    )
+    attempt = WebhookAttempt(delivery_id=delivery_id, number=attempts, started_at=now)
+    session.add(attempt)
+    session.commit()
+    return Claim(delivery_id, job_id, event, url, message_id, payload, attempts, round_attempts,
+                 attempt.id)
+
+
+def save_payload(session: Session, delivery_id: uuid.UUID, payload: str) -> None:
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.payload.is_(None))
+        .values(payload=payload)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    response_excerpt: str
+
+
+def finish(
+    session: Session,
+    claimed: Claim,
+    record: AttemptRecord,
+    status: DeliveryStatus,
+    next_attempt_at: datetime | None,
+) -> bool:
+    """Writes the attempt to the ledger and moves the delivery on.
+
+    The delivery only moves while this attempt is its latest: if the lease lapsed and
+    another sender took over, this attempt is still recorded but the newer one decides.
+    """
+    now = utcnow()
+    session.execute(
+        update(WebhookAttempt)
+        .where(WebhookAttempt.id == claimed.attempt_id)
+        .values(
+            finished_at=now,
+            status_code=record.status_code,
+            latency_ms=record.latency_ms,
+            error=record.error,
+            response_excerpt=record.response_excerpt,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    moved = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == claimed.delivery_id,
+            WebhookDelivery.status == DeliveryStatus.pending,
+            WebhookDelivery.attempts == claimed.number,
+        )
+        .values(
+            status=status,
+            next_attempt_at=next_attempt_at,
+            lease_expires_at=None,
+            delivered_at=now if status == DeliveryStatus.succeeded else None,
+            last_status_code=record.status_code,
+            last_error=record.error,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    session.commit()
+    return moved
+
+
+def redeliver(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery:
+    """Schedules a fresh round of attempts now, whatever state the delivery is in."""
+    changed = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(
+            status=DeliveryStatus.pending,
+            next_attempt_at=utcnow(),
+            round_attempts=0,
+            dispatched_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    if not changed:
+        raise NotFound(f"no webhook delivery with id {delivery_id}")
+    delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    assert delivery is not None
+    return delivery
+
+
+def get_delivery(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery | None:
+    return session.get(WebhookDelivery, delivery_id, populate_existing=True)
+
+
+def for_job(session: Session, job_id: uuid.UUID) -> list[WebhookDelivery]:
+    return list(session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.created_at)
+    ))
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    deliveries: list[WebhookDelivery]
+    next_cursor: str | None
+
+
+def list_deliveries(
+    session: Session, status: DeliveryStatus | None, limit: int, cursor: str | None
+) -> DeliveryPage:
+    """Newest first; operators use it to find dead letters."""
+    stmt = select(WebhookDelivery)
+    if status is not None:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    if cursor:
+        created_at, last_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(
+            WebhookDelivery.created_at < created_at,
+            and_(WebhookDelivery.created_at == created_at, WebhookDelivery.id < last_id),
+        ))
+    stmt = stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    rows = list(session.scalars(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return DeliveryPage(rows, next_cursor)
+
+
+def attempts_of(session: Session, delivery_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[WebhookAttempt]]:
+    by_delivery: dict[uuid.UUID, list[WebhookAttempt]] = {d: [] for d in delivery_ids}
+    if not delivery_ids:
+        return by_delivery
+    rows = session.scalars(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+        .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number, WebhookAttempt.started_at)
+    )
+    for attempt in rows:
+        by_delivery[attempt.delivery_id].append(attempt)
+    return by_delivery

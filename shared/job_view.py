@@ -1,0 +1,95 @@
+"""The public job object: what `GET /v1/jobs/{id}` returns and what webhooks carry."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.models import Job
+from shared.status import JobStatus
+
+
+class JobResult(BaseModel):
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class ImageMeta(BaseModel):
+    sha256: str
+    bytes: int
+    format: str
+    width: int
+    height: int
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    model: str
+    prompt: str
+    params: dict[str, Any]
+    image: ImageMeta
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    priority: int
+    expires_at: datetime | None
+    queue_position: int | None = Field(
+        default=None, description="while queued: jobs of this model that run first"
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="while queued: estimated seconds until done, from recent throughput"
+    )
+    result: JobResult | None
+    error: JobError | None
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobOut:
+        result = None
+        if job.status == JobStatus.succeeded and job.result_text is not None:
+            result = JobResult(
+                text=job.result_text,
+                prompt_tokens=job.prompt_tokens or 0,
+                completion_tokens=job.completion_tokens or 0,
+                finish_reason=job.finish_reason or "stop",
+            )
+        error = None
+        if job.error_code is not None:
+            error = JobError(code=job.error_code, message=job.error_message or "")
+        return cls(
+            id=job.id,
+            status=job.status,
+            model=job.model,
+            prompt=job.prompt,
+            params=job.params,
+            image=ImageMeta(
+                sha256=job.image_sha256,
+                bytes=job.image_bytes,
+                format=job.image_format,
+                width=job.image_width,
+                height=job.image_height,
+            ),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            priority=job.priority,
+            expires_at=job.expires_at,
+            result=result,
+            error=error,
+            webhook_url=job.webhook_url,
+            webhook_events=job.webhook_events,
+        )

@@ -1,0 +1,65 @@
+"""The body of a webhook: a Standard Webhooks envelope around the public job object.
+
+Receivers should not have to accept large bodies, so the job's long text fields are cut
+until the body fits; a cut payload says so and links to the full job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.job_view import JobOut
+from shared.models import Job
+from shared.timeutil import as_utc, utcnow
+
+# Fields that can be long, in the order they are cut: (path to the field's parent, key).
+_CUTTABLE: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("result",), "text"),
+    ((), "prompt"),
+    (("error",), "message"),
+)
+_CUT_MARK = "…"
+
+
+def job_link(job_id: object, public_url: str | None) -> str:
+    path = f"/v1/jobs/{job_id}"
+    return f"{public_url.rstrip('/')}{path}" if public_url else path
+
+
+def build_payload(job: Job, event: str, *, public_url: str | None, max_bytes: int) -> str:
+    moment = as_utc(job.finished_at) if job.finished_at else utcnow()
+    data: dict[str, Any] = JobOut.from_row(job).model_dump(mode="json")
+    data["url"] = job_link(job.id, public_url)
+    data["truncated"] = False
+    envelope = {"type": event, "timestamp": moment.isoformat(), "data": data}
+    body = _dump(envelope)
+    while len(body.encode()) > max_bytes and _cut_longest(data, len(body.encode()) - max_bytes):
+        data["truncated"] = True
+        body = _dump(envelope)
+    return body
+
+
+def _dump(envelope: dict[str, Any]) -> str:
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+
+
+def _cut_longest(data: dict[str, Any], excess_bytes: int) -> bool:
+    """Shortens the longest cuttable field by at least `excess_bytes`; False if none is left.
+
+    Every character removed takes at least one byte out of the JSON, so removing
+    `excess_bytes` characters (plus room for the mark) always makes progress.
+    """
+    fields = []
+    for parents, key in _CUTTABLE:
+        holder: Any = data
+        for name in parents:
+            holder = holder.get(name) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(key), str) and holder[key]:
+            fields.append((len(holder[key]), holder, key))
+    if not fields:
+        return False
+    length, holder, key = max(fields, key=lambda f: f[0])
+    keep = max(0, length - excess_bytes - len(_CUT_MARK.encode()))
+    holder[key] = holder[key][:keep] + _CUT_MARK if keep else ""
+    return True

@@ -1,0 +1,56 @@
+"""`vlmq webhooks`: a CPU-only Celery worker that delivers signed webhooks.
+
+It consumes only the webhook queue and loads no model, so slow or dead endpoints tie up
+this process's threads and never a GPU worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from shared.queue import DELIVER_WEBHOOK_TASK
+from shared.settings import Settings
+from worker.webhook_delivery import WebhookContext, deliver
+from worker.webhook_dispatcher import Dispatcher
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    if not settings.webhook_secrets:
+        raise SystemExit(
+            "vlmq webhooks: no signing secret; set VLMQ_WEBHOOK_SECRETS='[\"whsec_...\"]' "
+            "(`vlmq webhook-secret` prints a new one)"
+        )
+    ctx = WebhookContext.start(settings)
+    app = ctx.celery
+
+    @app.task(name=DELIVER_WEBHOOK_TASK)
+    def deliver_task(delivery_id: str) -> str:
+        return deliver(ctx, uuid.UUID(delivery_id))
+
+    dispatcher = Dispatcher(ctx)
+    dispatcher.start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={settings.webhook_concurrency}",
+                f"--queues={settings.webhook_queue}",
+                "--hostname=webhooks@%h",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--task-events",
+                *(argv or []),
+            ]
+        )
+    finally:
+        dispatcher.stop()
+        ctx.close()
+
+
+if __name__ == "__main__":
+    main()

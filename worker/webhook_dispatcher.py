@@ -1,0 +1,51 @@
+"""Turns due deliveries in Postgres into messages on the webhook queue.
+
+Polling the ledger, rather than trusting one message per event, is what makes delivery
+survive a killed sender (its lease lapses and the delivery is due again), a lost message
+(it is sent again after REDISPATCH_AFTER_SECONDS) and retries hours apart (the broker
+never holds a message for a delayed attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from shared import deliveries_repo, jobs_repo
+from shared.queue import enqueue_delivery
+from worker.webhook_delivery import WebhookContext
+
+log = logging.getLogger(__name__)
+
+REDISPATCH_AFTER_SECONDS = 120.0
+
+
+class Dispatcher:
+    def __init__(self, ctx: WebhookContext) -> None:
+        self._ctx = ctx
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._ctx.settings.webhook_poll_seconds):
+            try:
+                self.tick()
+            except Exception:  # the database or broker is down; the next tick tries again
+                log.warning("webhook dispatch failed; retrying", exc_info=True)
+
+    def tick(self) -> int:
+        with self._ctx.sessions() as session:
+            expired = jobs_repo.expire_overdue(session)
+            due = deliveries_repo.take_due(session, REDISPATCH_AFTER_SECONDS)
+        if expired:
+            log.info("expired %d queued jobs past their deadline", expired)
+        for delivery_id in due:
+            enqueue_delivery(self._ctx.celery, self._ctx.settings, delivery_id)
+        return len(due)
