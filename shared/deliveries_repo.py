@@ -98,6 +98,24 @@ def take_due(session: Session, redispatch_after_seconds: float,
     return list(taken)
 
 
+def forget_dispatches(session: Session) -> int:
+    """Makes every due delivery no sender holds dispatchable again at once.
+
+    A webhook worker calls this when it starts: messages a killed worker had taken from
+    the queue but not started are gone with it, and waiting for the re-dispatch period
+    would hold those events back. A duplicate message costs one failed claim.
+    """
+    now = utcnow()
+    count = session.execute(
+        update(WebhookDelivery)
+        .where(*_attemptable(now), WebhookDelivery.dispatched_at.is_not(None))
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return count
+
+
 @dataclass(frozen=True)
 class Claim:
     delivery_id: uuid.UUID

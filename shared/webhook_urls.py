@@ -124,7 +124,7 @@ def resolve_webhook_url(
 
     literal = _ip_literal(parts.hostname)
     if literal is not None:
-        host = literal.compressed
+        host = parts.hostname
         addresses: list[IPAddress] = [literal]
     else:
         host = _ascii_hostname(parts.hostname)
@@ -230,7 +230,7 @@ def _forbidden(ip: IPAddress, networks: Sequence[IPNetwork]) -> str | None:
         if _in_networks(mapped, networks):
             return None
         reason = _ipv4_reason(mapped)
-        return None if reason is None else f"IPv4-mapped address {ip} ({reason})"
+        return None if reason is None else f"IPv4-mapped address ::ffff:{mapped} ({reason})"
     if ip in _NAT64:
         reason = _ipv4_reason(_low_ipv4(ip))
         return None if reason is None else f"NAT64 address {ip} ({reason})"

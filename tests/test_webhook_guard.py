@@ -42,8 +42,9 @@ class Recorded:
 
 
 class _Server(ThreadingHTTPServer):
-    def __init__(self, respond: Respond) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, respond: Respond, host: str = "127.0.0.1") -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), _Handler)
         self.respond = respond
         self.requests: list[Recorded] = []
         self.connections = 0
@@ -89,8 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(respond: Respond, tls: ssl.SSLContext | None = None) -> Iterator[_Server]:
-    server = _Server(respond)
+def serve(
+    respond: Respond, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[_Server]:
+    server = _Server(respond, host)
     if tls is not None:
         tls.sni_callback = lambda _sock, name, _ctx: server.sni_names.append(name)
         server.socket = tls.wrap_socket(server.socket, server_side=True)
@@ -374,6 +377,29 @@ def test_post_delivers_body_and_headers_to_the_pinned_address() -> None:
     assert request.headers["User-Agent"] == "vlmq-webhooks/1"
     assert request.headers["X-Vlmq-Signature"] == "v1=abc"
     assert request.headers["X-Vlmq-Event"] == "job.succeeded"
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_post_to_an_ipv6_address() -> None:
+    with serve(ok, host="::1") as server:
+        target = resolve_webhook_url(
+            f"http://hooks.example.test:{server.port}/v6",
+            allow_http=True,
+            allowed_networks=["::1/128"],
+            resolver=lambda host, port: ["::1"],
+        )
+        result = post(target)
+    assert (result.status_code, result.error) == (200, None)
+    assert server.requests[0].headers["Host"] == f"hooks.example.test:{server.port}"
 
 
 def test_non_2xx_status_and_body_are_returned_as_is() -> None:

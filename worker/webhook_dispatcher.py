@@ -17,7 +17,7 @@ from worker.webhook_delivery import WebhookContext
 
 log = logging.getLogger(__name__)
 
-REDISPATCH_AFTER_SECONDS = 120.0
+REDISPATCH_AFTER_SECONDS = 60.0
 
 
 class Dispatcher:
@@ -27,6 +27,13 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
 
     def start(self) -> None:
+        try:
+            with self._ctx.sessions() as session:
+                released = deliveries_repo.forget_dispatches(session)
+            if released:
+                log.info("%d due deliveries will be dispatched again", released)
+        except Exception:  # without it they are dispatched again after the usual period
+            log.warning("could not release earlier dispatches", exc_info=True)
         self._thread.start()
 
     def stop(self) -> None:
