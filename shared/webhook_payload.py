@@ -1,7 +1,7 @@
 """The body of a webhook: a Standard Webhooks envelope around the public job object.
 
-Receivers should not have to accept large bodies, so the job's long text fields are cut
-until the body fits; a cut payload says so and links to the full job.
+Receivers should not have to accept large bodies, so the job's long text fields are cut,
+longest first, until the body fits; a cut payload says so and links to the full job.
 """
 
 from __future__ import annotations
@@ -45,21 +45,34 @@ def _dump(envelope: dict[str, Any]) -> str:
 
 
 def _cut_longest(data: dict[str, Any], excess_bytes: int) -> bool:
-    """Shortens the longest cuttable field by at least `excess_bytes`; False if none is left.
-
-    Every character removed takes at least one byte out of the JSON, so removing
-    `excess_bytes` characters (plus room for the mark) always makes progress.
-    """
+    """Shortens the longest cuttable field by at least `excess_bytes` of JSON; False if none
+    is left to cut."""
     fields = []
     for parents, key in _CUTTABLE:
         holder: Any = data
         for name in parents:
             holder = holder.get(name) if isinstance(holder, dict) else None
         if isinstance(holder, dict) and isinstance(holder.get(key), str) and holder[key]:
-            fields.append((len(holder[key]), holder, key))
+            fields.append((_json_size(holder[key]), holder, key))
     if not fields:
         return False
-    length, holder, key = max(fields, key=lambda f: f[0])
-    keep = max(0, length - excess_bytes - len(_CUT_MARK.encode()))
-    holder[key] = holder[key][:keep] + _CUT_MARK if keep else ""
+    size, holder, key = max(fields, key=lambda f: f[0])
+    holder[key] = _prefix_within(holder[key], size - excess_bytes - _json_size(_CUT_MARK))
     return True
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def _prefix_within(text: str, budget: int) -> str:
+    """The longest prefix of `text` (plus the cut mark) whose JSON takes at most `budget`
+    bytes; found by bisection, as characters vary from 1 to 6 bytes once escaped."""
+    low, high = 0, len(text) - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _json_size(text[:mid]) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + _CUT_MARK if low else ""

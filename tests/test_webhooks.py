@@ -131,6 +131,18 @@ def test_succeeded_job_is_signed_with_every_secret_and_verifies(
     assert delivery["history"][0]["latency_ms"] >= 0
 
 
+def test_failed_job_sends_job_failed(hooks: Hooks, hc: httpx.Client, worker: Service) -> None:
+    # Under the API's character limit, over the model's context: fails in the worker.
+    long_prompt = " ".join(f"word{i}" for i in range(1500))
+    with receiver(host=RECEIVER_HOST) as r:
+        job_id = submit(hc, r.url(), model=hooks.stack.settings.model, prompt=long_prompt)
+        [hit] = r.wait_for(1, timeout=60)
+    payload = verified(OLD_SECRET, hit)
+    assert payload["type"] == "job.failed"
+    assert payload["data"]["error"]["code"] == "prompt_too_long"
+    assert payload["data"]["status"] == "failed" and payload["data"]["id"] == job_id
+
+
 def test_failing_endpoint_gets_the_event_after_retries_with_one_webhook_id(
     hc: httpx.Client,
 ) -> None:

@@ -1,0 +1,57 @@
+"""What follows a delivery attempt: success, disable, retry with jitter, dead letter."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from shared.settings import Settings
+from shared.webhook_events import DeliveryStatus
+from worker.webhook_policy import RetryPolicy
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT = Settings().webhook_retry_schedule
+
+
+def policy(jitter: float = 0.0) -> RetryPolicy:
+    return RetryPolicy(schedule=DEFAULT, jitter=jitter, retry_after_max=86_400)
+
+
+def seconds_until(after: object) -> float:
+    return (after.attempt_at - NOW).total_seconds()  # type: ignore[attr-defined]
+
+
+def test_default_schedule_is_the_documented_one() -> None:
+    assert DEFAULT == [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+@pytest.mark.parametrize("code", [200, 201, 204, 299])
+def test_2xx_is_success(code: int) -> None:
+    assert policy().after(code, None, 1, NOW).status == DeliveryStatus.succeeded
+
+
+def test_410_disables_even_on_the_first_attempt() -> None:
+    after = policy().after(410, 60, 1, NOW)
+    assert (after.status, after.attempt_at) == (DeliveryStatus.disabled, None)
+
+
+@pytest.mark.parametrize("code", [None, 301, 302, 400, 404, 429, 500, 503])
+def test_everything_else_retries_on_the_schedule(code: int | None) -> None:
+    waits = [seconds_until(policy().after(code, None, n, NOW)) for n in range(1, 8)]
+    assert waits == DEFAULT
+    assert policy().after(code, None, 8, NOW).status == DeliveryStatus.dead_lettered
+
+
+def test_jitter_stays_within_its_fraction_and_varies() -> None:
+    rand = random.Random(7)
+    waits = [seconds_until(policy(0.2).after(500, None, 2, NOW, rand)) for _ in range(200)]
+    assert all(240 <= w <= 360 for w in waits)
+    assert len({round(w) for w in waits}) > 20
+
+
+def test_retry_after_delays_but_never_hastens_and_is_capped() -> None:
+    assert seconds_until(policy().after(503, 120, 1, NOW)) == 120  # longer than 5 s: honoured
+    assert seconds_until(policy().after(503, 1, 2, NOW)) == 300  # shorter: the schedule wins
+    assert seconds_until(policy().after(429, 10**9, 1, NOW)) == 86_400
