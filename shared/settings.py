@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 
@@ -128,6 +129,16 @@ class Settings(BaseSettings):
                     "bytes; `vlmq webhook-secret` prints one"
                 )
         return secrets
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _cidr_networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network such as 127.0.0.1/32") from exc
+        return networks
 
     @property
     def queue_name(self) -> str:
