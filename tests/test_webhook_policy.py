@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import Settings
 from shared.webhook_events import DeliveryStatus
@@ -55,3 +59,27 @@ def test_retry_after_delays_but_never_hastens_and_is_capped() -> None:
     assert seconds_until(policy().after(503, 120, 1, NOW)) == 120  # longer than 5 s: honoured
     assert seconds_until(policy().after(503, 1, 2, NOW)) == 300  # shorter: the schedule wins
     assert seconds_until(policy().after(429, 10**9, 1, NOW)) == 86_400
+
+
+@pytest.mark.parametrize("secret", ["abc", "whsec_", "whsec_c2hvcnQ=", "whsec_!!!notbase64!!!"])
+def test_settings_refuse_a_secret_that_is_not_a_whsec_key(secret: str) -> None:
+    with pytest.raises(ValidationError, match="vlmq webhook-secret"):
+        Settings(webhook_secrets=[secret])
+
+
+def vlmq(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_webhook_secret_command_prints_a_usable_secret() -> None:
+    first, second = (vlmq("webhook-secret").stdout.strip() for _ in range(2))
+    assert Settings(webhook_secrets=[first]).webhook_secrets == [first]
+    assert first != second
+
+
+def test_webhook_worker_without_a_secret_says_what_to_set() -> None:
+    proc = vlmq("webhooks")
+    assert proc.returncode != 0
+    assert "VLMQ_WEBHOOK_SECRETS" in proc.stderr and "vlmq webhook-secret" in proc.stderr

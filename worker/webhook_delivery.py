@@ -16,6 +16,7 @@ from shared.db import make_engine, make_session_factory
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.timeutil import utcnow
+from shared.webhook_events import DeliveryStatus
 from shared.webhook_payload import build_payload
 from shared.webhook_urls import WebhookUrlRefused, resolve_webhook_url
 from worker.webhook_policy import RetryPolicy
@@ -78,7 +79,9 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID) -> str:
     )
     with ctx.sessions() as session:
         deliveries_repo.finish(session, claimed, record, after.status, after.attempt_at)
-    log.info(
+    level = logging.WARNING if after.status == DeliveryStatus.dead_lettered else logging.INFO
+    log.log(
+        level,
         "webhook %s (%s, job %s) attempt %d: %s -> %s%s",
         claimed.message_id, claimed.event, claimed.job_id, claimed.number,
         result.status_code or result.error, after.status,
