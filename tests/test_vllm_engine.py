@@ -189,19 +189,22 @@ def test_engine_death_fails_running_jobs_and_worker_recovers(
     assert cores, "expected vLLM's engine core in a child process of the worker"
     # Near the context limit so they are still generating when the engine dies.
     long_ids = [submit(client, VLLM_MODEL, seed=i, max_tokens=1900) for i in range(3)]
-    running: list[str] = []
+    # A job is `running` from its claim, but only jobs already inside the engine die with
+    # it; the others wait for the fresh engine. So wait until some are inside.
+    in_engine = 0.0
     deadline = time.monotonic() + 60
-    while not running and time.monotonic() < deadline:
-        running = [i for i in long_ids if client.get(f"/v1/jobs/{i}").json()["status"] == "running"]
+    while not in_engine and time.monotonic() < deadline:
+        in_engine = sample(metrics(vllm_stack), "vlmq_engine_in_flight")
         time.sleep(0.05)
-    assert running, "no job started"
+    assert in_engine, "no job entered the engine"
     for proc in cores:
         proc.kill()
 
-    jobs = {j["id"]: j for j in wait_all(client, long_ids, timeout=300)}
-    for job_id in running:
-        assert jobs[job_id]["status"] == "failed", jobs[job_id]
-        assert jobs[job_id]["error"]["code"] == "engine_error"
+    jobs = wait_all(client, long_ids, timeout=300)
+    failed = [j for j in jobs if j["status"] == "failed"]
+    assert len(failed) >= in_engine, jobs
+    assert {j["error"]["code"] for j in failed} == {"engine_error"}
+    assert all(j["status"] in ("failed", "succeeded") for j in jobs), jobs
     assert vllm_worker.proc.poll() is None, "the worker process died with its engine"
 
     # The worker loads a fresh engine and keeps serving its queue.

@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Stack, png_bytes
-from tests.services import Service, start_api, start_webhooks, wait_terminal
+from tests.services import Service, free_port, start_api, start_webhooks, wait_terminal
 from tests.webhook_receiver import Received, Reply, receiver
 
 NEW_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
@@ -46,6 +46,7 @@ def hooks(stack: Stack) -> Iterator[Hooks]:
         webhook_timeout_seconds=str(TIMEOUT),
         webhook_poll_seconds="0.2",
         public_url="https://vlmq.example.test",
+        metrics_port=str(free_port()),
     )
     api_svc, base = start_api(env.env, env.log_dir, name="api-webhooks")
     result = Hooks(env, base, start_webhooks(env.env, env.log_dir))
@@ -144,7 +145,7 @@ def test_failed_job_sends_job_failed(hooks: Hooks, hc: httpx.Client, worker: Ser
 
 
 def test_failing_endpoint_gets_the_event_after_retries_with_one_webhook_id(
-    hc: httpx.Client,
+    hooks: Hooks, hc: httpx.Client
 ) -> None:
     script = [Reply(500), Reply(503), Reply(502, delay=0.1), Reply(200)]
     with receiver(host=RECEIVER_HOST, script=script) as r:
@@ -162,6 +163,10 @@ def test_failing_endpoint_gets_the_event_after_retries_with_one_webhook_id(
     assert [a["number"] for a in delivery["history"]] == [1, 2, 3, 4]
     assert delivery["delivered_at"] is not None
     assert hc.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    metrics = httpx.get(f"http://127.0.0.1:{hooks.stack.settings.metrics_port}/metrics").text
+    assert 'vlmq_webhook_attempts_total{outcome="pending"}' in metrics
+    assert 'vlmq_webhook_attempts_total{outcome="succeeded"}' in metrics
+    assert "vlmq_webhook_attempt_seconds_count" in metrics
 
 
 def test_410_gone_stops_retries(hc: httpx.Client) -> None:

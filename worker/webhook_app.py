@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
             "(`vlmq webhook-secret` prints a new one)"
         )
     ctx = WebhookContext.start(settings)
+    if settings.metrics_port:
+        ctx.metrics.serve(settings.metrics_port)
     app = ctx.celery
 
     @app.task(name=DELIVER_WEBHOOK_TASK)

@@ -19,6 +19,7 @@ from shared.timeutil import utcnow
 from shared.webhook_events import DeliveryStatus
 from shared.webhook_payload import build_payload
 from shared.webhook_urls import WebhookUrlRefused, resolve_webhook_url
+from worker.webhook_metrics import WebhookMetrics
 from worker.webhook_policy import RetryPolicy
 from worker.webhook_sender import AttemptResult, post_webhook
 from worker.webhook_signing import signed_headers
@@ -35,6 +36,7 @@ class WebhookContext:
     sessions: sessionmaker[Session]
     celery: Celery
     policy: RetryPolicy
+    metrics: WebhookMetrics
 
     @classmethod
     def start(cls, settings: Settings) -> WebhookContext:
@@ -49,6 +51,7 @@ class WebhookContext:
                 jitter=settings.webhook_retry_jitter,
                 retry_after_max=settings.webhook_retry_after_max_seconds,
             ),
+            metrics=WebhookMetrics(),
         )
 
     @property
@@ -79,6 +82,8 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID) -> str:
     )
     with ctx.sessions() as session:
         deliveries_repo.finish(session, claimed, record, after.status, after.attempt_at)
+    ctx.metrics.attempts.labels(outcome=str(after.status)).inc()
+    ctx.metrics.attempt_time.observe(result.latency_ms / 1000)
     level = logging.WARNING if after.status == DeliveryStatus.dead_lettered else logging.INFO
     log.log(
         level,

@@ -55,4 +55,5 @@ class Dispatcher:
             log.info("expired %d queued jobs past their deadline", expired)
         for delivery_id in due:
             enqueue_delivery(self._ctx.celery, self._ctx.settings, delivery_id)
+            self._ctx.metrics.dispatched.inc()
         return len(due)
