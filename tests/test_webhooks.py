@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 import pytest
@@ -314,6 +315,23 @@ def test_long_payload_is_cut_and_links_the_job(hc: httpx.Client, hooks: Hooks) -
     assert data["prompt"].endswith("…") and prompt.startswith(data["prompt"][:-1])
     assert data["url"].endswith(f"/v1/jobs/{job_id}")
     assert hc.get(f"/v1/jobs/{job_id}").json()["prompt"] == prompt
+
+
+def test_a_burst_of_events_arrives_once_each(hc: httpx.Client) -> None:
+    n = 100
+    with receiver(host=RECEIVER_HOST) as r:
+        job_ids = [cancelled_job(hc, r.url()) for _ in range(n)]
+        hits = r.wait_for(n, timeout=60)
+        time.sleep(1)
+        assert len(r.received) == n
+    events = [verified(NEW_SECRET, h) for h in hits]
+    assert sorted(e["data"]["id"] for e in events) == sorted(job_ids)
+    lags = sorted(
+        h.wall - datetime.fromisoformat(e["data"]["finished_at"]).timestamp()
+        for h, e in zip(hits, events)
+    )
+    print(f"\n{n} events: finished -> received p50 {lags[n // 2] * 1000:.0f} ms, "
+          f"max {lags[-1] * 1000:.0f} ms (poll every 0.2 s)")
 
 
 def test_killing_the_webhook_worker_mid_delivery_loses_no_event(

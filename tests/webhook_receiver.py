@@ -23,7 +23,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
-    at: float
+    at: float  # time.monotonic()
+    wall: float = 0.0  # time.time(), to compare with the job's timestamps
 
 
 class Receiver:
@@ -76,7 +77,7 @@ class Receiver:
 
     def _record(self, path: str, headers: dict[str, str], body: bytes) -> Reply:
         with self._lock:
-            self.received.append(Received(path, headers, body, time.monotonic()))
+            self.received.append(Received(path, headers, body, time.monotonic(), time.time()))
             self.arrived.set()
             return self.script.pop(0) if self.script else self.default
 
