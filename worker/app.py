@@ -13,6 +13,7 @@ from shared.settings import Settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
 from worker.runner import run_job
+from worker.supervision import ShutdownWatch, restart_if_died
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     ctx = WorkerContext.start(settings)
     heartbeat = Heartbeat(ctx)
+    watch = ShutdownWatch()
     try:
         app = build_worker_app(settings, ctx)
         heartbeat.start()
@@ -62,3 +64,4 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         heartbeat.stop()
         ctx.close()
+    restart_if_died(watch)

@@ -11,6 +11,7 @@ import uuid
 
 from shared.queue import DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
+from worker.supervision import ShutdownWatch, restart_if_died
 from worker.webhook_delivery import WebhookContext, deliver
 from worker.webhook_dispatcher import Dispatcher
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dispatcher = Dispatcher(ctx)
     dispatcher.start()
+    watch = ShutdownWatch()
     try:
         app.worker_main(
             [
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         dispatcher.stop()
         ctx.close()
+    restart_if_died(watch)
 
 
 if __name__ == "__main__":
