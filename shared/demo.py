@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,6 +29,9 @@ _DEFAULT_MODEL_PATH = Settings.model_fields["model_path"].default
 _START_TIMEOUT_S = 300
 _PROGRESS_EVERY_S = 5.0
 _STOP_TIMEOUT_S = 20
+# Set by the signal handler too: its KeyboardInterrupt can land inside a finalizer or
+# weakref callback, where Python prints and drops it, so the loops check this as well.
+_STOP_REQUESTED = threading.Event()
 
 
 def run_demo(n_images: int = 4) -> int:
@@ -37,6 +41,8 @@ def run_demo(n_images: int = 4) -> int:
     try:
         with _stop_on_signals():
             jobs = _run(settings, n_images)
+        if _STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         _say("interrupted; services stopped")
         return 130
@@ -74,6 +80,7 @@ def _stop_on_signals() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         for sig in signals:
             signal.signal(sig, signal.SIG_IGN)
+        _STOP_REQUESTED.set()
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in signals}
@@ -157,6 +164,8 @@ _RUNNING: list[_service] = []
 
 
 def _check_children() -> None:
+    if _STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
     for svc in _RUNNING:
         if svc.proc.poll() is not None:
             tail = svc.log_path.read_text(errors="replace")[-3000:]
