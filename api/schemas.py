@@ -113,9 +113,7 @@ class DeliveryOut(BaseModel):
             webhook_id=delivery.message_id,
             status=delivery.status,
             attempts=delivery.attempts,
-            next_attempt_at=(
-                delivery.next_attempt_at if delivery.status == DeliveryStatus.pending else None
-            ),
+            next_attempt_at=delivery.next_attempt_at,
             created_at=delivery.created_at,
             delivered_at=delivery.delivered_at,
             last_status_code=delivery.last_status_code,

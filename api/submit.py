@@ -24,6 +24,7 @@ from shared.models import Job
 from shared.queue import enqueue_for_model
 from shared.settings import Settings
 from shared.status import JobStatus
+from shared.timeutil import utcnow
 from shared.webhook_urls import resolve_webhook_url
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         expires_at=_deadline(sub.options.max_queue_seconds or settings.max_queue_seconds),
         idempotency_key=sub.idempotency_key,
         request_sha256=fingerprint,
-        enqueued_at=jobs_repo.utcnow(),
+        enqueued_at=utcnow(),
         webhook_url=sub.webhook.webhook_url,
         webhook_events=(
             [str(e) for e in sub.webhook.webhook_events] if sub.webhook.webhook_events else None
@@ -130,7 +131,7 @@ def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
 
 
 def _deadline(seconds: int | None) -> datetime | None:
-    return jobs_repo.utcnow() + timedelta(seconds=seconds) if seconds else None
+    return utcnow() + timedelta(seconds=seconds) if seconds else None
 
 
 def _check_webhook(settings: Settings, webhook: WebhookOptions) -> None:

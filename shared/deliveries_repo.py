@@ -11,10 +11,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.cursor import decode_cursor, encode_cursor
+from shared.cursor import newest_first_page
 from shared.errors import NotFound
 from shared.models import WebhookAttempt, WebhookDelivery
 from shared.status import JobStatus
@@ -77,19 +77,16 @@ def take_due(session: Session, redispatch_after_seconds: float,
     """
     now = utcnow()
     conditions = _due(now, now - timedelta(seconds=redispatch_after_seconds))
-    candidates = (
+    oldest_due = (
         select(WebhookDelivery.id)
         .where(*conditions)
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)
     )
-    ids = list(session.scalars(candidates))
-    if not ids:
-        session.rollback()
-        return []
     taken = session.scalars(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(ids), *conditions)
+        # Repeated outside the subquery: a row another worker stamped meanwhile is skipped.
+        .where(WebhookDelivery.id.in_(oldest_due), *conditions)
         .values(dispatched_at=now)
         .returning(WebhookDelivery.id)
         .execution_options(synchronize_session=False)
@@ -283,17 +280,7 @@ def list_deliveries(
     stmt = select(WebhookDelivery)
     if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(
-            WebhookDelivery.created_at < created_at,
-            and_(WebhookDelivery.created_at == created_at, WebhookDelivery.id < last_id),
-        ))
-    stmt = stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-    rows = list(session.scalars(stmt.limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, next_cursor = newest_first_page(session, stmt, WebhookDelivery, limit, cursor)
     return DeliveryPage(rows, next_cursor)
 
 

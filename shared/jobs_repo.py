@@ -11,13 +11,11 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import deliveries_repo
-from shared.cursor import decode_cursor, encode_cursor
+from shared.cursor import newest_first_page
 from shared.errors import Conflict, NotFound
 from shared.models import Job
 from shared.status import ALLOWED_FROM, TERMINAL, JobStatus
 from shared.timeutil import as_utc, utcnow
-
-__all__ = ["as_utc", "utcnow"]  # re-exported: callers read the clock through this module
 
 
 def insert_job(session: Session, job: Job) -> Job:
@@ -120,16 +118,7 @@ def list_jobs(
         stmt = stmt.where(Job.status == status)
     if model is not None:
         stmt = stmt.where(Job.model == model)
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id))
-        )
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(stmt))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, next_cursor = newest_first_page(session, stmt, Job, limit, cursor)
     return Page(jobs=rows, next_cursor=next_cursor)
 
 
@@ -340,5 +329,4 @@ def expire_overdue(session: Session, limit: int = 500) -> int:
         )
         .limit(limit)
     ).all()
-    session.rollback()
     return sum(expire(session, job_id) for job_id in overdue)

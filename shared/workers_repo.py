@@ -8,8 +8,8 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.jobs_repo import utcnow
 from shared.models import Worker
+from shared.timeutil import utcnow
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from shared import jobs_repo
 from shared.models import Job
+from shared.timeutil import utcnow
 from tests.conftest import Stack, db_sessions, png_bytes
 from tests.services import Service, start_worker, wait_terminal
 
@@ -158,7 +159,7 @@ def test_queued_jobs_show_their_place_in_the_queue(client: httpx.Client) -> None
 
 def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
     model = f"eta-{uuid.uuid4().hex[:6]}"
-    now = jobs_repo.utcnow()
+    now = utcnow()
 
     def row(status: str, **extra: object) -> Job:
         return Job(id=uuid.uuid4(), status=status, model=model, prompt="p", params={},

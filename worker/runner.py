@@ -10,6 +10,7 @@ from shared.images import prepare_image
 from shared.jobs_repo import JobOutcome
 from shared.models import Job
 from shared.queue import enqueue_for_model
+from shared.timeutil import as_utc, utcnow
 from worker.context import WorkerContext
 from worker.engines.base import GenerationRequest, RequestAborted, RequestRejected
 
@@ -83,7 +84,7 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> Job | None:
             log.info("job %s: not queued (gone, taken, cancelled or expired); not running it",
                      job_id)
             return None
-        wait = jobs_repo.utcnow() - jobs_repo.as_utc(job.created_at)
+        wait = utcnow() - as_utc(job.created_at)
         ctx.metrics.queue_wait.observe(max(wait.total_seconds(), 0.0))
         return job
 
