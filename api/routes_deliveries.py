@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session
 
 from api.deps import ApiDeps, get_deps
 from api.schemas import DeliveryList, DeliveryOut
-from shared import deliveries_repo, jobs_repo
 from shared.errors import NotFound
+from shared.jobs import repo as jobs_repo
 from shared.models import WebhookDelivery
-from shared.webhook_events import DeliveryStatus
+from shared.webhooks import repo as deliveries_repo
+from shared.webhooks.events import DeliveryStatus
 
 router = APIRouter(tags=["webhooks"])
 

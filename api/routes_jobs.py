@@ -26,11 +26,11 @@ from api.schemas import (
     WebhookOptions,
 )
 from api.submit import Submission, submit_job
-from shared import jobs_repo
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
+from shared.jobs import repo as jobs_repo
+from shared.jobs.status import TERMINAL, JobStatus
 from shared.models import Job
 from shared.queue import request_abort
-from shared.status import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

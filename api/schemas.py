@@ -7,9 +7,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.job_view import JobError, JobOut
+from shared.jobs.view import JobError, JobOut
 from shared.models import WebhookAttempt, WebhookDelivery
-from shared.webhook_events import DeliveryStatus, WebhookEvent
+from shared.webhooks.events import DeliveryStatus, WebhookEvent
 
 
 class GenerationParams(BaseModel):

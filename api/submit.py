@@ -17,15 +17,16 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
-from shared import jobs_repo, workers_repo
+from shared import workers_repo
 from shared.errors import Conflict, InvalidInput, Unavailable
 from shared.images import ImageInfo, inspect_image
+from shared.jobs import repo as jobs_repo
+from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.queue import enqueue_for_model
 from shared.settings import Settings
-from shared.status import JobStatus
 from shared.timeutil import utcnow
-from shared.webhook_urls import resolve_webhook_url
+from shared.webhooks.urls import resolve_webhook_url
 
 log = logging.getLogger(__name__)
 

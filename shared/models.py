@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.status import JobStatus
-from shared.webhook_events import DeliveryStatus
+from shared.jobs.status import JobStatus
+from shared.webhooks.events import DeliveryStatus
 
 
 def _utcnow() -> datetime:

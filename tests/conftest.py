@@ -15,10 +15,10 @@ from PIL import Image, ImageDraw
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.cli.tiny_model import build_tiny_model
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.settings import Settings
-from shared.tiny_model import build_tiny_model
 from tests.services import REDIS_URL, Service, fresh_database, moto_server, start_api, start_worker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from shared.cli.tiny_model import build_tiny_model
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.models import Job
-from shared.tiny_model import build_tiny_model
 from tests.conftest import make_stack, submit_many
 from tests.services import (
     RedisServer,

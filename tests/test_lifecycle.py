@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from shared import jobs_repo
+from shared.jobs import repo as jobs_repo
 from shared.models import Job
 from shared.timeutil import utcnow
 from tests.conftest import Stack, db_sessions, png_bytes

@@ -7,14 +7,15 @@ import json
 import uuid
 from pathlib import Path
 
-from shared import deliveries_repo, jobs_repo
+from shared.jobs import repo as jobs_repo
+from shared.jobs.status import JobStatus
 from shared.migrate import upgrade_head
 from shared.models import Job
 from shared.settings import Settings
-from shared.status import JobStatus
-from shared.webhook_events import DeliveryStatus
+from shared.webhooks import repo as deliveries_repo
+from shared.webhooks.events import DeliveryStatus
 from tests.webhook_receiver import receiver
-from worker.webhook_delivery import WebhookContext, deliver
+from worker.webhooks.delivery import WebhookContext, deliver
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 

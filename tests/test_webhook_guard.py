@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.webhook_urls import (
+from shared.webhooks.urls import (
     ResolvedUrl,
     WebhookUrlRefused,
     forbidden_reason,
     resolve_webhook_url,
 )
-from worker.webhook_sender import AttemptResult, parse_retry_after, post_webhook
+from worker.webhooks.sender import AttemptResult, parse_retry_after, post_webhook
 
 LOOPBACK = ["127.0.0.1/32"]
 PUBLIC_V4 = "93.184.215.14"

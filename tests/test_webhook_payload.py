@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from shared.jobs.status import JobStatus
 from shared.models import Job
-from shared.status import JobStatus
-from shared.webhook_payload import build_payload
+from shared.webhooks.payload import build_payload
 
 LIMIT = 16 * 1024
 

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.settings import Settings
-from shared.webhook_events import DeliveryStatus
-from worker.webhook_policy import RetryPolicy
+from shared.webhooks.events import DeliveryStatus
+from worker.webhooks.policy import RetryPolicy
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT = Settings().webhook_retry_schedule

@@ -17,7 +17,8 @@ import socket
 import threading
 import uuid
 
-from shared import jobs_repo, workers_repo
+from shared import workers_repo
+from shared.jobs import repo as jobs_repo
 from shared.models import Worker
 from shared.queue import enqueue_for_model
 from worker.context import WorkerContext

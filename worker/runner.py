@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 
-from shared import jobs_repo
 from shared.images import prepare_image
-from shared.jobs_repo import JobOutcome
+from shared.jobs import repo as jobs_repo
+from shared.jobs.repo import JobOutcome
 from shared.models import Job
 from shared.queue import enqueue_for_model
 from shared.timeutil import as_utc, utcnow

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from shared.tiny_model import build_tiny_model
+from shared.cli.tiny_model import build_tiny_model
 from tests.bench.system import Level, measure
 from tests.bench.workload import Workload
 

@@ -23,10 +23,10 @@ import httpx
 from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory
+from shared.jobs.status import TERMINAL
 from shared.migrate import upgrade_head
 from shared.models import Job
 from shared.settings import Settings
-from shared.status import TERMINAL
 from tests.bench import cpu_profile
 from tests.bench.workload import Workload
 from tests.services import REDIS_URL, fresh_database, moto_server, start_api, start_worker

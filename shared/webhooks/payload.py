@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.job_view import JobOut
+from shared.jobs.view import JobOut
 from shared.models import Job
 from shared.timeutil import as_utc, utcnow
 

@@ -81,7 +81,7 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _webhooks(args: argparse.Namespace, extra: list[str]) -> None:
-    _exec(["-m", "worker.webhook_app", *extra])
+    _exec(["-m", "worker.webhooks.app", *extra])
 
 
 def _webhook_secret(args: argparse.Namespace, extra: list[str]) -> None:
@@ -102,13 +102,13 @@ def _migrate(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace, extra: list[str]) -> None:
-    from shared.demo import run_demo
+    from shared.cli.demo import run_demo
 
     raise SystemExit(run_demo(n_images=args.images))
 
 
 def _make_test_model(args: argparse.Namespace, extra: list[str]) -> None:
-    from shared.tiny_model import build_tiny_model
+    from shared.cli.tiny_model import build_tiny_model
 
     path = build_tiny_model(args.dir, size=args.size)
     print(f"model written to {path}; serve it with VLMQ_MODEL_PATH={path}")

@@ -12,8 +12,8 @@ import uuid
 from shared.queue import DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
 from worker.supervision import ShutdownWatch, restart_if_died
-from worker.webhook_delivery import WebhookContext, deliver
-from worker.webhook_dispatcher import Dispatcher
+from worker.webhooks.delivery import WebhookContext, deliver
+from worker.webhooks.dispatcher import Dispatcher
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from shared.cursor import newest_first_page
 from shared.errors import NotFound
+from shared.jobs.status import JobStatus
 from shared.models import WebhookAttempt, WebhookDelivery
-from shared.status import JobStatus
 from shared.timeutil import utcnow
-from shared.webhook_events import EVENT_FOR_STATUS, DeliveryStatus
+from shared.webhooks.events import EVENT_FOR_STATUS, DeliveryStatus
 
 
 def add_for_terminal_job(

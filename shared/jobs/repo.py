@@ -10,12 +10,12 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import deliveries_repo
 from shared.cursor import newest_first_page
 from shared.errors import Conflict, NotFound
+from shared.jobs.status import ALLOWED_FROM, TERMINAL, JobStatus
 from shared.models import Job
-from shared.status import ALLOWED_FROM, TERMINAL, JobStatus
 from shared.timeutil import as_utc, utcnow
+from shared.webhooks import repo as deliveries_repo
 
 
 def insert_job(session: Session, job: Job) -> Job:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from shared.webhook_urls import DEFAULT_PORTS, ResolvedUrl
+from shared.webhooks.urls import DEFAULT_PORTS, ResolvedUrl
 
 USER_AGENT = "vlmq-webhooks/1"
 EXCERPT_CHARS = 512

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.jobs.status import JobStatus
 from shared.models import Job
-from shared.status import JobStatus
 
 
 class JobResult(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from shared.status import JobStatus
+from shared.jobs.status import JobStatus
 
 
 class WebhookEvent(StrEnum):

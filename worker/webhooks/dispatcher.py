@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from shared import deliveries_repo, jobs_repo
+from shared.jobs import repo as jobs_repo
 from shared.queue import enqueue_delivery
-from worker.webhook_delivery import WebhookContext
+from shared.webhooks import repo as deliveries_repo
+from worker.webhooks.delivery import WebhookContext
 
 log = logging.getLogger(__name__)
 

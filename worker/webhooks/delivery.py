@@ -11,18 +11,19 @@ from celery import Celery
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import deliveries_repo, jobs_repo
 from shared.db import make_engine, make_session_factory
+from shared.jobs import repo as jobs_repo
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.timeutil import utcnow
-from shared.webhook_events import DeliveryStatus
-from shared.webhook_payload import build_payload
-from shared.webhook_urls import WebhookUrlRefused, resolve_webhook_url
-from worker.webhook_metrics import WebhookMetrics
-from worker.webhook_policy import RetryPolicy
-from worker.webhook_sender import AttemptResult, post_webhook
-from worker.webhook_signing import signed_headers
+from shared.webhooks import repo as deliveries_repo
+from shared.webhooks.events import DeliveryStatus
+from shared.webhooks.payload import build_payload
+from shared.webhooks.urls import WebhookUrlRefused, resolve_webhook_url
+from worker.webhooks.metrics import WebhookMetrics
+from worker.webhooks.policy import RetryPolicy
+from worker.webhooks.sender import AttemptResult, post_webhook
+from worker.webhooks.signing import signed_headers
 
 log = logging.getLogger(__name__)
 

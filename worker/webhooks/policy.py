@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.webhook_events import DeliveryStatus
+from shared.webhooks.events import DeliveryStatus
 
 _RNG = random.Random()
 

@@ -1,0 +1,1 @@
+"""The job lifecycle: status machine, retry policy, fencing and the jobs repository."""

@@ -1,0 +1,1 @@
+"""Webhooks: URL guard, events, payload and the delivery ledger repository."""

@@ -1,0 +1,1 @@
+"""The webhook worker: dispatch, signed delivery, retry policy."""
