@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import routes_deliveries, routes_health, routes_jobs, routes_models
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
-from api.errors import install_error_handlers
+from api.errors import OUTAGE, install_error_handlers
 from shared.settings import Settings
 
 # Multipart framing and the other form fields around the image.
@@ -22,11 +22,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.deps = ApiDeps.build(settings)
+        deps = app.state.deps = ApiDeps.build(settings)
+        await deps.start()
         try:
             yield
         finally:
-            app.state.deps.close()
+            await deps.close()
 
     app = FastAPI(
         title="vlmq",
@@ -36,9 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(routes_health.router)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_models.router)
-    app.include_router(routes_deliveries.router)
+    for router in (routes_jobs.router, routes_models.router, routes_deliveries.router):
+        app.include_router(router, responses=OUTAGE)
     # base64 in JSON inflates the image by 4/3.
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD

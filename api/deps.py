@@ -9,6 +9,8 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.terminal_watch import TerminalWatch
+from api.wakeups import WakeupSender
 from shared.db import make_engine, make_session_factory
 from shared.queue import make_celery
 from shared.settings import Settings
@@ -19,13 +21,23 @@ from shared.storage import ObjectStore, make_store
 class ApiDeps:
     settings: Settings
     engine: Engine
+    # Transactions that the caller commits (cancel).
     sessions: sessionmaker[Session]
+    # Autocommit: single-statement writes and plain reads, one round trip each.
+    autocommit: Engine
+    reads: sessionmaker[Session]
     store: ObjectStore
     celery: Celery
+    wakeups: WakeupSender
+    watch: TerminalWatch
 
     @classmethod
     def build(cls, settings: Settings) -> ApiDeps:
-        engine = make_engine(settings)
+        # Transactions are rare here (cancel), so their pool is small.
+        engine = make_engine(settings, pool_size=2, max_overflow=8)
+        # No overflow: under a burst (a thousand long polls woken at once) overflow
+        # connections would be opened and closed per request; threads wait for one instead.
+        direct = make_engine(settings, autocommit=True, pool_size=20, max_overflow=0)
         celery = make_celery(settings)
         # Built lazily by Celery on the first send; when many requests race to build it
         # they serialise on the import lock, so build it before serving.
@@ -34,13 +46,25 @@ class ApiDeps:
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
+            autocommit=direct,
+            reads=make_session_factory(direct),
             store=make_store(settings),
             celery=celery,
+            wakeups=WakeupSender(celery, settings),
+            watch=TerminalWatch(settings, direct),
         )
 
-    def close(self) -> None:
+    async def start(self) -> None:
+        self.wakeups.start()
+        self.watch.start()
+
+    async def close(self) -> None:
+        await self.watch.stop()
+        self.wakeups.stop()
         self.engine.dispose()
+        self.autocommit.dispose()
 
 
-def get_deps(request: Request) -> ApiDeps:
+async def get_deps(request: Request) -> ApiDeps:
+    # async: FastAPI runs a plain-def dependency on a worker thread, a hop per request.
     return request.app.state.deps

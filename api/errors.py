@@ -1,22 +1,115 @@
-"""The one place where domain errors become HTTP responses."""
+"""The one place where domain errors become HTTP responses.
+
+A dependency that cannot be reached (database, broker, object store) is the server's
+problem and a passing one: every route answers it with 503 `service_unavailable` and a
+`Retry-After`, never a 500, so a client retries instead of giving up.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import kombu.exceptions
+import psycopg
+import redis.exceptions
+import sqlalchemy.exc
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from shared.errors import VlmqError
+from api.schemas import ErrorBody
+from shared.errors import Unavailable, VlmqError
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_SECONDS = Unavailable.retry_after
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+# Exception types raised by the clients of our dependencies; which of them mean "down" is
+# decided by `unreachable` below.
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.SQLAlchemyError,
+    psycopg.Error,
+    redis.exceptions.RedisError,
+    kombu.exceptions.KombuError,
+    BotoCoreError,
+    ClientError,
+)
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route returns; 503 applies to every route."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+            for status in statuses}
+
+
+_DESCRIPTIONS = {
+    400: "bad input; `error.code` says what",
+    404: "no such object",
+    409: "conflicts with the object's state or an earlier request",
+    413: "body or image over the size limit",
+    415: "not multipart/JSON, or an image format not accepted",
+    422: "a field out of range",
+    503: "a dependency (database, broker, store) is unreachable; retry after `Retry-After`",
+}
+OUTAGE = {503: {
+    "model": ErrorBody,
+    "description": _DESCRIPTIONS[503],
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "message": message}},
+        headers=headers,
+    )
+
+
+def unavailable_response(message: str, retry_after: int = RETRY_AFTER_SECONDS) -> JSONResponse:
+    return error_response(503, Unavailable.code, message, {"Retry-After": str(retry_after)})
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Which dependency `exc` (or an exception it was raised from) says is unreachable."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        what = _unreachable_one(current)
+        if what is not None:
+            return what
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable_one(exc: BaseException) -> str | None:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+        ):
+            return "database"
+        return None
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):  # every pooled connection is busy
+        return "database"
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return "database"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "broker"
+    if isinstance(exc, kombu.exceptions.OperationalError):
+        return "broker"
+    if isinstance(exc, BotoConnectionError | HTTPClientError):  # refused, reset, timed out
+        return "object store"
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return "object store" if status >= 500 else None
+    return None
 
 
 def describe_validation(exc: ValidationError | RequestValidationError) -> str:
@@ -27,9 +120,21 @@ def describe_validation(exc: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _outage_or_500(request: Request, exc: Exception) -> JSONResponse:
+    what = unreachable(exc)
+    if what is not None:
+        log.warning("%s %s: the %s is unreachable (%s: %s)", request.method, request.url.path,
+                    what, exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return unavailable_response(f"the {what} is unreachable right now; retry shortly")
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "unexpected server error; see the API log")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VlmqError)
     async def _domain(_: Request, exc: VlmqError) -> JSONResponse:
+        if isinstance(exc, Unavailable):
+            return unavailable_response(exc.message, exc.retry_after)
         return error_response(exc.http_status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -45,7 +150,14 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
+    async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+        return _outage_or_500(request, exc)
+
+    # Handled here rather than by the catch-all below, which Starlette runs outside the
+    # app and follows by re-raising (a traceback per request during an outage).
+    for error_type in _CLIENT_ERRORS:
+        app.add_exception_handler(error_type, _dependency)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "unexpected server error; see the API log")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _outage_or_500(request, exc)

@@ -54,6 +54,7 @@ def redeliver(delivery_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> Deli
     """Sends the same event again (same webhook-id, same body) with a fresh retry schedule."""
     with deps.sessions() as session:
         delivery = deliveries_repo.redeliver(session, delivery_id)
+        session.commit()
         return _out(session, [delivery])[0]
 
 

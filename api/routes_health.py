@@ -7,20 +7,24 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import ApiDeps, get_deps
+from api.errors import RETRY_AFTER_SECONDS
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async: answers from the event loop even when every worker thread is busy.
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: `checks` says which dependency"}})
 def readyz(deps: ApiDeps = Depends(get_deps)) -> JSONResponse:
     checks = {"database": _check_db(deps), "broker": _check_broker(deps), "store": _check_store(deps)}
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
+    headers = None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return JSONResponse(status_code=200 if ready else 503, headers=headers,
+                        content={"ready": ready, "checks": checks})
 
 
 def _check_db(deps: ApiDeps) -> str:

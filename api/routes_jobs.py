@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import time
 import uuid
 from dataclasses import replace
@@ -17,6 +18,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from api.deps import ApiDeps, get_deps
+from api.errors import documented
 from api.schemas import (
     GenerationParams,
     JobCreate,
@@ -27,9 +29,9 @@ from api.schemas import (
 )
 from api.submit import Submission, submit_job
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
+from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
-from shared.models import Job
 from shared.queue import request_abort
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -70,10 +72,12 @@ _SUBMIT_DOC = {
 }
 
 
-@router.post("", status_code=202, response_model=JobOut, openapi_extra=_SUBMIT_DOC)
-async def create_job(
-    request: Request, response: Response, deps: ApiDeps = Depends(get_deps)
-) -> JobOut:
+@router.post(
+    "", status_code=202, response_model=JobOut, openapi_extra=_SUBMIT_DOC,
+    responses={200: {"model": JobOut, "description": "replayed: an earlier submission with "
+                     "the same Idempotency-Key"}, **documented(400, 409, 413, 415, 422)},
+)
+async def create_job(request: Request, deps: ApiDeps = Depends(get_deps)) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         sub = await _from_multipart(request)
@@ -86,14 +90,19 @@ async def create_job(
         )
     sub = replace(sub, idempotency_key=_idempotency_key(request))
     accepted = await run_in_threadpool(submit_job, deps, sub)
-    response.headers["Location"] = f"/v1/jobs/{accepted.job.id}"
+    headers = {"Location": f"/v1/jobs/{accepted.job.id}"}
     if accepted.replayed:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return JobOut.from_row(accepted.job)
+        headers["Idempotent-Replayed"] = "true"
+    # Serialised here, once: the response_model above is for the docs.
+    return Response(
+        JobOut.from_row(accepted.job).model_dump_json(),
+        status_code=200 if accepted.replayed else 202,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=documented(404))
 async def read_job(
     job_id: uuid.UUID,
     deps: ApiDeps = Depends(get_deps),
@@ -101,37 +110,44 @@ async def read_job(
         float, Query(ge=0, le=3600, description="long poll: seconds to wait for a terminal status")
     ] = 0,
 ) -> JobOut:
-    deadline = time.monotonic() + min(wait, deps.settings.long_poll_max_seconds)
-    delay = 0.05
-    while True:
-        job, estimate = await run_in_threadpool(_read, deps, job_id)
-        if job.status in TERMINAL or time.monotonic() >= deadline:
-            out = JobOut.from_row(job)
-            if estimate is not None:
-                out.queue_position = estimate.position
-                out.eta_seconds = estimate.eta_seconds
-            return out
-        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        delay = min(delay * 2, 0.5)
+    wait = min(wait, deps.settings.long_poll_max_seconds)
+    if wait <= 0:
+        return await run_in_threadpool(_read, deps, job_id, True)
+    deadline = time.monotonic() + wait
+    # Watching starts before the first read, so an end in between still wakes us.
+    with deps.watch.watch(job_id) as woken:
+        while True:
+            last = time.monotonic() >= deadline
+            woken.clear()
+            out = await run_in_threadpool(_read, deps, job_id, last)
+            if out.status in TERMINAL or last:
+                return out
+            # Holds no thread and no connection: the watch sets `woken` when the job ends.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), deadline - time.monotonic())
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))
 def cancel_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
     with deps.sessions() as session:
-        job, previous = jobs_repo.cancel(session, job_id)
+        job, previous = lifecycle.cancel(session, job_id)
+        session.commit()
     if previous == JobStatus.running:
-        request_abort(deps.celery, job_id)
+        request_abort(deps.settings, job_id)
     return JobOut.from_row(job)
 
 
-def _read(deps: ApiDeps, job_id: uuid.UUID) -> tuple[Job, jobs_repo.QueueEstimate | None]:
-    with deps.sessions() as session:
+def _read(deps: ApiDeps, job_id: uuid.UUID, estimate: bool) -> JobOut:
+    """The job as stored; with `estimate`, a queued job's place in line too."""
+    with deps.reads() as session:
         job = jobs_repo.get_job(session, job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id}")
-        job = jobs_repo.refresh_deadline(session, job)
-        queued = job.status == JobStatus.queued
-        return job, jobs_repo.queue_estimate(session, job) if queued else None
+        out = JobOut.from_row(job)
+        if estimate and job.status == JobStatus.queued:
+            place = jobs_repo.queue_estimate(session, job)
+            out.queue_position, out.eta_seconds = place.position, place.eta_seconds
+        return out
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -147,7 +163,7 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=documented(400))
 def list_jobs(
     deps: ApiDeps = Depends(get_deps),
     status: JobStatus | None = None,
@@ -155,7 +171,9 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
-    with deps.sessions() as session:
+    if model is not None and "\x00" in model:  # no job's model can hold NUL (Postgres text)
+        return JobList(data=[], next_cursor=None)
+    with deps.reads() as session:
         page = jobs_repo.list_jobs(
             session, status=status, model=model, limit=limit, cursor=cursor
         )

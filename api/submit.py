@@ -1,7 +1,10 @@
-"""Accepting a job: validate, store the image, insert the row, enqueue; in that order.
+"""Accepting a job: validate, store the image, insert the row, wake a worker; in that order.
 
-The order means a queued job always has its image. A failure after the image is
-stored undoes what was done, so nothing is left half-created.
+The order means a queued job always has its image. Once the row is committed the job is
+accepted: workers claim queued jobs from Postgres and poll it on their own, so the broker
+message after the commit is only a wake-up, sent in the background (api/wakeups.py).
+Without an Idempotency-Key the happy path is one decode of the image, one object put and
+one autocommitted INSERT.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
+from api.errors import unreachable
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import workers_repo
 from shared.errors import Conflict, InvalidInput, Unavailable
@@ -23,12 +29,13 @@ from shared.images import ImageInfo, inspect_image
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
 from shared.models import Job
-from shared.queue import enqueue_for_model
 from shared.settings import Settings
 from shared.timeutil import utcnow
 from shared.webhooks.urls import resolve_webhook_url
 
 log = logging.getLogger(__name__)
+
+_INSERT_JOB = insert(Job)
 
 
 @dataclass(frozen=True)
@@ -61,15 +68,17 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         max_side=settings.max_image_side,
         allowed_formats=settings.allowed_formats,
     )
-    fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)
+    fingerprint = None
     if sub.idempotency_key is not None:
+        fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)
         earlier = _replay(deps, sub.idempotency_key, fingerprint)
         if earlier is not None:
             return Accepted(earlier, replayed=True)
     job_id = uuid.uuid4()
     key = f"images/{job_id}"
     _store_image(deps, key, sub.image, info)
-    job = Job(
+    now = utcnow()
+    row: dict[str, Any] = dict(
         id=job_id,
         status=JobStatus.queued,
         model=model,
@@ -82,27 +91,29 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         image_width=info.width,
         image_height=info.height,
         attempts=0,
+        engine_failures=0,
         priority=sub.options.priority,
-        expires_at=_deadline(sub.options.max_queue_seconds or settings.max_queue_seconds),
+        created_at=now,
+        runnable_at=now,
+        expires_at=_deadline(now, sub.options.max_queue_seconds or settings.max_queue_seconds),
         idempotency_key=sub.idempotency_key,
         request_sha256=fingerprint,
-        enqueued_at=utcnow(),
         webhook_url=sub.webhook.webhook_url,
         webhook_events=(
             [str(e) for e in sub.webhook.webhook_events] if sub.webhook.webhook_events else None
         ),
     )
     try:
-        _insert_row(deps, job)
+        _insert_row(deps, row)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
-        _delete_quietly(deps, key)
-        earlier = _replay(deps, sub.idempotency_key or "", fingerprint)
+        earlier = _replay(deps, sub.idempotency_key or "", fingerprint or "")
         if earlier is None:
             raise Unavailable("the database did not take the job; retry shortly") from None
         return Accepted(earlier, replayed=True)
-    _enqueue(deps, job)
-    return Accepted(job, replayed=False)
+    # Committed: the job is accepted whatever becomes of its wake-up (see api/wakeups.py).
+    deps.wakeups.job_accepted(job_id, model, sub.options.priority)
+    return Accepted(Job(**row), replayed=False)
 
 
 def _fingerprint(
@@ -119,7 +130,7 @@ def _fingerprint(
 
 
 def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
-    with deps.sessions() as session:
+    with deps.reads() as session:
         earlier = jobs_repo.find_by_idempotency_key(session, key)
     if earlier is None:
         return None
@@ -131,8 +142,8 @@ def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
     return earlier
 
 
-def _deadline(seconds: int | None) -> datetime | None:
-    return utcnow() + timedelta(seconds=seconds) if seconds else None
+def _deadline(now: datetime, seconds: int | None) -> datetime | None:
+    return now + timedelta(seconds=seconds) if seconds else None
 
 
 def _check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
@@ -169,7 +180,7 @@ def _check_model(deps: ApiDeps, model: str) -> str:
     settings = deps.settings
     if model == settings.model or model in settings.accepted_models:
         return model
-    with deps.sessions() as session:
+    with deps.reads() as session:
         if _storable(model) and workers_repo.is_live(session, model, settings.worker_ttl_seconds):
             return model
         live = [m.model for m in workers_repo.live_models(session, settings.worker_ttl_seconds)]
@@ -201,36 +212,36 @@ def _store_image(deps: ApiDeps, key: str, data: bytes, info: ImageInfo) -> None:
     try:
         deps.store.put(key, data, info.content_type)
     except Exception as exc:
-        log.exception("storing image %s failed", key)
+        if unreachable(exc):  # expected during an outage: one line, no traceback
+            log.warning("storing image %s failed: %s: %s", key, exc.__class__.__name__, exc)
+        else:
+            log.exception("storing image %s failed", key)
         raise Unavailable("the object store did not take the image; retry shortly") from exc
 
 
-def _insert_row(deps: ApiDeps, job: Job) -> None:
+def _insert_row(deps: ApiDeps, row: dict[str, Any]) -> None:
+    """One autocommitted INSERT: a single round trip, and the job exists once it returns."""
+    key = row["image_key"]
     try:
-        with deps.sessions() as session:
-            jobs_repo.insert_job(session, job)
-            session.refresh(job)
-    except IntegrityError:
-        raise
-    except Exception as exc:
-        log.exception("inserting job %s failed", job.id)
-        _delete_quietly(deps, job.image_key)
-        raise Unavailable("the database did not take the job; retry shortly") from exc
-
-
-def _enqueue(deps: ApiDeps, job: Job) -> None:
-    try:
-        enqueue_for_model(deps.celery, deps.settings, job.id, job.model, job.priority)
-    except Exception as exc:
-        log.exception("enqueueing job %s failed", job.id)
-        with deps.sessions() as session:
-            jobs_repo.delete_job(session, job.id)
-        _delete_quietly(deps, job.image_key)
-        raise Unavailable("the broker did not take the job; retry shortly") from exc
+        conn = deps.autocommit.connect()
+    except Exception as exc:  # nothing was sent, so the image has no job
+        _delete_quietly(deps, key)
+        raise Unavailable("the database is unreachable; retry shortly") from exc
+    with conn:
+        try:
+            conn.execute(_INSERT_JOB, row)
+        except IntegrityError:
+            _delete_quietly(deps, key)
+            raise
+        except Exception as exc:
+            # The INSERT may have committed before the connection broke: keep the image
+            # (a stray object at worst), as a job may point at it.
+            log.warning("inserting job %s failed (%s)", row["id"], exc.__class__.__name__)
+            raise Unavailable("the database did not take the job; retry shortly") from exc
 
 
 def _delete_quietly(deps: ApiDeps, key: str) -> None:
     try:
         deps.store.delete(key)
-    except Exception:
-        log.exception("could not delete orphaned image %s", key)
+    except Exception as exc:
+        log.warning("could not delete orphaned image %s: %s: %s", key, exc.__class__.__name__, exc)

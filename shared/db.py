@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
+
+# Connections older than this are replaced at checkout, so ones a firewall or proxy dropped
+# silently while idle are not reused forever. A server restart is handled without this:
+# the first statement on a dead connection fails, and SQLAlchemy then invalidates the pool.
+POOL_RECYCLE_SECONDS = 1800
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def sqlalchemy_url(settings: Settings) -> str:
@@ -16,13 +24,35 @@ def sqlalchemy_url(settings: Settings) -> str:
     return url
 
 
-def make_engine(settings: Settings) -> Engine:
+def libpq_url(settings: Settings) -> str:
+    """The database URL as psycopg itself takes it (for LISTEN, outside SQLAlchemy)."""
+    scheme, rest = settings.database_url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else settings.database_url
+
+
+def is_sqlite(settings: Settings) -> bool:
+    return settings.database_url.startswith("sqlite")
+
+
+def make_engine(
+    settings: Settings, *, autocommit: bool = False, pool_size: int = 10, max_overflow: int = 20
+) -> Engine:
+    """`autocommit`: each statement is its own transaction, so a single-statement write or
+    a plain read is one round trip (no BEGIN, no COMMIT); its pool is set up so once, at
+    connect, rather than at every checkout."""
     url = sqlalchemy_url(settings)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **options
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pool_pre_ping: it costs a round trip per checkout on every request.
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=POOL_RECYCLE_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}, **options,
+    )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

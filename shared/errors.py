@@ -42,7 +42,8 @@ class Conflict(VlmqError):
 
 
 class Unavailable(VlmqError):
-    """A dependency (store, DB, broker) is down; the client may retry."""
+    """A dependency (store, DB, broker) is down; the client may retry after `retry_after` s."""
 
     code = "service_unavailable"
     http_status = 503
+    retry_after = 1

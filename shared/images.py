@@ -135,12 +135,18 @@ def _corrupt(what: str, exc: Exception) -> InvalidInput:
     )
 
 
+_ORIENTATION_TAG = 0x0112
+
+
 def _exif_oriented(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a damaged EXIF block leaves the pixels as stored.
 
     The pixels were decoded at upload, so unreadable metadata is no reason to fail the job.
+    Most images carry no rotation, and exif_transpose would copy them all the same.
     """
     try:
+        if img.getexif().get(_ORIENTATION_TAG, 1) == 1:
+            return img
         return ImageOps.exif_transpose(img) or img
     except Exception:
         log.warning("ignoring an unreadable EXIF orientation", exc_info=True)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -59,9 +60,12 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     # A job still queued at this moment expires instead of running.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # When the job's latest broker message was sent; a job queued long after this lost its
-    # message (e.g. a broker restarted without persistence) and is sent again.
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Workers claim a queued job only from this moment on; a retry's backoff sets it ahead.
+    runnable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Engine crashes this job was present at; from two on it runs alone (poison isolation).
+    engine_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
     # Renewed by the worker running the job; a lapsed lease means the worker is gone.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -89,7 +93,11 @@ class Job(Base):
         Index("ix_jobs_created_id", "created_at", "id"),
         UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        Index("ix_jobs_model_status_enqueued", "model", "status", "enqueued_at"),
+        # Claims take the queued jobs of one model in priority order, many at a time.
+        Index(
+            "ix_jobs_claim", "model", "priority", "created_at",
+            postgresql_where=text("status = 'queued'"), sqlite_where=text("status = 'queued'"),
+        ),
         Index("ix_jobs_status_expires", "status", "expires_at"),
     )
 

@@ -1,10 +1,17 @@
-"""The Celery app both sides share: the API enqueues by task name, the worker consumes."""
+"""The Celery app both sides share.
+
+The API sends one Celery message per job to its model's queue. GPU workers take those
+messages many at a time as wake-ups and claim jobs from Postgres in priority order
+(worker/intake.py); the webhook worker is an ordinary Celery worker on its own queue.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.settings import Settings, queue_for_model
@@ -14,6 +21,7 @@ DELIVER_WEBHOOK_TASK = "vlmq.deliver_webhook"
 # Redis keeps one list per priority step; 0 is served first, as in vLLM's scheduler.
 PRIORITY_STEPS = list(range(10))
 DEFAULT_PRIORITY = 5
+WEBHOOK_VISIBILITY_SECONDS = 300
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -35,14 +43,14 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def _transport_options(settings: Settings) -> dict[str, object]:
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if is_redis(settings.broker_url):
         return {
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
-            # A message taken by a worker that died comes back after this, not after the
-            # 1-hour default; the lease reaper requeues the job itself sooner.
-            "visibility_timeout": settings.visibility_timeout,
-            "unacked_restore_interval": max(1, settings.visibility_timeout // 5),
+            # Only the webhook worker acknowledges messages; one it took and died with comes
+            # back after this (its delivery is re-dispatched from Postgres sooner anyway).
+            "visibility_timeout": WEBHOOK_VISIBILITY_SECONDS,
+            "unacked_restore_interval": WEBHOOK_VISIBILITY_SECONDS // 5,
             "unacked_restore_throttle": 1,
         }
     if settings.broker_url.startswith("filesystem://"):
@@ -65,9 +73,12 @@ def enqueue_job(
     queue: str,
     priority: int = DEFAULT_PRIORITY,
     countdown: float | None = None,
+    producer: Any = None,
 ) -> None:
+    """`producer` (from `app.producer_or_acquire()`) lets many sends share one connection."""
     app.send_task(
-        RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority, countdown=countdown
+        RUN_JOB_TASK, args=[str(job_id)], queue=queue, priority=priority, countdown=countdown,
+        producer=producer,
     )
 
 
@@ -78,10 +89,11 @@ def enqueue_for_model(
     model: str,
     priority: int = DEFAULT_PRIORITY,
     countdown: float | None = None,
+    producer: Any = None,
 ) -> None:
     """Sends the job to the queue its model's workers consume."""
     queue = queue_for_model(settings.queue_prefix, model)
-    enqueue_job(app, job_id, queue, priority, countdown)
+    enqueue_job(app, job_id, queue, priority, countdown, producer)
 
 
 def enqueue_delivery(app: Celery, settings: Settings, delivery_id: uuid.UUID) -> None:
@@ -89,17 +101,22 @@ def enqueue_delivery(app: Celery, settings: Settings, delivery_id: uuid.UUID) ->
     app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=settings.webhook_queue)
 
 
-ABORT_COMMAND = "vlmq_abort"
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://"))
 
 
-def request_abort(app: Celery, job_id: uuid.UUID) -> None:
+def request_abort(settings: Settings, job_id: uuid.UUID) -> None:
     """Tells every worker to drop this job from its engine; the one running it frees the slot.
 
-    Best effort: the job is already cancelled in the database, so a worker that misses
-    this message finishes the work and its result is discarded by the guarded update.
+    Best effort (Redis pub/sub): the job is already cancelled in the database, and each
+    worker also drops jobs that stopped running at its next upkeep beat, whose result the
+    fenced update would discard anyway.
     """
+    if not is_redis(settings.broker_url):
+        return
     try:
-        app.control.broadcast(ABORT_COMMAND, arguments={"job_id": str(job_id)})
-    except Exception:  # e.g. the filesystem broker has no broadcast
-        logging.getLogger(__name__).warning("could not broadcast abort for %s", job_id,
+        with redis.Redis.from_url(settings.broker_url, socket_timeout=2) as client:
+            client.publish(settings.abort_channel, str(job_id))
+    except redis.RedisError:
+        logging.getLogger(__name__).warning("could not publish abort for %s", job_id,
                                             exc_info=True)

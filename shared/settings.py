@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class EngineKind(StrEnum):
     vllm = "vllm"
     transformers = "transformers"
+    # No model: a fixed reply at the next step; for load tests and the benchmark's ceiling.
+    echo = "echo"
 
 
 class Settings(BaseSettings):
@@ -34,7 +36,8 @@ class Settings(BaseSettings):
     # What the worker serves.
     model: str = "tiny-qwen2-vl"
     model_path: str = ".vlmq/models/tiny-qwen2-vl"
-    engine: EngineKind = EngineKind.transformers
+    # vLLM is what the worker exists for; the others are chosen explicitly, never a fallback.
+    engine: EngineKind = EngineKind.vllm
     queue_prefix: str = "vlmq"
     # Models the API takes jobs for even when no worker is live (they wait in the model's
     # queue). VLMQ_MODEL and every model with a live worker are always accepted.
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     # jobs may ask for their own `max_queue_seconds`. Long polls wait at most long_poll_max_seconds.
     max_queue_seconds: int | None = None
     long_poll_max_seconds: int = 60
+    # Long polls wake on Postgres NOTIFY; this often, one query also checks every waited-on
+    # job, in case a notification was missed (e.g. while the listener reconnected).
+    long_poll_fallback_seconds: float = 5.0
     # Transient failures (engine crash, storage or database errors, a lost worker) are
     # retried with exponential backoff until a job has run max_attempts times.
     max_attempts: int = 3
@@ -64,22 +70,27 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = 300.0
     # A running job's lease is renewed by its worker; when it lapses the job is requeued.
     lease_seconds: int = 30
-    # The longest a job may take; sizes the broker's redelivery of unacknowledged messages.
+    # The longest a job may spend in the engine; past it the job is aborted and retried.
     max_job_seconds: int = 600
-    visibility_timeout_seconds: int | None = None
-
-    @property
-    def visibility_timeout(self) -> int:
-        return self.visibility_timeout_seconds or self.max_job_seconds + 60
+    # Workers claim from Postgres when a message wakes them, and on their own this often.
+    claim_poll_seconds: float = 1.0
+    # How often the sweeper (one process at a time) reaps lapsed leases and expires jobs.
+    sweep_seconds: float = 1.0
+    # Fetch and decode of claimed jobs' images run on this many threads per worker.
+    prepare_threads: int = 4
+    # On SIGTERM a worker finishes what it holds for this long, then hands the rest back.
+    shutdown_grace_seconds: float = 10.0
 
     # Generation defaults and bounds.
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096
 
-    # Batching: how many jobs a worker holds in flight and how long it gathers a batch.
+    # Batching: how many jobs the engine runs together and how long it gathers a batch;
+    # a worker holds up to max_in_flight jobs (claimed, preparing or in the engine),
+    # twice the batch by default so the next batch is ready when a slot frees.
     max_batch_size: int = 64
     max_wait_ms: int = 10
-    worker_concurrency: int | None = None
+    max_in_flight: int | None = None
 
     # vLLM engine settings (ignored by the transformers engine).
     max_model_len: int = 4096
@@ -92,6 +103,8 @@ class Settings(BaseSettings):
     limit_mm_per_prompt: int = 1
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
+    # The echo engine plays engine failures for prompts marked [echo:crash] / [echo:hang].
+    echo_faults: bool = False
     # Benchmarks only: generate exactly max_tokens so runs are comparable.
     ignore_eos: bool = False
 
@@ -139,6 +152,14 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{network!r} is not a network such as 127.0.0.1/32") from exc
         return networks
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_in_flight or 2 * self.max_batch_size
+
+    @property
+    def abort_channel(self) -> str:
+        return f"{self.queue_prefix}.abort"
 
     @property
     def queue_name(self) -> str:

@@ -1,4 +1,6 @@
-"""The live worker registry: workers upsert a heartbeat row, the API reads who is alive."""
+"""The live worker registry: workers upsert a heartbeat row, the API reads who is alive.
+
+Functions flush; callers commit."""
 
 from __future__ import annotations
 
@@ -22,20 +24,17 @@ class ModelInfo:
 
 def register(session: Session, worker: Worker) -> None:
     session.merge(worker)
-    session.commit()
+    session.flush()
 
 
 def heartbeat(session: Session, worker_id: str) -> bool:
     """False when the row is gone (e.g. pruned after a long stall), so the caller re-registers."""
     stmt = update(Worker).where(Worker.id == worker_id).values(last_seen_at=utcnow())
-    alive = session.execute(stmt).rowcount == 1
-    session.commit()
-    return alive
+    return session.execute(stmt).rowcount == 1
 
 
 def unregister(session: Session, worker_id: str) -> None:
     session.execute(delete(Worker).where(Worker.id == worker_id))
-    session.commit()
 
 
 def live_models(session: Session, ttl_seconds: float) -> list[ModelInfo]:

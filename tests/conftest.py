@@ -12,11 +12,11 @@ import httpx
 import pytest
 import redis
 from PIL import Image, ImageDraw
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.cli.tiny_model import build_tiny_model
-from shared.db import make_engine, make_session_factory
+from shared.db import make_session_factory, sqlalchemy_url
 from shared.migrate import upgrade_head
 from shared.settings import Settings
 from tests.services import REDIS_URL, Service, fresh_database, moto_server, start_api, start_worker
@@ -131,7 +131,10 @@ def db_sessions(settings: Settings) -> sessionmaker[Session]:
     """One pooled engine per database for the whole test session, so polling loops do not
     open a connection pool per call (Postgres allows only so many clients)."""
     if settings.database_url not in _ENGINES:
-        _ENGINES[settings.database_url] = make_engine(settings)
+        # Pre-ping: fault tests kill every connection of the database under test, and the
+        # test's own polling must ride that out (the services do without, on purpose).
+        _ENGINES[settings.database_url] = create_engine(sqlalchemy_url(settings),
+                                                        pool_pre_ping=True)
     return make_session_factory(_ENGINES[settings.database_url])
 
 

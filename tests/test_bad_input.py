@@ -1,8 +1,8 @@
 """Bad input over HTTP: a 4xx with its own stable code, and no trace anywhere.
 
 "No trace" means no job row, no stored object, nothing queued and nothing received by the
-worker. The worker is running throughout, so a job enqueued by mistake would be consumed
-at once; the worker's own log of received tasks catches that where the queue length cannot.
+worker. The worker is running throughout, so a job stored by mistake would be claimed at
+once; the count of claimed jobs catches that where the queue length cannot.
 """
 
 from __future__ import annotations
@@ -74,10 +74,17 @@ def footprint(
             rows=rows,
             objects=objects,
             queued=redis_client.llen(stack.settings.queue_name),
-            received=worker.log_text().count("] received"),
+            received=_claimed(db),
         )
 
     return measure
+
+
+def _claimed(db: Engine) -> int:
+    """Jobs a worker ever took: workers claim from the jobs table, nowhere else."""
+    with db.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Job).where(Job.attempts > 0)
+                            ).scalar_one()
 
 
 def assert_refused(resp: httpx.Response, status: int, code: str) -> None:

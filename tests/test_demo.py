@@ -1,5 +1,7 @@
 """`vlmq demo` is the README's first command: it must work with no servers and no settings,
-show every result, point at the real setup, and never leave its services running."""
+run the vLLM engine and show that it batched, show every result, point at the real setup,
+and never leave its services running. A worker told to use vLLM where vLLM is missing must
+say so, not fall back to another engine."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 STARTED = re.compile(r"started (\w+) \(pid (\d+)")
 RESULT_LINE = re.compile(
     r"^\s+[0-9a-f-]{36}\s+succeeded\s+\d+\+\d+ tokens\s+\w+\s+(['\"]).*\1$", re.MULTILINE
 )
+THROUGHPUT = re.compile(r"(\d+) of (\d+) images succeeded in [\d.]+s .*: ([\d.]+) images/s")
+PER_STEP = re.compile(r"mean jobs per engine step: ([\d.]+) over (\d+) steps")
 
 
 def demo_env(**vlmq: str) -> dict[str, str]:
@@ -74,34 +79,55 @@ def reap() -> Iterator[dict[str, int]]:
 
 def test_demo_embedded_default_path(workdir: Path, reap: dict[str, int]) -> None:
     proc = subprocess.run(
-        demo_argv(2), cwd=workdir, env=demo_env(), capture_output=True, text=True, timeout=400
+        demo_argv(8), cwd=workdir, env=demo_env(), capture_output=True, text=True, timeout=400
     )
     out = proc.stdout
     reap.update(child_pids(out))
     assert proc.returncode == 0, out + proc.stderr
 
-    # Server-less defaults, all under the working directory.
+    # Server-less defaults, all under the working directory; vLLM is the engine.
     assert "database sqlite:///./.vlmq/vlmq.db" in out
     assert "broker filesystem://" in out
     assert "store file://./.vlmq/objects" in out
+    assert "engine vllm" in out
     assert (workdir / ".vlmq" / "vlmq.db").is_file()
-    assert len([p for p in (workdir / ".vlmq" / "objects").rglob("*") if p.is_file()]) == 2
+    assert len([p for p in (workdir / ".vlmq" / "objects").rglob("*") if p.is_file()]) == 8
     assert "building the tiny" not in out  # the prepared model was found at the default path
+    worker_log = (workdir / ".vlmq" / "logs" / "worker.log").read_text(errors="replace")
+    assert "(vllm engine, queue" in worker_log
 
     assert set(reap) == {"api", "worker"}
-    assert "API is ready" in out
+    assert "API is ready" in out and "worker is ready" in out
     results = out.split("\nresults:\n", 1)[1]
-    assert len(RESULT_LINE.findall(results)) == 2, out
+    assert len(RESULT_LINE.findall(results)) == 8, out
     assert_all_gone(reap)
+
+    # The summary: throughput, and the engine ran the concurrent jobs together.
+    throughput = THROUGHPUT.search(out)
+    assert throughput, out
+    assert throughput.group(1) == throughput.group(2) == "8"
+    assert float(throughput.group(3)) > 0
+    per_step = PER_STEP.search(out)
+    assert per_step, out
+    assert float(per_step.group(1)) > 1, f"no batching happened:\n{out}"
 
     # Next steps name the real services and a real model.
     for hint in ("VLMQ_DATABASE_URL=postgresql://", "VLMQ_BROKER_URL=redis://",
                  "VLMQ_STORE_URL=s3://", "VLMQ_S3_ENDPOINT_URL=", "VLMQ_MODEL_PATH=",
-                 "VLMQ_ENGINE=vllm", "vlmq migrate", "docker compose up"):
+                 "'.[gpu]'", "vlmq migrate", "docker compose up"):
         assert hint in out, f"next steps lack {hint!r}:\n{out}"
 
 
+def descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def test_demo_stops_services_on_sigterm(workdir: Path, reap: dict[str, int]) -> None:
+    """A stop while vLLM loads (the long wait, when a user is likeliest to give up) also ends
+    the engine's own processes."""
     proc = subprocess.Popen(
         demo_argv(1), cwd=workdir, env=demo_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -112,9 +138,14 @@ def test_demo_stops_services_on_sigterm(workdir: Path, reap: dict[str, int]) -> 
         for line in proc.stdout:
             lines.append(line)
             reap.update(child_pids(line))
-            if "API is ready" in line:
+            if "loading the vllm engine" in line:
                 break
         assert set(reap) == {"api", "worker"}, "".join(lines)
+        deadline = time.monotonic() + 120
+        while not descendants(reap["worker"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        engine_pids = descendants(reap["worker"])
+        assert engine_pids, "the worker started no engine process"
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -123,7 +154,7 @@ def test_demo_stops_services_on_sigterm(workdir: Path, reap: dict[str, int]) -> 
     out = "".join(lines) + rest
     assert proc.returncode == 130, out
     assert "stopped worker" in out and "stopped api" in out
-    assert_all_gone(reap)
+    assert_all_gone({**reap, **{f"engine-{pid}": pid for pid in engine_pids}})
 
 
 def test_demo_fails_cleanly_when_the_worker_dies(
@@ -140,3 +171,25 @@ def test_demo_fails_cleanly_when_the_worker_dies(
     assert "worker exited with" in out
     assert "stopped api" in out
     assert_all_gone(reap)
+
+
+def test_worker_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:
+    """vLLM is the default engine; where it cannot be imported the worker stops at start and
+    names the ways out, instead of quietly serving with a slower engine."""
+    fake = tmp_path / "site" / "vllm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('vllm is broken here')\n")
+    env = demo_env(database_url=f"sqlite:///{tmp_path / 'vlmq.db'}",
+                   store_url=f"file://{tmp_path / 'objects'}",
+                   broker_folder=str(tmp_path / "broker"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(fake.parent), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "vllm is broken here" in out
+    assert "pip install vllm" in out
+    assert "VLMQ_ENGINE=transformers" in out and "VLMQ_ENGINE=echo" in out
+    assert "ready." not in out

@@ -202,9 +202,14 @@ def test_engine_death_fails_running_jobs_and_worker_recovers(
 
     jobs = wait_all(client, long_ids, timeout=300)
     failed = [j for j in jobs if j["status"] == "failed"]
-    assert len(failed) >= in_engine, jobs
-    assert {j["error"]["code"] for j in failed} == {"engine_error"}
     assert all(j["status"] in ("failed", "succeeded") for j in jobs), jobs
+    assert {j["error"]["code"] for j in failed} <= {"engine_error"}
+    if in_engine > 1:
+        # Any of them could have been the cause: none is charged, all run again.
+        assert "retrying without counting the attempt" in vllm_worker.log_text()
+        assert all(j["attempts"] == 1 for j in jobs), jobs
+    else:
+        assert len(failed) >= in_engine, jobs  # alone in the engine: its one attempt is spent
     assert vllm_worker.proc.poll() is None, "the worker process died with its engine"
 
     # The worker loads a fresh engine and keeps serving its queue.

@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
 from shared.migrate import upgrade_head
@@ -28,7 +29,8 @@ def cancelled_job_with_webhook(ctx: WebhookContext, url: str) -> uuid.UUID:
     )
     with ctx.sessions() as session:
         jobs_repo.insert_job(session, job)
-        jobs_repo.cancel(session, job.id)
+        lifecycle.cancel(session, job.id)
+        session.commit()
         [delivery] = deliveries_repo.for_job(session, job.id)
     return delivery.id
 

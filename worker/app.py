@@ -1,67 +1,63 @@
-"""The worker's Celery app: the resident engine is loaded before consuming, released in a finally."""
+"""The GPU worker process: resident engine, intake, recorder, upkeep and the sweeper.
+
+The engine loads before anything is claimed and is released in a `finally`. SIGTERM or
+SIGINT stops claiming, lets the jobs held finish for `VLMQ_SHUTDOWN_GRACE_SECONDS`, then
+aborts the rest and hands them back to the queue without counting the attempt.
+"""
 
 from __future__ import annotations
 
 import logging
-import uuid
+import signal
+import threading
 
-from celery import Celery
-from celery.worker.control import control_command
-
-from shared.queue import ABORT_COMMAND, RUN_JOB_TASK
+from shared.jobs.lifecycle import RetryPolicy
+from shared.jobs.sweeper import Sweeper
 from shared.settings import Settings
 from worker.context import WorkerContext
-from worker.heartbeat import Heartbeat
-from worker.runner import run_job
-from worker.supervision import ShutdownWatch, restart_if_died
+from worker.doorbell import make_doorbell
+from worker.inflight import InFlight
+from worker.intake import Intake
+from worker.recorder import Recorder
+from worker.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
 
-def build_worker_app(settings: Settings, ctx: WorkerContext) -> Celery:
-    app = ctx.celery
-
-    @app.task(name=RUN_JOB_TASK)
-    def run_job_task(job_id: str) -> str:
-        return run_job(ctx, uuid.UUID(job_id))
-
-    @control_command(name=ABORT_COMMAND, args=[("job_id", str)], signature="<job_id>")
-    def abort_job(state: object, job_id: str) -> dict[str, str]:
-        # Every worker hears the broadcast; aborting a request it does not hold is a no-op.
-        ctx.engine.abort(job_id)
-        return {"ok": f"abort requested for {job_id}"}
-
-    return app
-
-
-def concurrency_for(settings: Settings) -> int:
-    """Enough task threads to keep the engine's batch full; each thread holds one job."""
-    return settings.worker_concurrency or settings.max_batch_size
-
-
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     ctx = WorkerContext.start(settings)
-    heartbeat = Heartbeat(ctx)
-    watch = ShutdownWatch()
+    policy = RetryPolicy.from_settings(settings)
+    inflight = InFlight(settings.in_flight_limit)
+    recorder = Recorder(ctx.sessions, policy, inflight, ctx.metrics)
+    doorbell = make_doorbell(settings, ctx.celery)
+    intake = Intake(ctx, doorbell, inflight, recorder)
+    upkeep = Upkeep(ctx, inflight)
+    sweeper = Sweeper(ctx.db, ctx.sessions, policy, settings.sweep_seconds)
     try:
-        app = build_worker_app(settings, ctx)
-        heartbeat.start()
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",
-                f"--concurrency={concurrency_for(settings)}",
-                f"--queues={settings.queue_name}",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--task-events",  # lets Flower show tasks
-                *(argv or []),
-            ]
-        )
+        recorder.start()
+        upkeep.start()
+        sweeper.start()
+        intake.start()
+        log.info("worker %s for model %s (%s engine, queue %s) ready.", upkeep.worker_id,
+                 settings.model, settings.engine.value, settings.queue_name)
+        stop.wait()
+        log.info("stopping: no new claims; finishing %d jobs held", len(inflight))
+        intake.stop()
+        if not inflight.wait_empty(settings.shutdown_grace_seconds):
+            log.warning("handing %d unfinished jobs back to the queue", len(inflight))
+            for job_id, _ in inflight.claims():
+                ctx.engine.abort(str(job_id))
+            inflight.wait_empty(10)
+        recorder.stop()
     finally:
-        heartbeat.stop()
+        sweeper.stop()
+        upkeep.stop()
+        doorbell.close()
         ctx.close()
-    restart_if_died(watch)
+    log.info("worker stopped")

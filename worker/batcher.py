@@ -1,11 +1,16 @@
 """Dynamic micro-batching in front of a step-driven engine.
 
-Task threads call `generate()` and block on a future. One loop thread owns the
-backend: when idle it gathers requests until `max_batch_size` or `max_wait_ms`,
-and while requests are running it admits newcomers before every step, so a job
-never waits for a whole batch to finish when there is room (continuous batching).
-If the backend fails, the requests inside it fail with EngineError and the loop
-loads a fresh backend; requests still waiting are kept for it.
+Callers `submit()` a request and get a future; no thread waits per job. One loop thread
+owns the backend: when idle it gathers requests until `max_batch_size` or `max_wait_ms`,
+and while requests are running it admits newcomers before every step, so a job never
+waits for a whole batch to finish when there is room (continuous batching).
+
+Failures are contained:
+- if the backend fails, the requests inside it fail with EngineError (saying how many
+  were inside, so the caller can tell a lone culprit from its batch-mates) and the loop
+  loads a fresh backend; requests still waiting are kept for it;
+- a `solo` request runs with nothing else in the engine (a suspected poison input);
+- a request in the engine longer than `max_job_seconds` is aborted (JobTimedOut).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from worker.engines.base import (
     EngineError,
     GenerationOutput,
     GenerationRequest,
+    JobTimedOut,
     RequestAborted,
     StepBackend,
     StepResult,
@@ -28,6 +34,8 @@ from worker.engines.base import (
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+Item = tuple[GenerationRequest, Future[GenerationOutput]]
 
 
 class BatchingEngine:
@@ -38,16 +46,20 @@ class BatchingEngine:
         max_batch_size: int,
         max_wait_ms: int,
         metrics: WorkerMetrics,
+        max_job_seconds: float = 600,
     ) -> None:
         self.backend_factory = backend_factory
         self.backend = backend_factory()
         self.restarts = 0
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
+        self.max_job_seconds = max_job_seconds
         self.metrics = metrics
-        self._inbox: queue.Queue[tuple[GenerationRequest, Future[GenerationOutput]]] = queue.Queue()
+        self._inbox: queue.Queue[Item] = queue.Queue()
         self._futures: dict[str, Future[GenerationOutput]] = {}
         self._admitted_at: dict[str, float] = {}
+        self._solo_waiting: Item | None = None
+        self._solo_running: str | None = None
         self._aborts: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._restarting = threading.Event()
@@ -55,12 +67,16 @@ class BatchingEngine:
         self._thread.start()
 
     # -- Engine protocol -------------------------------------------------------
-    def generate(self, request: GenerationRequest) -> GenerationOutput:
-        if not self._thread.is_alive():
-            raise EngineError("engine loop is not running")
+    def submit(self, request: GenerationRequest) -> Future[GenerationOutput]:
         future: Future[GenerationOutput] = Future()
-        self._inbox.put((request, future))
-        return future.result()
+        if not self._thread.is_alive():
+            future.set_exception(EngineError("engine loop is not running"))
+        else:
+            self._inbox.put((request, future))
+        return future
+
+    def generate(self, request: GenerationRequest) -> GenerationOutput:
+        return self.submit(request).result()
 
     def abort(self, request_id: str) -> None:
         self._aborts.put(request_id)
@@ -74,7 +90,7 @@ class BatchingEngine:
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._fail_all(EngineError("worker is shutting down"))
+        self._fail_all(RequestAborted("the worker is shutting down"))
         self.backend.shutdown()
 
     # -- loop --------------------------------------------------------------------
@@ -84,11 +100,13 @@ class BatchingEngine:
                 self._iterate()
             except Exception as exc:
                 log.exception("engine failed; failing its requests and loading it again")
-                self._fail_in_flight(EngineError(f"engine failed: {exc}"))
+                inside = len(self._futures)
+                self._fail_in_flight(EngineError(f"engine failed: {exc}", in_flight=inside))
                 self._reload()
 
     def _iterate(self) -> None:
         self._apply_aborts()
+        self._abort_overdue()
         batch = self._gather()
         if batch:
             self._admit(batch)
@@ -115,30 +133,34 @@ class BatchingEngine:
                 time.sleep(delay)
                 delay = min(delay * 2, 60)
 
-    def _gather(self) -> list[tuple[GenerationRequest, Future[GenerationOutput]]]:
+    def _gather(self) -> list[Item]:
+        """The next requests to admit: a batch, a lone solo request, or nothing."""
+        if self._solo_running is not None:
+            return []  # nothing joins a solo request
+        idle = self.backend.num_unfinished() == 0
+        if self._solo_waiting is not None:
+            if not idle:
+                return []  # let the engine drain first
+            item, self._solo_waiting = self._solo_waiting, None
+            self._solo_running = item[0].request_id
+            return [item]
         room = self.max_batch_size - self.backend.num_unfinished()
-        if room <= 0:
-            return []
-        batch = []
-        if self.backend.num_unfinished() == 0:
-            try:
-                batch.append(self._inbox.get(timeout=0.2))
-            except queue.Empty:
-                return []
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < room and (left := deadline - time.monotonic()) > 0:
-                try:
-                    batch.append(self._inbox.get(timeout=left))
-                except queue.Empty:
-                    break
+        batch: list[Item] = []
+        deadline = time.monotonic() + self.max_wait if idle else 0.0
+        wait = 0.2 if idle else 0.0  # idle: block for the first request
         while len(batch) < room:
             try:
-                batch.append(self._inbox.get_nowait())
+                item = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if item[0].solo:
+                self._solo_waiting = item
+                break
+            batch.append(item)
+            wait = deadline - time.monotonic()
         return batch
 
-    def _admit(self, batch: list[tuple[GenerationRequest, Future[GenerationOutput]]]) -> None:
+    def _admit(self, batch: list[Item]) -> None:
         now = time.monotonic()
         for request, future in batch:
             self._futures[request.request_id] = future
@@ -152,6 +174,8 @@ class BatchingEngine:
                 self._futures.pop(request.request_id, None)
                 self._admitted_at.pop(request.request_id, None)
                 self._inbox.put((request, future))
+            if self._solo_running in {request.request_id for request, _ in batch}:
+                self._solo_running = None
             raise
         self._deliver(rejected)
 
@@ -160,6 +184,8 @@ class BatchingEngine:
         for request_id, outcome in results:
             future = self._futures.pop(request_id, None)
             admitted = self._admitted_at.pop(request_id, now)
+            if request_id == self._solo_running:
+                self._solo_running = None
             if future is None:
                 continue
             if isinstance(outcome, Exception):
@@ -171,6 +197,19 @@ class BatchingEngine:
             self.metrics.images.inc()
             future.set_result(outcome)
 
+    def _abort_overdue(self) -> None:
+        cutoff = time.monotonic() - self.max_job_seconds
+        overdue = [rid for rid, admitted in self._admitted_at.items() if admitted < cutoff]
+        if not overdue:
+            return
+        log.warning("aborting %d requests in the engine longer than %.0fs: %s", len(overdue),
+                    self.max_job_seconds, ", ".join(overdue))
+        self.backend.abort(overdue)
+        self._deliver([
+            (rid, JobTimedOut(f"the job spent over {self.max_job_seconds:.0f}s in the engine"))
+            for rid in overdue
+        ])
+
     def _apply_aborts(self) -> None:
         ids = []
         while True:
@@ -180,12 +219,15 @@ class BatchingEngine:
                 break
         if not ids:
             return
-        waiting = [rid for rid in ids if rid in self._futures]
-        self.backend.abort(waiting)
-        self._deliver([(rid, RequestAborted(f"request {rid} aborted")) for rid in waiting])
-        self._drop_from_inbox(set(ids))
+        inside = [rid for rid in ids if rid in self._futures]
+        self.backend.abort(inside)
+        self._deliver([(rid, RequestAborted(f"request {rid} aborted")) for rid in inside])
+        self._drop_waiting(set(ids))
 
-    def _drop_from_inbox(self, ids: set[str]) -> None:
+    def _drop_waiting(self, ids: set[str]) -> None:
+        if self._solo_waiting is not None and self._solo_waiting[0].request_id in ids:
+            self._solo_waiting[1].set_exception(RequestAborted("request aborted"))
+            self._solo_waiting = None
         kept = []
         while True:
             try:
@@ -205,9 +247,13 @@ class BatchingEngine:
                 future.set_exception(exc)
         self._futures.clear()
         self._admitted_at.clear()
+        self._solo_running = None
 
     def _fail_all(self, exc: Exception) -> None:
         self._fail_in_flight(exc)
+        if self._solo_waiting is not None:
+            self._solo_waiting[1].set_exception(exc)
+            self._solo_waiting = None
         while True:
             try:
                 _, future = self._inbox.get_nowait()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy import Engine as DbEngine
@@ -30,8 +30,6 @@ class WorkerContext:
     engine: Engine
     metrics: WorkerMetrics
     celery: Celery
-    # Jobs this process is running; their leases are renewed while they are here.
-    running: set[uuid.UUID] = field(default_factory=set)
 
     @classmethod
     def start(cls, settings: Settings) -> WorkerContext:
@@ -46,6 +44,7 @@ class WorkerContext:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=metrics,
+            max_job_seconds=settings.max_job_seconds,
         )
         return cls(
             settings=settings,
@@ -65,7 +64,12 @@ class WorkerContext:
 
 
 def load_backend(settings: Settings) -> StepBackend:
+    if settings.engine == EngineKind.echo:
+        from worker.engines.echo_backend import EchoBackend
+
+        return EchoBackend(faults=settings.echo_faults)
     if settings.engine == EngineKind.vllm:
+        _require_vllm()
         from worker.engines.vllm_backend import VllmBackend
 
         return VllmBackend.from_settings(settings)
@@ -77,3 +81,25 @@ def load_backend(settings: Settings) -> StepBackend:
         max_batch_size=settings.max_batch_size,
         ignore_eos=settings.ignore_eos,
     )
+
+
+_NO_VLLM = (
+    "The vllm engine (VLMQ_ENGINE=vllm, the default) needs vLLM, which cannot be imported: "
+    "{error}\n"
+    "Install it: `pip install vllm` on a CUDA machine (`pip install -e '.[gpu]'` in a "
+    "checkout), or `make install` for the CPU build.\n"
+    "Or choose another engine explicitly: VLMQ_ENGINE=transformers (no vLLM, one padded "
+    "batch at a time) or VLMQ_ENGINE=echo (no model; load tests)."
+)
+
+
+def _require_vllm() -> None:
+    """Stops the worker at start when vLLM is missing.
+
+    Falling back to another engine unasked would hide a broken install behind a much slower
+    worker; SystemExit gives the user the way out instead of a traceback.
+    """
+    try:
+        importlib.import_module("vllm")
+    except ImportError as exc:
+        raise SystemExit(_NO_VLLM.format(error=exc)) from None

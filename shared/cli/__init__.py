@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     demo = sub.add_parser("demo", help="run API + worker locally and push sample images through")
-    demo.add_argument("--images", type=int, default=4, help="how many sample images to submit")
+    demo.add_argument("--images", type=int, default=16, help="how many sample images to submit")
     demo.set_defaults(run=_demo)
 
     model = sub.add_parser("make-test-model", help="build a tiny random-weight Qwen2-VL offline")

@@ -1,7 +1,9 @@
 """`vlmq demo`: start API + worker, push sample images through over HTTP, print results.
 
 With no `VLMQ_*` URLs set it needs no servers: SQLite, a local object folder and a
-folder-based broker. With them set it uses Postgres/Redis/S3 exactly the same way.
+folder-based broker. With them set it uses Postgres/Redis/S3 exactly the same way. The
+worker runs the configured engine (vLLM by default); the images are submitted at once so
+the engine runs them together, and the summary shows how many jobs shared each step.
 """
 
 from __future__ import annotations
@@ -15,57 +17,103 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import httpx
 from PIL import Image, ImageDraw
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.migrate import upgrade_head
-from shared.settings import Settings
+from shared.settings import EngineKind, Settings
 
+DEFAULT_IMAGES = 16
 _DEFAULT_MODEL_PATH = Settings.model_fields["model_path"].default
+# Short answers keep the demo quick; the batching is the same at any length.
+_MAX_TOKENS = 16
 _START_TIMEOUT_S = 300
 _PROGRESS_EVERY_S = 5.0
+_LONG_POLL_S = 5
 _STOP_TIMEOUT_S = 20
+_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 # Set by the signal handler too: its KeyboardInterrupt can land inside a finalizer or
 # weakref callback, where Python prints and drops it, so the loops check this as well.
 _STOP_REQUESTED = threading.Event()
 
 
-def run_demo(n_images: int = 4) -> int:
-    settings = Settings()
+@dataclass
+class DemoRun:
+    jobs: list[dict]
+    seconds: float  # first submit to last result
+    worker_metrics: dict[str, float]
+
+
+def run_demo(n_images: int = DEFAULT_IMAGES) -> int:
+    user_settings = Settings()
+    defaults = _service_defaults(user_settings)
+    settings = Settings(**defaults)
     _say(f"database {settings.database_url} | broker {settings.broker_url} | "
          f"store {settings.store_url}")
+    _say(f"engine {settings.engine.value} | model {settings.model} ({settings.model_path})")
     try:
         with _stop_on_signals():
-            jobs = _run(settings, n_images)
+            run = _run(settings, _child_env(defaults, settings), n_images)
         if _STOP_REQUESTED.is_set():
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         _say("interrupted; services stopped")
         return 130
-    _print_results(jobs)
+    _print_results(run.jobs)
+    _print_summary(run, settings)
     _print_next_steps()
-    return 0 if all(j["status"] == "succeeded" for j in jobs) else 1
+    return 0 if all(j["status"] == "succeeded" for j in run.jobs) else 1
 
 
-def _run(settings: Settings, n_images: int) -> list[dict]:
+def _service_defaults(settings: Settings) -> dict[str, object]:
+    """Settings the demo gives its services where the user has not chosen them."""
+    # The summary reads the worker's own count of jobs per engine step.
+    defaults: dict[str, object] = {"metrics_port": _free_port()}
+    if settings.engine == EngineKind.vllm and settings.model_path == _DEFAULT_MODEL_PATH:
+        # The bundled model is tiny: compiling it gains nothing, and on vLLM's CPU build the
+        # compilation (inductor) adds most of a minute to the engine's start.
+        defaults["enforce_eager"] = True
+    return {k: v for k, v in defaults.items() if k not in settings.model_fields_set}
+
+
+def _child_env(defaults: dict[str, object], settings: Settings) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.update({f"VLMQ_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in defaults.items()})
+    if settings.model_path == _DEFAULT_MODEL_PATH:
+        # The bundled model is a local folder: nothing to ask a model hub, which a demo
+        # machine may not reach (lookups would stall on network timeouts).
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
     _ensure_model(settings)
     upgrade_head(settings)
     port = _free_port()
     logs = Path(".vlmq/logs")
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        stack.enter_context(_service("api", ["api", "--port", str(port)], logs))
-        stack.enter_context(_service("worker", ["worker"], logs))
+        stack.enter_context(_service("api", ["api", "--port", str(port)], logs, env))
+        stack.enter_context(_service("worker", ["worker"], logs, env))
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30) as client:
             _wait_ready(client)
-            ids = [_submit(client, i) for i in range(n_images)]
-            _say(f"submitted {len(ids)} jobs; waiting for results (first run loads the model)")
-            return [_poll(client, job_id) for job_id in ids]
+            _wait_worker(client, settings)
+            images = [sample_image(i) for i in range(n_images)]
+            started = time.monotonic()
+            ids = _submit_all(client, images)
+            _say(f"submitted {len(ids)} jobs at once; waiting for results")
+            jobs = _wait_results(client, ids)
+            seconds = time.monotonic() - started
+        return DemoRun(jobs, seconds, _worker_metrics(settings.metrics_port))
 
 
 @contextmanager
@@ -120,11 +168,10 @@ class _service:
     (engine processes), whatever way the demo ends.
     """
 
-    def __init__(self, name: str, args: list[str], logs: Path) -> None:
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
         self.log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args],
             stdout=self.log,
@@ -203,36 +250,81 @@ def sample_image(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _submit(client: httpx.Client, i: int) -> str:
+def _wait_worker(client: httpx.Client, settings: Settings) -> None:
+    """Waits until the worker has loaded its engine, so the timing measures inference only.
+
+    A worker registers (and `/v1/models` lists it) once its engine is resident.
+    """
+    start = time.monotonic()
+    next_progress = start + _PROGRESS_EVERY_S
+    _say(f"loading the {settings.engine.value} engine in the worker "
+         "(about a minute on a small CPU)")
+    while time.monotonic() < start + _START_TIMEOUT_S:
+        _check_children()
+        models = client.get("/v1/models").json()["data"]
+        if any(m["id"] == settings.model and m["workers"] for m in models):
+            _say(f"worker is ready ({time.monotonic() - start:.0f}s)")
+            return
+        now = time.monotonic()
+        if now >= next_progress:
+            _say(f"still loading the engine ({now - start:.0f}s; log .vlmq/logs/worker.log)")
+            next_progress = now + _PROGRESS_EVERY_S
+        time.sleep(0.3)
+    raise SystemExit("demo: the worker did not become ready; see .vlmq/logs/worker.log")
+
+
+def _submit_all(client: httpx.Client, images: list[bytes]) -> list[str]:
+    """All at once, as concurrent uploads: the worker claims them together and batches them."""
+    with ThreadPoolExecutor(max_workers=min(len(images), 16) or 1) as pool:
+        return list(pool.map(lambda i: _submit(client, i, images[i]), range(len(images))))
+
+
+def _submit(client: httpx.Client, i: int, image: bytes) -> str:
     resp = client.post(
         "/v1/jobs",
-        files={"image": (f"sample-{i}.png", sample_image(i), "image/png")},
-        data={"prompt": f"Describe picture {i} in one sentence.", "max_tokens": "24"},
+        files={"image": (f"sample-{i}.png", image, "image/png")},
+        data={"prompt": f"Describe picture {i} in one sentence.",
+              "max_tokens": str(_MAX_TOKENS)},
     )
     resp.raise_for_status()
     return resp.json()["id"]
 
 
-def _poll(client: httpx.Client, job_id: str) -> dict:
+def _wait_results(client: httpx.Client, ids: list[str]) -> list[dict]:
+    """Long-polls each job in turn; they finish together, so the last answer is prompt."""
     start = time.monotonic()
-    deadline = start + _START_TIMEOUT_S
-    next_progress = start + _PROGRESS_EVERY_S
-    last = None
-    while time.monotonic() < deadline:
-        _check_children()
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] != last:
-            _say(f"job {job_id[:8]} {job['status']}")
-            last = job["status"]
-        if job["status"] in ("succeeded", "failed", "cancelled", "expired"):
-            return job
-        now = time.monotonic()
-        if now >= next_progress:
-            _say(f"job {job_id[:8]} still {job['status']} after {now - start:.0f}s "
+    jobs: list[dict] = []
+    for job_id in ids:
+        job = _long_poll(client, job_id)
+        while job["status"] not in _TERMINAL:
+            elapsed = time.monotonic() - start
+            if elapsed > _START_TIMEOUT_S:
+                raise SystemExit(f"demo: job {job_id} did not finish; see .vlmq/logs/worker.log")
+            _say(f"{len(jobs)} of {len(ids)} jobs finished after {elapsed:.0f}s "
                  f"(worker log: .vlmq/logs/worker.log)")
-            next_progress = now + _PROGRESS_EVERY_S
-        time.sleep(0.2)
-    raise SystemExit(f"demo: job {job_id} did not finish; see .vlmq/logs/worker.log")
+            job = _long_poll(client, job_id)
+        jobs.append(job)
+    return jobs
+
+
+def _long_poll(client: httpx.Client, job_id: str) -> dict:
+    _check_children()
+    resp = client.get(f"/v1/jobs/{job_id}", params={"wait": _LONG_POLL_S})
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _worker_metrics(port: int) -> dict[str, float]:
+    """The worker's Prometheus samples by name (unlabelled series; empty when metrics are off)."""
+    if not port:
+        return {}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def _print_results(jobs: list[dict]) -> None:
@@ -246,11 +338,26 @@ def _print_results(jobs: list[dict]) -> None:
             print(f"  {job['id']}  {job['status']:9}  {job['error']}")
 
 
+def _print_summary(run: DemoRun, settings: Settings) -> None:
+    done = sum(job["status"] == "succeeded" for job in run.jobs)
+    print(f"\nsummary ({settings.engine.value} engine):")
+    print(f"  {done} of {len(run.jobs)} images succeeded in {run.seconds:.1f}s from first "
+          f"submit to last result: {done / run.seconds:.1f} images/s")
+    steps = run.worker_metrics.get("vlmq_engine_batch_size_count", 0)
+    if steps:
+        mean = run.worker_metrics["vlmq_engine_batch_size_sum"] / steps
+        print(f"  mean jobs per engine step: {mean:.1f} over {steps:.0f} steps "
+              "(worker metric vlmq_engine_batch_size)")
+    else:
+        print("  mean jobs per engine step: unknown (the worker's metrics are off)")
+
+
 def _print_next_steps() -> None:
     print(
         "\nThe demo model has random weights, so its text is noise. Next steps:\n"
-        "  real model:   VLMQ_MODEL=Qwen2-VL-2B-Instruct VLMQ_MODEL_PATH=/models/Qwen2-VL-2B-Instruct "
-        "VLMQ_ENGINE=vllm\n"
+        "  real model:   VLMQ_MODEL=Qwen2-VL-2B-Instruct VLMQ_MODEL_PATH=/models/Qwen2-VL-2B-Instruct\n"
+        "  on a GPU:     pip install -e '.[gpu]' (CUDA vLLM); VLMQ_ENGINE=vllm is the default\n"
+        "  more images:  vlmq demo --images 64 (bigger batches per engine step)\n"
         "  Postgres:     VLMQ_DATABASE_URL=postgresql://user:pass@host:5432/vlmq\n"
         "  Redis broker: VLMQ_BROKER_URL=redis://host:6379/0\n"
         "  S3 / MinIO:   VLMQ_STORE_URL=s3://bucket/prefix VLMQ_S3_ENDPOINT_URL=http://minio:9000\n"

@@ -1,101 +1,179 @@
-"""Repository functions for jobs. Every status change is one guarded UPDATE."""
+"""Repository functions for jobs: SQL only, no decisions (those are in lifecycle.py).
+
+Every function flushes and leaves the commit to its caller, so one transaction can hold
+several steps (a terminal UPDATE and its webhook delivery row, say). Every status change
+is a guarded UPDATE: it names the statuses it may leave, and a worker's change also names
+the attempt it claimed (fencing), so a stale or duplicate actor changes nothing.
+Where work comes in many rows (claims, results, expiry, reaping) one statement serves them.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.cursor import newest_first_page
-from shared.errors import Conflict, NotFound
 from shared.jobs.status import ALLOWED_FROM, TERMINAL, JobStatus
 from shared.models import Job
-from shared.timeutil import as_utc, utcnow
+from shared.timeutil import utcnow
 from shared.webhooks import repo as deliveries_repo
 
+# What a terminal UPDATE returns so the same transaction can add the webhook delivery.
+_WEBHOOK_COLUMNS = (Job.id, Job.webhook_url, Job.webhook_events)
 
-def insert_job(session: Session, job: Job) -> Job:
+
+def insert_job(session: Session, job: Job) -> None:
     session.add(job)
-    session.commit()
-    return job
+    session.flush()
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def transition(session: Session, job_id: uuid.UUID, target: JobStatus, **values: Any) -> bool:
-    """Move a job to `target` if its current status allows it; False when another actor won.
+def find_by_idempotency_key(session: Session, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
 
-    A job that ends with a webhook gets its delivery row in the same transaction, so no
-    terminal event can be lost between the two writes.
-    """
+
+def delete_job(session: Session, job_id: uuid.UUID) -> None:
+    """Only for undoing a submission whose row must not stay."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        session.delete(job)
+        session.flush()
+
+
+def add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]]) -> None:
+    """Webhook delivery rows for jobs that just reached the terminal `target`."""
+    if target not in TERMINAL:
+        return
+    for row in rows:
+        if row.webhook_url:
+            deliveries_repo.add_for_terminal_job(
+                session, row.id, target, row.webhook_url, row.webhook_events
+            )
+
+
+def transition(
+    session: Session,
+    job_id: uuid.UUID,
+    target: JobStatus,
+    *,
+    attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Moves one job to `target` if its status allows it (and, given `attempt`, only while
+    that attempt is the job's current one); False when another actor won."""
+    conditions = [Job.id == job_id, Job.status.in_(ALLOWED_FROM[target])]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(ALLOWED_FROM[target]))
+        .where(*conditions)
         .values(status=target, **values)
-        .returning(Job.webhook_url, Job.webhook_events)
+        .returning(*_WEBHOOK_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    row = session.execute(stmt).first()
-    if row is not None and target in TERMINAL and row.webhook_url:
-        deliveries_repo.add_for_terminal_job(
-            session, job_id, target, row.webhook_url, row.webhook_events
-        )
-    session.commit()
-    return row is not None
+    rows = session.execute(stmt).all()
+    add_deliveries(session, target, rows)
+    return bool(rows)
 
 
-def mark_running(session: Session, job_id: uuid.UUID, lease_seconds: float = 30) -> bool:
-    now = utcnow()
-    return transition(
-        session,
-        job_id,
-        JobStatus.running,
-        started_at=now,
-        attempts=Job.attempts + 1,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-    )
+# -- claims -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class JobOutcome:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+class ClaimedJob:
+    id: uuid.UUID
+    attempt: int  # the value of `attempts` this claim set: the fencing token
+    prompt: str
+    params: dict[str, Any]
+    priority: int
+    image_key: str
+    image_sha256: str
+    created_at: datetime
+    engine_failures: int
 
 
-def mark_succeeded(session: Session, job_id: uuid.UUID, outcome: JobOutcome) -> bool:
-    return transition(
-        session,
-        job_id,
-        JobStatus.succeeded,
-        finished_at=utcnow(),
-        result_text=outcome.text,
-        prompt_tokens=outcome.prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        finish_reason=outcome.finish_reason,
-        lease_expires_at=None,
-        error_code=None,  # an earlier attempt's transient error no longer applies
-        error_message=None,
+def claim_batch(
+    session: Session, model: str, limit: int, lease_seconds: float
+) -> list[ClaimedJob]:
+    """queued -> running for up to `limit` runnable jobs of `model`, in priority order.
+
+    One statement. SKIP LOCKED lets workers of the same model claim side by side without
+    waiting on each other; a job past its deadline is left for the sweeper to expire.
+    """
+    now = utcnow()
+    runnable = (
+        select(Job.id)
+        .where(
+            Job.model == model,
+            Job.status == JobStatus.queued,
+            or_(Job.runnable_at.is_(None), Job.runnable_at <= now),
+            or_(Job.expires_at.is_(None), Job.expires_at > now),
+        )
+        .order_by(Job.priority, Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        # Materialized, so the LIMIT and the row locks apply once; as a plain IN-subquery
+        # Postgres may run it again per row and claim far more than `limit`.
+        .cte("runnable")
+        .prefix_with("MATERIALIZED")
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(select(runnable.c.id)), Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
+            Job.image_sha256, Job.created_at, Job.engine_failures,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(stmt).all()
+    claimed = [ClaimedJob(*row) for row in rows]
+    claimed.sort(key=lambda job: (job.priority, job.created_at))
+    return claimed
+
+
+def renew_leases(session: Session, claims: Sequence[tuple[uuid.UUID, int]],
+                 lease_seconds: float) -> None:
+    """Extends the leases of the (job id, attempt) pairs this worker still runs."""
+    if not claims:
+        return
+    session.execute(
+        update(Job)
+        .where(
+            Job.status == JobStatus.running,
+            or_(*(and_(Job.id == job_id, Job.attempts == attempt) for job_id, attempt in claims)),
+        )
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
     )
 
 
-def mark_failed(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
-    return transition(
-        session,
-        job_id,
-        JobStatus.failed,
-        finished_at=utcnow(),
-        error_code=code,
-        error_message=message[:2000],
-        lease_expires_at=None,
-    )
+def not_running(session: Session, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Of these jobs, those no longer running (cancelled, or reaped and taken elsewhere)."""
+    if not job_ids:
+        return []
+    running = set(session.scalars(
+        select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.running)
+    ))
+    return [job_id for job_id in job_ids if job_id not in running]
+
+
+# -- listing and reading --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -120,125 +198,6 @@ def list_jobs(
         stmt = stmt.where(Job.model == model)
     rows, next_cursor = newest_first_page(session, stmt, Job, limit, cursor)
     return Page(jobs=rows, next_cursor=next_cursor)
-
-
-def delete_job(session: Session, job_id: uuid.UUID) -> None:
-    """Only for undoing a submission that could not be enqueued."""
-    job = session.get(Job, job_id)
-    if job is not None:
-        session.delete(job)
-        session.commit()
-
-
-def find_by_idempotency_key(session: Session, key: str) -> Job | None:
-    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
-
-
-def is_past_deadline(job: Job) -> bool:
-    return job.expires_at is not None and as_utc(job.expires_at) <= utcnow()
-
-
-def expire(session: Session, job_id: uuid.UUID) -> bool:
-    return transition(
-        session,
-        job_id,
-        JobStatus.expired,
-        finished_at=utcnow(),
-        error_code="expired",
-        error_message="the job was not started before its max_queue_seconds ran out",
-    )
-
-
-def claim(session: Session, job_id: uuid.UUID, lease_seconds: float = 30) -> Job | None:
-    """queued -> running for the caller, or None: gone, taken, finished, or expired (now)."""
-    job = get_job(session, job_id)
-    if job is None or job.status != JobStatus.queued:
-        return None
-    if is_past_deadline(job):
-        expire(session, job_id)
-        return None
-    if not mark_running(session, job_id, lease_seconds):
-        return None
-    return job
-
-
-def refresh_deadline(session: Session, job: Job) -> Job:
-    """Reads expire lazily: a queued job past its deadline shows (and becomes) expired."""
-    if job.status == JobStatus.queued and is_past_deadline(job):
-        expire(session, job.id)
-        return get_job(session, job.id) or job
-    return job
-
-
-def cancel(session: Session, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
-    """Cancels a queued or running job; returns it and the status it was cancelled from."""
-    job = get_job(session, job_id)
-    if job is None:
-        raise NotFound(f"no job with id {job_id}")
-    previous = job.status
-    moved = previous in ALLOWED_FROM[JobStatus.cancelled] and transition(
-        session,
-        job_id,
-        JobStatus.cancelled,
-        finished_at=utcnow(),
-        error_code="cancelled",
-        error_message="cancelled by the client",
-    )
-    job = get_job(session, job_id)
-    if not moved or job is None:
-        status = job.status if job else "gone"
-        raise Conflict(f"job {job_id} is already {status}; only queued or running jobs can be "
-                       "cancelled", code="job_finished")
-    return job, previous
-
-
-def requeue(
-    session: Session, job_id: uuid.UUID, code: str, message: str, delay_seconds: float = 0
-) -> bool:
-    """running -> queued for another attempt; the error stays visible until one succeeds."""
-    return transition(
-        session,
-        job_id,
-        JobStatus.queued,
-        lease_expires_at=None,
-        enqueued_at=utcnow() + timedelta(seconds=delay_seconds),
-        error_code=code,
-        error_message=message[:2000],
-    )
-
-
-def extend_leases(session: Session, job_ids: list[uuid.UUID], lease_seconds: float) -> None:
-    if not job_ids:
-        return
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status == JobStatus.running)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-
-
-@dataclass(frozen=True)
-class Lapsed:
-    id: uuid.UUID
-    model: str
-    priority: int
-    attempts: int
-
-
-def lapsed_leases(session: Session, model: str, limit: int = 500) -> list[Lapsed]:
-    """Running jobs of `model` whose worker stopped renewing their lease (killed, hung)."""
-    rows = session.execute(
-        select(Job.id, Job.model, Job.priority, Job.attempts)
-        .where(
-            Job.status == JobStatus.running,
-            Job.model == model,
-            Job.lease_expires_at < utcnow(),
-        )
-        .limit(limit)
-    ).all()
-    return [Lapsed(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -269,64 +228,40 @@ def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> Q
     return QueueEstimate(position=int(ahead), eta_seconds=eta)
 
 
-def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+# -- sweeps (many rows, one statement each) ---------------------------------------------
 
 
-def take_unsent(session: Session, model: str, older_than_seconds: float,
-                limit: int = 500) -> list[Lapsed]:
-    """Queued jobs of `model` whose message should have been delivered long ago.
-
-    Each is stamped as sent again in the same guarded UPDATE, so when several workers look
-    at once exactly one of them re-sends a given job.
-    """
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    stale = session.execute(
-        select(Job.id, Job.model, Job.priority, Job.attempts, Job.enqueued_at)
-        .where(Job.model == model, Job.status == JobStatus.queued, Job.enqueued_at < cutoff)
-        .limit(limit)
-    ).all()
-    taken: list[Lapsed] = []
-    for job_id, job_model, priority, attempts, sent_at in stale:
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at == sent_at)
-            .values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if session.execute(stmt).rowcount == 1:
-            taken.append(Lapsed(job_id, job_model, priority, attempts))
-    session.commit()
-    return taken
-
-
-def cancelled_among(session: Session, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    if not job_ids:
-        return []
-    return list(session.scalars(
-        select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.cancelled)
-    ))
-
-
-def expire_overdue(session: Session, limit: int = 500) -> int:
-    """Expires queued jobs with a webhook that are past their deadline.
-
-    Other jobs expire lazily when read or claimed; these owe their endpoint a
-    job.expired event even when nobody reads them and no worker serves their model.
-    """
-    overdue = session.scalars(
+def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1000) -> int:
+    """queued -> expired for every job past its deadline."""
+    overdue = (
         select(Job.id)
-        .where(
-            Job.status == JobStatus.queued,
-            Job.expires_at < utcnow(),
-            Job.webhook_url.is_not(None),
-        )
+        .where(Job.status == JobStatus.queued, Job.expires_at < now)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(overdue), Job.status == JobStatus.queued)
+        .values(status=JobStatus.expired, finished_at=now, error_code="expired",
+                error_message=message)
+        .returning(*_WEBHOOK_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    add_deliveries(session, JobStatus.expired, rows)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    id: uuid.UUID
+    attempt: int
+
+
+def lapsed_leases(session: Session, now: datetime, limit: int = 1000) -> list[Lapsed]:
+    """Running jobs whose worker stopped renewing their lease (killed, hung, cut off)."""
+    rows = session.execute(
+        select(Job.id, Job.attempts)
+        .where(Job.status == JobStatus.running, Job.lease_expires_at < now)
         .limit(limit)
     ).all()
-    return sum(expire(session, job_id) for job_id in overdue)
+    return [Lapsed(*row) for row in rows]

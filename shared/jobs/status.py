@@ -18,6 +18,9 @@ TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.expired}
 )
 
+# Postgres NOTIFY channel (see migration 0005): the payload is the id of a job that just ended.
+TERMINAL_CHANNEL = "vlmq_job_terminal"
+
 # target status -> statuses it may be entered from
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.running: frozenset({JobStatus.queued}),

@@ -3,6 +3,7 @@
 Postgres is the source of truth: a delivery row is written in the same transaction that
 finishes its job, and queue messages only tell a sender to look at a row. A lost message,
 a killed sender or a broker restart therefore delays an event but never loses it.
+Functions here flush and leave the commit to their caller, which owns the transaction.
 """
 
 from __future__ import annotations
@@ -91,7 +92,6 @@ def take_due(session: Session, redispatch_after_seconds: float,
         .returning(WebhookDelivery.id)
         .execution_options(synchronize_session=False)
     ).all()
-    session.commit()
     return list(taken)
 
 
@@ -109,7 +109,6 @@ def forget_dispatches(session: Session) -> int:
         .values(dispatched_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
-    session.commit()
     return count
 
 
@@ -130,6 +129,7 @@ def claim(session: Session, delivery_id: uuid.UUID, lease_seconds: float) -> Cla
     """Takes the delivery for one attempt, or None when it is not due or another sender has it.
 
     An attempt a dead sender left open is closed as interrupted, so the ledger shows it.
+    The caller commits before sending, so the lease holds off other senders meanwhile.
     """
     now = utcnow()
     lease = now + timedelta(seconds=lease_seconds)
@@ -154,7 +154,6 @@ def claim(session: Session, delivery_id: uuid.UUID, lease_seconds: float) -> Cla
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
-        session.rollback()
         return None
     job_id, event, url, message_id, payload, attempts, round_attempts = row
     session.execute(
@@ -165,7 +164,7 @@ def claim(session: Session, delivery_id: uuid.UUID, lease_seconds: float) -> Cla
     )
     attempt = WebhookAttempt(delivery_id=delivery_id, number=attempts, started_at=now)
     session.add(attempt)
-    session.commit()
+    session.flush()
     return Claim(delivery_id, job_id, event, url, message_id, payload, attempts, round_attempts,
                  attempt.id)
 
@@ -177,7 +176,6 @@ def save_payload(session: Session, delivery_id: uuid.UUID, payload: str) -> None
         .values(payload=payload)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
 
 
 @dataclass(frozen=True)
@@ -230,7 +228,6 @@ def finish(
         )
         .execution_options(synchronize_session=False)
     ).rowcount == 1
-    session.commit()
     return moved
 
 
@@ -247,7 +244,6 @@ def redeliver(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery:
         )
         .execution_options(synchronize_session=False)
     ).rowcount
-    session.commit()
     if not changed:
         raise NotFound(f"no webhook delivery with id {delivery_id}")
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)

@@ -1,1 +1,1 @@
-"""`make bench`: naive transformers vs raw vLLM vs the full system, in one run."""
+"""`make bench`: every benchmark arm in one run, each figure beside its target."""

@@ -10,12 +10,14 @@ import os
 
 import psutil
 
+# Postgres and Redis are shared servers; every other part must be this run's own child,
+# so project processes that other runs leave on the machine are not counted.
+SHARED_SERVERS = {"postgres", "redis"}
 PARTS = {
     "engine compute (VLLM::Worker)": lambda name, cmd: "VLLM::Worker" in name + cmd,
     "engine scheduler (VLLM::EngineCore)": lambda name, cmd: "EngineCore" in name + cmd,
-    # Celery retitles its process "[celeryd: ...]".
-    "worker main (Celery threads, batcher, vLLM frontend)": lambda name, cmd: (
-        "celeryd" in cmd or "-m worker" in cmd or "shared.cli worker" in cmd),
+    "worker main (intake, batcher, recorder, engine frontend)": lambda name, cmd: (
+        "-m worker" in cmd or "shared.cli worker" in cmd),
     "api (uvicorn)": lambda name, cmd: "uvicorn" in cmd or "shared.cli api" in cmd,
     "s3 (moto server)": lambda name, cmd: "moto.server" in cmd,
     "postgres": lambda name, cmd: name.startswith("postgres"),
@@ -26,6 +28,7 @@ PARTS = {
 def snapshot() -> dict[str, float]:
     totals = dict.fromkeys([*PARTS, "benchmark client"], 0.0)
     me = os.getpid()
+    mine = {child.pid for child in psutil.Process(me).children(recursive=True)}
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         try:
             name = proc.info["name"] or ""
@@ -40,7 +43,7 @@ def snapshot() -> dict[str, float]:
             totals["benchmark client"] += used
             continue
         for part, matches in PARTS.items():
-            if matches(name, cmd):
+            if matches(name, cmd) and (proc.pid in mine or part in SHARED_SERVERS):
                 totals[part] += used
                 break
     return totals

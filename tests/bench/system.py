@@ -7,7 +7,6 @@ clock (submit) and the job rows (created, started, finished), on one machine.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import threading
@@ -24,12 +23,11 @@ from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory
 from shared.jobs.status import TERMINAL
-from shared.migrate import upgrade_head
 from shared.models import Job
 from shared.settings import Settings
 from tests.bench import cpu_profile
+from tests.bench.stack import stack
 from tests.bench.workload import Workload
-from tests.services import REDIS_URL, fresh_database, moto_server, start_api, start_worker
 
 
 @dataclass
@@ -82,32 +80,11 @@ class Watcher:
 
 @contextmanager
 def running_system(w: Workload, log_dir: Path) -> Iterator[tuple[str, Settings]]:
-    with moto_server(log_dir) as s3, fresh_database() as db_url:
-        tag = uuid.uuid4().hex[:8]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
-        env.update(
-            w.worker_env(),
-            VLMQ_DATABASE_URL=db_url,
-            VLMQ_BROKER_URL=REDIS_URL,
-            VLMQ_STORE_URL=f"s3://vlmq-bench-{tag}/images",
-            VLMQ_S3_ENDPOINT_URL=s3,
-            VLMQ_S3_ACCESS_KEY_ID="bench",
-            VLMQ_S3_SECRET_ACCESS_KEY="bench",
-            VLMQ_MODEL="bench",
-            VLMQ_QUEUE_PREFIX=f"vlmqbench{tag}",
-            HF_HUB_OFFLINE="1",
-            VLLM_CPU_KVCACHE_SPACE=w.worker_env()["VLMQ_CPU_KVCACHE_GIB"],
-        )
-        settings = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("VLMQ_")})
-        upgrade_head(settings)
+    with stack(w, log_dir, store="s3") as st:
         print("bench: starting api and vLLM worker", file=sys.stderr, flush=True)
-        api, base = start_api(env, log_dir)
-        worker = start_worker(env, log_dir)
-        try:
-            yield base, settings
-        finally:
-            worker.stop()
-            api.stop()
+        _, base = st.start_api()
+        st.start_worker("vllm")
+        yield base, st.settings
 
 
 def submit(client: httpx.Client, w: Workload, i: int) -> tuple[uuid.UUID, float, float]:
@@ -183,6 +160,8 @@ def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level, dict[str, f
         try:
             run_level(base, settings, watcher, w, 4, 16, first=90_000)  # warm-up
             plan = [(1, w.light_jobs), (4, 32), (16, 64), (w.max_batch_size, 2 * w.max_batch_size)]
+            # BENCH_JOBS below the default shrinks every level too, for quick trial runs.
+            plan = [(min(c, n, w.jobs), min(n, w.jobs)) for c, n in plan]
             levels, first = [], 0
             for concurrency, jobs in plan:
                 print(f"bench: system, {concurrency} concurrent clients, {jobs} jobs",

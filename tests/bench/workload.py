@@ -25,6 +25,16 @@ class Workload:
     jobs: int = int(os.environ.get("BENCH_JOBS", "192"))
     naive_jobs: int = int(os.environ.get("BENCH_NAIVE_JOBS", "24"))
     light_jobs: int = int(os.environ.get("BENCH_LIGHT_JOBS", "20"))
+    light_rounds: int = int(os.environ.get("BENCH_LIGHT_ROUNDS", "3"))
+    # Worker-only and API-only arms: enough work that start-up and timer noise vanish.
+    echo_jobs: int = int(os.environ.get("BENCH_ECHO_JOBS", "1000"))
+    uploads: int = int(os.environ.get("BENCH_UPLOADS", "600"))
+    upload_threads: int = int(os.environ.get("BENCH_UPLOAD_THREADS", "8"))
+    poll_jobs: int = int(os.environ.get("BENCH_POLL_JOBS", "200"))
+    poll_wave: int = int(os.environ.get("BENCH_POLL_WAVE", "8"))
+    held_polls: tuple[int, ...] = tuple(
+        int(n) for n in os.environ.get("BENCH_HELD_POLLS", "300,1000").split(","))
+    submits: int = int(os.environ.get("BENCH_SUBMITS", "40"))
     max_tokens: int = 64
     # 224x168 gives 48 vision tokens; bigger images are dominated by the CPU vision kernels.
     width: int = 224

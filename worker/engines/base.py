@@ -7,6 +7,7 @@ collect finished ones.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,7 +15,19 @@ from PIL import Image
 
 
 class EngineError(Exception):
-    """The engine itself failed; the job may succeed on another attempt."""
+    """The engine itself failed; the job may succeed on another attempt.
+
+    `in_flight` is how many requests were inside the engine when it failed: with more than
+    one, any of them may have been the cause.
+    """
+
+    def __init__(self, message: str, in_flight: int = 1) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
+
+
+class JobTimedOut(Exception):
+    """The request spent longer in the engine than the job time limit and was aborted."""
 
 
 class RequestRejected(Exception):
@@ -44,6 +57,8 @@ class GenerationRequest:
     prompt: str
     image: Image.Image
     params: dict[str, Any] = field(default_factory=dict)
+    # Runs with no other request in the engine (it was present at repeated engine failures).
+    solo: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class GenerationOutput:
 
 
 class Engine(Protocol):
+    def submit(self, request: GenerationRequest) -> Future[GenerationOutput]: ...
     def generate(self, request: GenerationRequest) -> GenerationOutput: ...
     def abort(self, request_id: str) -> None: ...
     def check_health(self) -> None: ...

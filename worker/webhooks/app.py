@@ -1,7 +1,9 @@
 """`vlmq webhooks`: a CPU-only Celery worker that delivers signed webhooks.
 
 It consumes only the webhook queue and loads no model, so slow or dead endpoints tie up
-this process's threads and never a GPU worker's.
+this process's threads and never a GPU worker's. It also runs a job sweeper (only one
+process sweeps at a time), so deadlines expire and `job.expired` events go out even
+while no GPU worker runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+from shared.jobs.lifecycle import RetryPolicy as JobRetryPolicy
+from shared.jobs.sweeper import Sweeper
 from shared.queue import DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
 from worker.supervision import ShutdownWatch, restart_if_died
@@ -33,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     def deliver_task(delivery_id: str) -> str:
         return deliver(ctx, uuid.UUID(delivery_id))
 
+    sweeper = Sweeper(ctx.db, ctx.sessions, JobRetryPolicy.from_settings(settings),
+                      settings.sweep_seconds)
+    sweeper.start()
     dispatcher = Dispatcher(ctx)
     dispatcher.start()
     watch = ShutdownWatch()
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         dispatcher.stop()
+        sweeper.stop()  # before ctx.close(): stopping releases the lock on its connection
         ctx.close()
     restart_if_died(watch)
 

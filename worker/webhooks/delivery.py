@@ -70,7 +70,13 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID) -> str:
         claimed = deliveries_repo.claim(session, delivery_id, ctx.lease_seconds)
         if claimed is None:
             return "not due, finished, or held by another sender"
-        payload = claimed.payload or _first_payload(ctx, session, claimed)
+        # Committed on its own: the lease and the open attempt must stand even if building
+        # the payload fails, so the ledger shows the attempt and no other sender races it.
+        session.commit()
+        payload = claimed.payload
+        if payload is None:
+            payload = _first_payload(ctx, session, claimed)
+            session.commit()
     result = _attempt(ctx, claimed, payload)
     after = ctx.policy.after(
         result.status_code, result.retry_after_seconds, claimed.round_attempts, utcnow()
@@ -83,6 +89,7 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID) -> str:
     )
     with ctx.sessions() as session:
         deliveries_repo.finish(session, claimed, record, after.status, after.attempt_at)
+        session.commit()
     ctx.metrics.attempts.labels(outcome=str(after.status)).inc()
     ctx.metrics.attempt_time.observe(result.latency_ms / 1000)
     level = logging.WARNING if after.status == DeliveryStatus.dead_lettered else logging.INFO

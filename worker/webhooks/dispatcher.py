@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from shared.jobs import repo as jobs_repo
 from shared.queue import enqueue_delivery
 from shared.webhooks import repo as deliveries_repo
 from worker.webhooks.delivery import WebhookContext
@@ -31,6 +30,7 @@ class Dispatcher:
         try:
             with self._ctx.sessions() as session:
                 released = deliveries_repo.forget_dispatches(session)
+                session.commit()
             if released:
                 log.info("%d due deliveries will be dispatched again", released)
         except Exception:  # without it they are dispatched again after the usual period
@@ -50,10 +50,10 @@ class Dispatcher:
 
     def tick(self) -> int:
         with self._ctx.sessions() as session:
-            expired = jobs_repo.expire_overdue(session)
             due = deliveries_repo.take_due(session, REDISPATCH_AFTER_SECONDS)
-        if expired:
-            log.info("expired %d queued jobs past their deadline", expired)
+            # Committed before the messages go out: until then this transaction holds the
+            # rows, and a sender's claim would wait on it.
+            session.commit()
         for delivery_id in due:
             enqueue_delivery(self._ctx.celery, self._ctx.settings, delivery_id)
             self._ctx.metrics.dispatched.inc()

@@ -1,0 +1,67 @@
+"""How fast one API process takes uploads, and its CPU per upload; no worker runs.
+
+Clients reuse their connections (one httpx.Client per thread) as a real uploader would,
+and the PNGs are encoded before the clock starts, so the figure is the API's own.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.bench import cpu_profile
+from tests.bench.procwatch import cpu_seconds
+from tests.bench.stack import PARKED_MODEL
+from tests.bench.workload import Workload
+
+WARM_UP = 16
+
+
+def upload(client: httpx.Client, w: Workload, i: int, png: bytes) -> float:
+    """One multipart submit of a parked job; returns its round trip in seconds."""
+    start = time.perf_counter()
+    resp = client.post("/v1/jobs", files={"image": (f"{i}.png", png, "image/png")},
+                       data={"prompt": w.prompt(i), "model": PARKED_MODEL,
+                             "max_tokens": str(w.max_tokens), "temperature": "0"})
+    resp.raise_for_status()
+    return time.perf_counter() - start
+
+
+def measure_ingest(base: str, api_pid: int, w: Workload) -> dict[str, object]:
+    print(f"bench: ingest, {w.uploads} uploads from {w.upload_threads} clients",
+          file=sys.stderr, flush=True)
+    pngs = [w.png(50_000 + i) for i in range(w.uploads + WARM_UP)]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for i in range(WARM_UP):
+            upload(client, w, i, pngs[i])
+    todo = iter(range(WARM_UP, len(pngs)))
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                upload(client, w, i, pngs[i])
+
+    split_before, cpu_before = cpu_profile.snapshot(), cpu_seconds(api_pid)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(w.upload_threads) as pool:
+        for f in [pool.submit(client_loop) for _ in range(w.upload_threads)]:
+            f.result()
+    seconds = time.perf_counter() - start
+    api_cpu = cpu_seconds(api_pid) - cpu_before
+    split = cpu_profile.delta(split_before, cpu_profile.snapshot())
+    return {
+        "uploads": w.uploads,
+        "seconds": seconds,
+        "uploads_per_s": w.uploads / seconds,
+        "api_cpu_ms_per_upload": 1000 * api_cpu / w.uploads,
+        "cpu_seconds": split,
+    }

@@ -1,0 +1,154 @@
+"""Feeds the engine: wake on messages, claim jobs in bulk, prepare their images, submit.
+
+One thread claims: when the worker has room it takes the waiting wake-up messages and
+claims up to that many queued jobs of its model from Postgres in one statement, in
+priority order. Preparing (fetch from the store, decode, resize) runs on a small thread
+pool, and each prepared request goes to the micro-batcher with a callback that hands its
+outcome to the recorder, so no thread waits on a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from shared.images import prepare_image
+from shared.jobs import repo as jobs_repo
+from shared.jobs.lifecycle import Failed, Result, Succeeded
+from shared.jobs.repo import ClaimedJob
+from shared.timeutil import as_utc, utcnow
+from worker.context import WorkerContext
+from worker.doorbell import Doorbell
+from worker.engines.base import (
+    EngineError,
+    GenerationOutput,
+    GenerationRequest,
+    JobTimedOut,
+    RequestAborted,
+    RequestRejected,
+)
+from worker.inflight import InFlight
+from worker.recorder import Dropped, Recorder
+
+log = logging.getLogger(__name__)
+
+# A job present at this many engine failures runs alone, so a poison input fails by itself.
+SOLO_AFTER_ENGINE_FAILURES = 2
+
+
+class Intake:
+    def __init__(self, ctx: WorkerContext, doorbell: Doorbell, inflight: InFlight,
+                 recorder: Recorder) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.doorbell = doorbell
+        self.inflight = inflight
+        self.recorder = recorder
+        # Claim in chunks: waiting for a quarter batch of room costs little latency and
+        # saves a round trip per freed slot when the queue is long.
+        self.min_claim = max(1, ctx.settings.max_batch_size // 4)
+        self.stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(ctx.settings.prepare_threads, "prepare")
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops claiming; jobs already claimed carry on."""
+        self.stopping.set()
+        self._thread.join(timeout=self.settings.claim_poll_seconds + 10)
+        self._pool.shutdown(wait=True)
+
+    def _run(self) -> None:
+        drained = True  # the last claim found fewer jobs than it asked for
+        while not self.stopping.is_set():
+            busy = len(self.inflight) > 0
+            if busy and not self.inflight.wait_for_room(self.min_claim, timeout=0.5):
+                continue
+            room = self.inflight.room()
+            try:
+                wait = self.settings.claim_poll_seconds if drained else 0.0
+                self.doorbell.wait(room, timeout=wait)
+                if self.stopping.is_set():
+                    break
+                claimed = self._claim(room)
+            except Exception:
+                log.warning("claiming jobs failed; retrying in 1s", exc_info=True)
+                self.stopping.wait(1.0)
+                continue
+            drained = len(claimed) < room
+            for job in claimed:
+                self.inflight.add(job.id, job.attempt)
+                self._pool.submit(self._prepare_and_submit, job)
+
+    def _claim(self, room: int) -> list[ClaimedJob]:
+        s = self.settings
+        with self.ctx.sessions() as session:
+            claimed = jobs_repo.claim_batch(session, s.model, room, s.lease_seconds)
+            session.commit()
+        now = utcnow()
+        for job in claimed:
+            self.ctx.metrics.queue_wait.observe(max((now - as_utc(job.created_at)).total_seconds(),
+                                                    0.0))
+        return claimed
+
+    def _prepare_and_submit(self, job: ClaimedJob) -> None:
+        try:
+            data = self.ctx.store.get(job.image_key)
+        except Exception as exc:
+            log.warning("job %s: fetching image %s failed", job.id, job.image_key, exc_info=True)
+            self.recorder.put(Failed(job.id, job.attempt, "storage_error",
+                                     f"could not fetch the image: {exc}", transient=True))
+            return
+        try:
+            image = prepare_image(data, self.settings.worker_max_pixels)
+        except Exception as exc:
+            log.warning("job %s: image %s unusable: %s", job.id, job.image_key, exc)
+            self.recorder.put(Failed(job.id, job.attempt, "image_unreadable",
+                                     f"could not read the stored image: {exc}", transient=False))
+            return
+        solo = job.engine_failures >= SOLO_AFTER_ENGINE_FAILURES
+        if solo:
+            log.warning("job %s: present at %d engine failures; running it alone", job.id,
+                        job.engine_failures)
+        request = GenerationRequest(
+            request_id=str(job.id),
+            prompt=job.prompt,
+            image=image,
+            params={**job.params, "priority": job.priority},
+            solo=solo,
+        )
+        future = self.ctx.engine.submit(request)
+        future.add_done_callback(lambda done: self.recorder.put(self._outcome(job, done, solo)))
+
+    def _outcome(self, job: ClaimedJob, done: Future[GenerationOutput],
+                 solo: bool) -> Succeeded | Failed | Dropped:
+        exc = done.exception()
+        if exc is None:
+            out = done.result()
+            return Succeeded(job.id, job.attempt, Result(
+                out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason))
+        if isinstance(exc, RequestAborted):
+            if self.stopping.is_set():  # handed back at shutdown: not the job's fault
+                return Failed(job.id, job.attempt, "worker_stopped",
+                              "the worker stopped before the job finished", transient=True,
+                              refund=True)
+            log.info("job %s: aborted in the engine", job.id)
+            return Dropped(job.id)
+        if isinstance(exc, RequestRejected):
+            return Failed(job.id, job.attempt, exc.code, exc.message, transient=False)
+        if isinstance(exc, JobTimedOut):
+            return Failed(job.id, job.attempt, "job_timeout", str(exc), transient=True)
+        if isinstance(exc, EngineError):
+            # Batch-mates of an unknown culprit do not pay for it with an attempt.
+            shared_blame = exc.in_flight > 1 and not solo
+            log.warning("job %s: engine failed with %d requests inside%s", job.id,
+                        exc.in_flight, "; retrying without counting the attempt"
+                        if shared_blame else "")
+            return Failed(job.id, job.attempt, "engine_error", str(exc), transient=True,
+                          refund=shared_blame, suspect=True)
+        log.error("job %s: unexpected error", job.id, exc_info=exc)
+        return Failed(job.id, job.attempt, "internal_error",
+                      f"{exc.__class__.__name__}: {exc}", transient=True)
