@@ -2,8 +2,8 @@
 
 - A database restart under load: retrying with the same Idempotency-Key commits each
   logical submission exactly once. The restart hits a private PostgreSQL started for
-  this module, not the shared one. No worker runs yet; `outcome_of` is where a run with
-  a worker adds its stranded-job count.
+  this module, not the shared one. An echo worker serves the clients' model throughout,
+  so afterwards every accepted job must end: none is stranded by the restart.
 - The broker down: jobs are still accepted (workers find them in Postgres).
 - The object store down: submits are 503s; reads, which need only the database, work.
 """
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -31,12 +32,13 @@ import pytest
 
 from shared.migrate import upgrade_head
 from tests.conftest import Stack, png_bytes
-from tests.services import RedisServer, free_port, start_api, stop, wait_http
+from tests.services import RedisServer, free_port, start_api, start_worker, stop, wait_http
 
 CLIENTS = 4
 BEFORE_RESTART_SECONDS = 3.0
 AFTER_RESTART_SECONDS = 4.0
 PARKED = "parked"  # no worker serves it, so accepted jobs stay queued
+ECHO_MODEL = "outage-echo"
 
 
 class PrivatePostgres:
@@ -99,6 +101,7 @@ def outage_stack(stack: Stack, private_pg: PrivatePostgres,
         queue_prefix=f"vlmqoutage{uuid.uuid4().hex[:6]}",
         # Longer than the poll below waits: only a re-LISTENed listener can wake it.
         long_poll_fallback_seconds="60",
+        accepted_models=json.dumps([PARKED, ECHO_MODEL]),
     )
     upgrade_head(st.settings)
     return st
@@ -128,7 +131,7 @@ def client_loop(base: str, name: str, stop: threading.Event, tally: Tally) -> No
                         "/v1/jobs", headers={"Idempotency-Key": key},
                         files={"image": ("a.png", image, "image/png")},
                         data={"prompt": f"submission {key}", "max_tokens": "4",
-                              "model": PARKED},
+                              "model": ECHO_MODEL},
                     )
                 except httpx.TransportError:
                     with tally.lock:
@@ -169,6 +172,9 @@ def outcome_of(database_url: str, accepted: dict[str, str]) -> Outcome:
 
 
 def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePostgres) -> None:
+    echo = outage_stack.with_env(model=ECHO_MODEL, engine="echo", lease_seconds="5",
+                                 heartbeat_seconds="1")
+    worker = start_worker(echo.env, echo.log_dir, name="worker-outage")
     svc, base = start_api(outage_stack.env, outage_stack.log_dir, name="api-outage")
     try:
         stop = threading.Event()
@@ -185,7 +191,14 @@ def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePos
             thread.join(timeout=60)
         assert not any(t.is_alive() for t in clients), "a client never got its job accepted"
         woken_after = _poll_woken_by_notify(base, private_pg.url)
+        deadline = time.monotonic() + 60
+        while (stranded := outcome_of(private_pg.url, tally.accepted).not_terminal):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        alive = worker.proc.poll() is None
     finally:
+        worker.stop()
         svc.stop()
     log = svc.log_text()
 
@@ -203,6 +216,10 @@ def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePos
     assert outcome.wrong_id == []
     # Each logical submission was retried until accepted, so every key has its one row.
     assert set(outcome.rows_per_key) == set(tally.accepted)
+    # Whatever failed around the restart, every committed job was claimed and finished.
+    print(f"stranded jobs: {len(stranded)}")
+    assert stranded == [], f"{len(stranded)} accepted jobs never finished"
+    assert alive, "the worker died with the database restart"
 
 
 def _poll_woken_by_notify(base: str, database_url: str) -> float:
