@@ -62,7 +62,6 @@ class BatchingEngine:
         self._solo_running: str | None = None
         self._aborts: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._restarting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -80,12 +79,6 @@ class BatchingEngine:
 
     def abort(self, request_id: str) -> None:
         self._aborts.put(request_id)
-
-    def check_health(self) -> None:
-        if self._restarting.is_set():
-            raise EngineError("engine is restarting after a failure")
-        if not self._thread.is_alive():
-            raise EngineError("engine loop is not running")
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -116,7 +109,6 @@ class BatchingEngine:
         self.metrics.in_flight.set(self.backend.num_unfinished())
 
     def _reload(self) -> None:
-        self._restarting.set()
         try:
             self.backend.shutdown()
         except Exception:
@@ -126,7 +118,6 @@ class BatchingEngine:
             try:
                 self.backend = self.backend_factory()
                 self.restarts += 1
-                self._restarting.clear()
                 return
             except Exception:
                 log.exception("engine reload failed; retrying in %.0fs", delay)

@@ -41,14 +41,6 @@ def find_by_idempotency_key(session: Session, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
 
 
-def delete_job(session: Session, job_id: uuid.UUID) -> None:
-    """Only for undoing a submission whose row must not stay."""
-    job = session.get(Job, job_id)
-    if job is not None:
-        session.delete(job)
-        session.flush()
-
-
 def add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]]) -> None:
     """Webhook delivery rows for jobs that just reached the terminal `target`."""
     if target not in TERMINAL:
