@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import routes_deliveries, routes_health, routes_jobs, routes_models
+from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
-from api.errors import OUTAGE, install_error_handlers
+from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Multipart framing and the other form fields around the image.
 _BODY_OVERHEAD = 256 * 1024
@@ -22,6 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth_disabled:
+            log.warning("authentication is OFF (VLMQ_AUTH_DISABLED): anyone who reaches this "
+                        "API acts as an admin of tenant 'default'; for local development only")
         deps = app.state.deps = ApiDeps.build(settings)
         await deps.start()
         try:
@@ -38,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_health.router)
     for router in (routes_jobs.router, routes_models.router, routes_deliveries.router):
-        app.include_router(router, responses=OUTAGE)
+        # At the router, so no /v1 route can be added without a key check.
+        app.include_router(router, responses={**UNAUTHENTICATED, **OUTAGE},
+                           dependencies=[Depends(authenticate)])
     # base64 in JSON inflates the image by 4/3.
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD

@@ -9,6 +9,8 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.key_cache import KeyCache
+from api.quotas import SubmitLimits
 from api.terminal_watch import TerminalWatch
 from api.wakeups import WakeupSender
 from shared.db import make_engine, make_session_factory
@@ -30,6 +32,8 @@ class ApiDeps:
     celery: Celery
     wakeups: WakeupSender
     watch: TerminalWatch
+    keys: KeyCache
+    limits: SubmitLimits
 
     @classmethod
     def build(cls, settings: Settings) -> ApiDeps:
@@ -39,6 +43,7 @@ class ApiDeps:
         # connections would be opened and closed per request; threads wait for one instead.
         direct = make_engine(settings, autocommit=True, pool_size=20, max_overflow=0)
         celery = make_celery(settings)
+        reads = make_session_factory(direct)
         # Built lazily by Celery on the first send; when many requests race to build it
         # they serialise on the import lock, so build it before serving.
         _ = celery.producer_pool
@@ -47,11 +52,13 @@ class ApiDeps:
             engine=engine,
             sessions=make_session_factory(engine),
             autocommit=direct,
-            reads=make_session_factory(direct),
+            reads=reads,
             store=make_store(settings),
             celery=celery,
             wakeups=WakeupSender(celery, settings),
             watch=TerminalWatch(settings, direct),
+            keys=KeyCache(),
+            limits=SubmitLimits(settings, reads),
         )
 
     async def start(self) -> None:

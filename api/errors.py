@@ -49,18 +49,33 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _DESCRIPTIONS = {
     400: "bad input; `error.code` says what",
-    404: "no such object",
+    401: "no API key, or one that is unknown or revoked",
+    404: "no such object (another tenant's objects are not found either)",
     409: "conflicts with the object's state or an earlier request",
     413: "body or image over the size limit",
     415: "not multipart/JSON, or an image format not accepted",
     422: "a field out of range",
+    429: "over the tenant's submission rate or active-jobs quota; nothing was stored",
     503: "a dependency (database, broker, store) is unreachable; retry after `Retry-After`",
 }
+_RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer"}}
 OUTAGE = {503: {
     "model": ErrorBody,
     "description": _DESCRIPTIONS[503],
-    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    "headers": {"Retry-After": _RETRY_AFTER},
 }}
+UNAUTHENTICATED = {401: {
+    "model": ErrorBody,
+    "description": _DESCRIPTIONS[401],
+    "headers": {"WWW-Authenticate": {"description": "Bearer challenge", "schema": {"type": "string"}}},
+}}
+_RATE_HEADERS = {
+    "Retry-After": _RETRY_AFTER,
+    "RateLimit-Limit": {"description": "submissions allowed per window", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "left in this window", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "seconds until the window resets", "schema": {"type": "integer"}},
+}
+RATE_LIMITED = {429: {"model": ErrorBody, "description": _DESCRIPTIONS[429], "headers": _RATE_HEADERS}}
 
 
 def error_response(
@@ -135,7 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(_: Request, exc: VlmqError) -> JSONResponse:
         if isinstance(exc, Unavailable):
             return unavailable_response(exc.message, exc.retry_after)
-        return error_response(exc.http_status, exc.code, exc.message)
+        return error_response(exc.http_status, exc.code, exc.message, exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
+from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
-from api.errors import documented
+from api.errors import RATE_LIMITED, documented
 from api.schemas import (
     GenerationParams,
     JobCreate,
@@ -33,6 +34,7 @@ from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
 from shared.queue import request_abort
+from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -75,9 +77,17 @@ _SUBMIT_DOC = {
 @router.post(
     "", status_code=202, response_model=JobOut, openapi_extra=_SUBMIT_DOC,
     responses={200: {"model": JobOut, "description": "replayed: an earlier submission with "
-                     "the same Idempotency-Key"}, **documented(400, 409, 413, 415, 422)},
+                     "the same Idempotency-Key"}, **documented(400, 409, 413, 415, 422),
+               **RATE_LIMITED},
 )
-async def create_job(request: Request, deps: ApiDeps = Depends(get_deps)) -> Response:
+async def create_job(
+    request: Request,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> Response:
+    # Before the body is read: a refused submission costs no upload work.
+    if deps.limits.apply_to(auth):
+        await run_in_threadpool(deps.limits.admit, auth)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         sub = await _from_multipart(request)
@@ -88,8 +98,11 @@ async def create_job(request: Request, deps: ApiDeps = Depends(get_deps)) -> Res
             "send multipart/form-data (image file + prompt) or application/json",
             code="unsupported_media_type",
         )
-    sub = replace(sub, idempotency_key=_idempotency_key(request))
+    sub = replace(sub, idempotency_key=_idempotency_key(request),
+                  tenant_id=auth.principal.tenant_id)
     accepted = await run_in_threadpool(submit_job, deps, sub)
+    if not accepted.replayed:
+        deps.limits.accepted(sub.tenant_id)
     headers = {"Location": f"/v1/jobs/{accepted.job.id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -106,20 +119,22 @@ async def create_job(request: Request, deps: ApiDeps = Depends(get_deps)) -> Res
 async def read_job(
     job_id: uuid.UUID,
     deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
     wait: Annotated[
         float, Query(ge=0, le=3600, description="long poll: seconds to wait for a terminal status")
     ] = 0,
 ) -> JobOut:
     wait = min(wait, deps.settings.long_poll_max_seconds)
+    tenant = auth.principal.tenant_filter()
     if wait <= 0:
-        return await run_in_threadpool(_read, deps, job_id, True)
+        return await run_in_threadpool(_read, deps, job_id, tenant, True)
     deadline = time.monotonic() + wait
     # Watching starts before the first read, so an end in between still wakes us.
     with deps.watch.watch(job_id) as woken:
         while True:
             last = time.monotonic() >= deadline
             woken.clear()
-            out = await run_in_threadpool(_read, deps, job_id, last)
+            out = await run_in_threadpool(_read, deps, job_id, tenant, last)
             if out.status in TERMINAL or last:
                 return out
             # Holds no thread and no connection: the watch sets `woken` when the job ends.
@@ -128,19 +143,23 @@ async def read_job(
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))
-def cancel_job(job_id: uuid.UUID, deps: ApiDeps = Depends(get_deps)) -> JobOut:
+def cancel_job(
+    job_id: uuid.UUID,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> JobOut:
     with deps.sessions() as session:
-        job, previous = lifecycle.cancel(session, job_id)
+        job, previous = lifecycle.cancel(session, job_id, auth.principal.tenant_filter())
         session.commit()
     if previous == JobStatus.running:
         request_abort(deps.settings, job_id)
     return JobOut.from_row(job)
 
 
-def _read(deps: ApiDeps, job_id: uuid.UUID, estimate: bool) -> JobOut:
+def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: bool) -> JobOut:
     """The job as stored; with `estimate`, a queued job's place in line too."""
     with deps.reads() as session:
-        job = jobs_repo.get_job(session, job_id)
+        job = jobs_repo.get_job(session, job_id, tenant_id)
         if job is None:
             raise NotFound(f"no job with id {job_id}")
         out = JobOut.from_row(job)
@@ -166,16 +185,21 @@ def _idempotency_key(request: Request) -> str | None:
 @router.get("", response_model=JobList, responses=documented(400))
 def list_jobs(
     deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
     status: JobStatus | None = None,
     model: str | None = None,
+    tenant: Annotated[str | None, Query(
+        description="admin keys only: one tenant's jobs (default: every tenant's)"
+    )] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
-    if model is not None and "\x00" in model:  # no job's model can hold NUL (Postgres text)
-        return JobList(data=[], next_cursor=None)
+    if any(v is not None and "\x00" in v for v in (model, tenant)):
+        return JobList(data=[], next_cursor=None)  # Postgres text cannot hold NUL
     with deps.reads() as session:
         page = jobs_repo.list_jobs(
-            session, status=status, model=model, limit=limit, cursor=cursor
+            session, status=status, model=model, tenant_id=auth.principal.tenant_filter(tenant),
+            limit=limit, cursor=cursor,
         )
     return JobList(data=[JobOut.from_row(j) for j in page.jobs], next_cursor=page.next_cursor)
 

@@ -30,6 +30,7 @@ from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.settings import Settings
+from shared.tenancy.principal import DEFAULT_TENANT
 from shared.timeutil import utcnow
 from shared.webhooks.urls import resolve_webhook_url
 
@@ -47,6 +48,7 @@ class Submission:
     options: JobOptions = field(default_factory=JobOptions)
     webhook: WebhookOptions = field(default_factory=WebhookOptions)
     idempotency_key: str | None = None
+    tenant_id: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     fingerprint = None
     if sub.idempotency_key is not None:
         fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)
-        earlier = _replay(deps, sub.idempotency_key, fingerprint)
+        earlier = _replay(deps, sub.tenant_id, sub.idempotency_key, fingerprint)
         if earlier is not None:
             return Accepted(earlier, replayed=True)
     job_id = uuid.uuid4()
@@ -80,6 +82,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     now = utcnow()
     row: dict[str, Any] = dict(
         id=job_id,
+        tenant_id=sub.tenant_id,
         status=JobStatus.queued,
         model=model,
         prompt=prompt,
@@ -107,7 +110,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         _insert_row(deps, row)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
-        earlier = _replay(deps, sub.idempotency_key or "", fingerprint or "")
+        earlier = _replay(deps, sub.tenant_id, sub.idempotency_key or "", fingerprint or "")
         if earlier is None:
             raise Unavailable("the database did not take the job; retry shortly") from None
         return Accepted(earlier, replayed=True)
@@ -129,9 +132,9 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _replay(deps: ApiDeps, key: str, fingerprint: str) -> Job | None:
+def _replay(deps: ApiDeps, tenant_id: str, key: str, fingerprint: str) -> Job | None:
     with deps.reads() as session:
-        earlier = jobs_repo.find_by_idempotency_key(session, key)
+        earlier = jobs_repo.find_by_idempotency_key(session, tenant_id, key)
     if earlier is None:
         return None
     if earlier.request_sha256 != fingerprint:

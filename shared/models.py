@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -35,10 +37,53 @@ class Base(DeclarativeBase):
     pass
 
 
+class Tenant(Base):
+    """A team sharing the service; every job (and what hangs off it) belongs to one."""
+
+    __tablename__ = "tenants"
+
+    # The name people type (`vlmq keys create --tenant acme`), so it is the key too.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+    # Per-tenant overrides of the server's defaults; None means the default.
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    submits_per_second: Mapped[float | None] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """A bearer key; only the SHA-256 of the secret is kept, the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    # Public part of the key (`vlmq_<id>_<secret>`): finds the row without scanning hashes.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str | None] = mapped_column(String(200))
+    secret_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Admin keys act across tenants (operators: dead letters, redelivery).
+    is_admin: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant_id"),)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tenants.id", name="fk_jobs_tenant_id_tenants"), nullable=False
+    )
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16),
         nullable=False,
@@ -91,7 +136,15 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
-        UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
+        # Idempotency keys are the client's own names, so two tenants may use the same one.
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        # The active-jobs quota counts these.
+        Index(
+            "ix_jobs_tenant_active", "tenant_id",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         # Claims take the queued jobs of one model in priority order, many at a time.
         Index(

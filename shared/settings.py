@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     # On SIGTERM a worker finishes what it holds for this long, then hands the rest back.
     shutdown_grace_seconds: float = 10.0
 
+    # Every /v1 request carries `Authorization: Bearer <key>` (keys: `vlmq keys create`).
+    # Turned off, every caller is an admin of the tenant `default`: for local development
+    # only, and logged as a warning at start.
+    auth_disabled: bool = False
+    # Per-tenant limits unless `vlmq keys limits` sets a tenant's own; 0 = no limit.
+    # Active jobs are queued + running; submissions are counted in a sliding one-second
+    # window shared by every API process (in Redis; per process with the filesystem broker).
+    tenant_max_active_jobs: int = Field(default=10_000, ge=0)
+    tenant_submits_per_second: float = Field(default=100.0, ge=0)
+
     # Generation defaults and bounds.
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096
@@ -131,6 +141,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
+    # "user:password" entries. Flower's dashboard can revoke tasks and shut workers down, so
+    # `vlmq flower` refuses to start without them unless told --no-auth.
+    flower_basic_auth: list[str] = []
 
     @field_validator("webhook_secrets")
     @classmethod

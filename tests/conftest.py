@@ -19,7 +19,16 @@ from shared.cli.tiny_model import build_tiny_model
 from shared.db import make_session_factory, sqlalchemy_url
 from shared.migrate import upgrade_head
 from shared.settings import Settings
-from tests.services import REDIS_URL, Service, fresh_database, moto_server, start_api, start_worker
+from tests.services import (
+    REDIS_URL,
+    Service,
+    bearer,
+    create_api_key,
+    fresh_database,
+    moto_server,
+    start_api,
+    start_worker,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,10 +57,22 @@ class Stack:
     env: dict[str, str]
     settings: Settings
     log_dir: Path
+    api_key: str = ""  # of tenant `tests`, made once the schema exists
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.api_key)
 
     def with_env(self, **overrides: str) -> Stack:
         env = {**self.env, **{f"VLMQ_{k.upper()}": v for k, v in overrides.items()}}
-        return Stack(env=env, settings=_settings_from(env), log_dir=self.log_dir)
+        return Stack(env=env, settings=_settings_from(env), log_dir=self.log_dir,
+                     api_key=self.api_key)
+
+    def migrate(self) -> Stack:
+        """Brings the database to the latest schema and makes the stack's API key."""
+        upgrade_head(self.settings)
+        self.api_key = create_api_key(self.settings.database_url)
+        return self
 
 
 def _settings_from(env: dict[str, str]) -> Settings:
@@ -85,6 +106,9 @@ def make_stack(db_url: str, s3_endpoint: str, model_dir: Path, log_dir: Path) ->
         "VLMQ_WORKER_MAX_PIXELS": str(448 * 448),
         # Models no worker serves at first: jobs for them wait in their own queues.
         "VLMQ_ACCEPTED_MODELS": '["parked", "prio"]',
+        # Tests submit in bursts; the limits have their own tests, with per-tenant values.
+        "VLMQ_TENANT_SUBMITS_PER_SECOND": "0",
+        "VLMQ_TENANT_MAX_ACTIVE_JOBS": "0",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
     env.update(vlmq_env, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
@@ -94,9 +118,7 @@ def make_stack(db_url: str, s3_endpoint: str, model_dir: Path, log_dir: Path) ->
 @pytest.fixture(scope="session")
 def stack(s3_endpoint: str, tiny_model: Path, log_dir: Path) -> Iterator[Stack]:
     with fresh_database() as db_url:
-        st = make_stack(db_url, s3_endpoint, tiny_model, log_dir)
-        upgrade_head(st.settings)
-        yield st
+        yield make_stack(db_url, s3_endpoint, tiny_model, log_dir).migrate()
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +136,8 @@ def worker(stack: Stack) -> Iterator[Service]:
 
 
 @pytest.fixture()
-def client(api: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, timeout=30) as c:
+def client(api: str, stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, timeout=30, headers=stack.headers) as c:
         yield c
 
 
@@ -153,11 +175,11 @@ def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PN
     return buf.getvalue()
 
 
-def submit_many(base: str, first: int, n: int) -> list[uuid.UUID]:
+def submit_many(base: str, first: int, n: int, key: str) -> list[uuid.UUID]:
     """Submits jobs first..first+n-1 concurrently over HTTP; returns their ids in order."""
 
     def submit(i: int) -> uuid.UUID:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with httpx.Client(base_url=base, timeout=30, headers=bearer(key)) as client:
             resp = client.post(
                 "/v1/jobs",
                 files={"image": ("a.png", png_bytes(112, 84, seed=i), "image/png")},

@@ -22,6 +22,26 @@ PG_ADMIN_URL = os.environ.get("VLMQ_TEST_PG_ADMIN", "postgresql://postgres@127.0
 REDIS_URL = os.environ.get("VLMQ_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def create_api_key(database_url: str, tenant: str = "tests", admin: bool = False) -> str:
+    """A new API key, made as `vlmq keys create` makes one."""
+    from shared.db import make_engine, make_session_factory
+    from shared.settings import Settings
+    from shared.tenancy import repo as tenancy_repo
+
+    engine = make_engine(Settings(database_url=database_url))
+    try:
+        with make_session_factory(engine)() as session:
+            _, key = tenancy_repo.create_key(session, tenant, "tests", admin)
+            session.commit()
+            return key
+    finally:
+        engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import Stack, db_sessions, submit_many
 from tests.services import (
@@ -51,8 +50,7 @@ def fault_stack(stack: Stack, broker: RedisServer) -> Iterator[Stack]:
             max_attempts=str(KILLS + 3),
             retry_backoff_seconds="0.2",
         )
-        upgrade_head(st.settings)
-        yield st
+        yield st.migrate()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +95,7 @@ def assert_none_lost(stack: Stack, ids: list[uuid.UUID], label: str) -> None:
 
 
 def test_killing_workers_mid_batch_loses_no_job(fault_stack: Stack, fault_api: Service) -> None:
-    ids = submit_many(base_url(fault_api), 0, 320)
+    ids = submit_many(base_url(fault_api), 0, 320, fault_stack.api_key)
     assert counts(fault_stack, ids) == {"queued": 320}  # all in flight before the first kill
 
     workers = [start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-0")]
@@ -119,7 +117,7 @@ def test_killing_workers_mid_batch_loses_no_job(fault_stack: Stack, fault_api: S
 def test_broker_restart_without_persistence_loses_no_job(
     fault_stack: Stack, fault_api: Service, broker: RedisServer
 ) -> None:
-    ids = submit_many(base_url(fault_api), 1000, 160)
+    ids = submit_many(base_url(fault_api), 1000, 160, fault_stack.api_key)
     worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-redis")
     try:
         wait_succeeded(fault_stack, ids, 30, timeout=120)
@@ -138,11 +136,11 @@ def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack) -> None:
     worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-api")
     first, first_base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-1")
     try:
-        before = submit_many(first_base, 2000, 60)
+        before = submit_many(first_base, 2000, 60, fault_stack.api_key)
         first.kill()
         second, base = start_api(fault_stack.env, fault_stack.log_dir, name="api-fault-2")
         try:
-            after = submit_many(base, 3000, 60)
+            after = submit_many(base, 3000, 60, fault_stack.api_key)
             wait_succeeded(fault_stack, before + after, 120, timeout=120)
         finally:
             second.stop()
@@ -153,7 +151,7 @@ def test_api_restart_during_a_run_loses_no_job(fault_stack: Stack) -> None:
 
 
 def test_dropped_database_connections_lose_no_job(fault_stack: Stack, fault_api: Service) -> None:
-    ids = submit_many(base_url(fault_api), 4000, 160)
+    ids = submit_many(base_url(fault_api), 4000, 160, fault_stack.api_key)
     worker = start_worker(fault_stack.env, fault_stack.log_dir, "worker-fault-db")
     db_name = fault_stack.settings.database_url.rsplit("/", 1)[1]
     try:

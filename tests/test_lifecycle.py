@@ -168,7 +168,7 @@ def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
     now = utcnow()
 
     def row(status: str, **extra: object) -> Job:
-        return Job(id=uuid.uuid4(), status=status, model=model, prompt="p", params={},
+        return Job(id=uuid.uuid4(), tenant_id="default", status=status, model=model, prompt="p", params={},
                    image_key="k", image_sha256="0" * 64, image_bytes=1, image_format="PNG",
                    image_width=1, image_height=1, **extra)
 

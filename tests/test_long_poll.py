@@ -18,7 +18,6 @@ import httpx
 import psycopg
 import pytest
 
-from shared.migrate import upgrade_head
 from shared.timeutil import utcnow
 from tests.conftest import Stack, png_bytes
 from tests.services import fresh_database, start_api
@@ -45,8 +44,7 @@ def poll_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             queue_prefix=f"vlmqpoll{uuid.uuid4().hex[:6]}",
             long_poll_fallback_seconds=FALLBACK_SECONDS,
         )
-        upgrade_head(st.settings)
-        yield st
+        yield st.migrate()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,7 @@ def finish_later(finish: object, delay: float, *args: object) -> threading.Threa
 
 
 def test_a_waiting_poll_is_woken_by_notify(poll_stack: Stack, poll_api: str) -> None:
-    with httpx.Client(base_url=poll_api, timeout=60) as client:
+    with httpx.Client(base_url=poll_api, timeout=60, headers=poll_stack.headers) as client:
         job_id = submit(client)
         finisher = finish_later(finish_pg, 1.0, poll_stack.settings.database_url, [job_id])
         started = time.monotonic()
@@ -97,8 +95,8 @@ def test_a_waiting_poll_is_woken_by_notify(poll_stack: Stack, poll_api: str) -> 
     assert waited < 20, waited
 
 
-def test_a_poll_that_times_out_returns_the_job_as_it_stands(poll_api: str) -> None:
-    with httpx.Client(base_url=poll_api, timeout=60) as client:
+def test_a_poll_that_times_out_returns_the_job_as_it_stands(poll_stack: Stack, poll_api: str) -> None:
+    with httpx.Client(base_url=poll_api, timeout=60, headers=poll_stack.headers) as client:
         job_id = submit(client)
         resp = client.get(f"/v1/jobs/{job_id}", params={"wait": 1})
         missing = client.get(f"/v1/jobs/{uuid.uuid4()}", params={"wait": 30})
@@ -109,12 +107,13 @@ def test_a_poll_that_times_out_returns_the_job_as_it_stands(poll_api: str) -> No
 
 
 def test_many_held_polls_leave_the_api_serving(poll_stack: Stack, poll_api: str) -> None:
-    with httpx.Client(base_url=poll_api, timeout=60) as client:
+    with httpx.Client(base_url=poll_api, timeout=60, headers=poll_stack.headers) as client:
         job_ids = [submit(client, i) for i in range(HOLDERS)]
 
     async def run() -> tuple[list[httpx.Response], list[httpx.Response], list[httpx.Response]]:
         limits = httpx.Limits(max_connections=HOLDERS + 20, max_keepalive_connections=20)
-        async with httpx.AsyncClient(base_url=poll_api, timeout=60, limits=limits) as aclient:
+        async with httpx.AsyncClient(base_url=poll_api, timeout=60, limits=limits,
+                                     headers=poll_stack.headers) as aclient:
             polls = [
                 asyncio.create_task(aclient.get(f"/v1/jobs/{job_id}", params={"wait": 20}))
                 for job_id in job_ids
@@ -143,7 +142,9 @@ def test_many_held_polls_leave_the_api_serving(poll_stack: Stack, poll_api: str)
 
 
 @pytest.fixture(scope="module")
-def sqlite_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def sqlite_api(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, Stack]]:
     home = tmp_path_factory.mktemp("poll-sqlite")
     db_path = home / "vlmq.db"
     st = stack.with_env(
@@ -153,9 +154,9 @@ def sqlite_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         broker_folder=str(home / "broker"),
         long_poll_fallback_seconds=FALLBACK_SECONDS,
     )
-    upgrade_head(st.settings)
+    st.migrate()
     svc, base = start_api(st.env, st.log_dir, name="api-long-poll-sqlite")
-    yield base, db_path
+    yield base, db_path, st
     svc.stop()
 
 
@@ -168,9 +169,9 @@ def finish_sqlite(db_path: Path, job_id: str) -> None:
         )
 
 
-def test_long_poll_on_sqlite(sqlite_api: tuple[str, Path]) -> None:
-    base, db_path = sqlite_api
-    with httpx.Client(base_url=base, timeout=60) as client:
+def test_long_poll_on_sqlite(sqlite_api: tuple[str, Path, Stack]) -> None:
+    base, db_path, st = sqlite_api
+    with httpx.Client(base_url=base, timeout=60, headers=st.headers) as client:
         job_id = submit(client)
         still = client.get(f"/v1/jobs/{job_id}", params={"wait": 0.5})
         finisher = finish_later(finish_sqlite, 1.0, db_path, job_id)

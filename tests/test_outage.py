@@ -30,7 +30,6 @@ import httpx
 import psycopg
 import pytest
 
-from shared.migrate import upgrade_head
 from tests.conftest import Stack, png_bytes
 from tests.services import RedisServer, free_port, start_api, start_worker, stop, wait_http
 
@@ -103,8 +102,7 @@ def outage_stack(stack: Stack, private_pg: PrivatePostgres,
         long_poll_fallback_seconds="60",
         accepted_models=json.dumps([PARKED, ECHO_MODEL]),
     )
-    upgrade_head(st.settings)
-    return st
+    return st.migrate()
 
 
 @dataclass
@@ -117,10 +115,11 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def client_loop(base: str, name: str, stop: threading.Event, tally: Tally) -> None:
+def client_loop(base: str, headers: dict[str, str], name: str, stop: threading.Event,
+                tally: Tally) -> None:
     """A good client: one key per logical submission, retried after Retry-After on 503."""
     image = png_bytes(64, 48, seed=hash(name) % 100)
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
         n = 0
         while not stop.is_set():
             key = f"{name}-{n}"
@@ -179,7 +178,7 @@ def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePos
     try:
         stop = threading.Event()
         tally = Tally()
-        clients = [threading.Thread(target=client_loop, args=(base, f"c{i}", stop, tally))
+        clients = [threading.Thread(target=client_loop, args=(base, outage_stack.headers, f"c{i}", stop, tally))
                    for i in range(CLIENTS)]
         for thread in clients:
             thread.start()
@@ -190,7 +189,7 @@ def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePos
         for thread in clients:
             thread.join(timeout=60)
         assert not any(t.is_alive() for t in clients), "a client never got its job accepted"
-        woken_after = _poll_woken_by_notify(base, private_pg.url)
+        woken_after = _poll_woken_by_notify(base, outage_stack.headers, private_pg.url)
         deadline = time.monotonic() + 60
         while (stranded := outcome_of(private_pg.url, tally.accepted).not_terminal):
             if time.monotonic() > deadline:
@@ -222,9 +221,9 @@ def test_database_restart_under_load(outage_stack: Stack, private_pg: PrivatePos
     assert alive, "the worker died with the database restart"
 
 
-def _poll_woken_by_notify(base: str, database_url: str) -> float:
+def _poll_woken_by_notify(base: str, headers: dict[str, str], database_url: str) -> float:
     """After the restart the listener has re-LISTENed: a job's end wakes its long poll."""
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, timeout=60, headers=headers) as client:
         resp = client.post("/v1/jobs", files={"image": ("a.png", png_bytes(64, 48), "image/png")},
                            data={"prompt": "after the restart", "model": PARKED})
         assert resp.status_code == 202, resp.text
@@ -265,7 +264,7 @@ def test_broker_and_store_outages(stack: Stack, tmp_path_factory: pytest.TempPat
                             store_url=f"s3://vlmq-outage-{uuid.uuid4().hex[:8]}/img",
                             queue_prefix=f"vlmqdeps{uuid.uuid4().hex[:6]}")
         svc, base = start_api(st.env, log_dir, name="api-deps-outage")
-        _check_deps_outages(base, broker, s3)
+        _check_deps_outages(base, st.headers, broker, s3)
     finally:
         if svc is not None:
             svc.stop()
@@ -276,12 +275,13 @@ def test_broker_and_store_outages(stack: Stack, tmp_path_factory: pytest.TempPat
     assert "Traceback" not in svc.log_text(), svc.log_text()[-4000:]
 
 
-def _check_deps_outages(base: str, broker: RedisServer, s3: subprocess.Popen[bytes]) -> None:
+def _check_deps_outages(base: str, headers: dict[str, str], broker: RedisServer,
+                        s3: subprocess.Popen[bytes]) -> None:
     def post(client: httpx.Client) -> httpx.Response:
         return client.post("/v1/jobs", files={"image": ("a.png", png_bytes(64, 48), "image/png")},
                            data={"prompt": "outage", "model": PARKED})
 
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, timeout=60, headers=headers) as client:
         assert post(client).status_code == 202
 
         broker.kill()

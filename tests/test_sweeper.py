@@ -93,7 +93,8 @@ def lock_backends(settings: Settings) -> list[int]:
 
 def insert_job(sessions: sessionmaker[Session], **fields: Any) -> uuid.UUID:
     columns: dict[str, Any] = dict(
-        model="m", prompt="p", params={}, image_key="k", image_sha256="0" * 64,
+        tenant_id="default", model="m", prompt="p", params={}, image_key="k",
+        image_sha256="0" * 64,
         image_bytes=1, image_format="PNG", image_width=1, image_height=1,
         attempts=0, priority=5,
     )

@@ -23,7 +23,7 @@ SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 
 def cancelled_job_with_webhook(ctx: WebhookContext, url: str) -> uuid.UUID:
     job = Job(
-        model="m", prompt="p", params={}, image_key="k", image_sha256="0" * 64,
+        tenant_id="default", model="m", prompt="p", params={}, image_key="k", image_sha256="0" * 64,
         image_bytes=1, image_format="PNG", image_width=1, image_height=1,
         webhook_url=url, status=JobStatus.queued,
     )

@@ -58,7 +58,7 @@ def hooks(stack: Stack) -> Iterator[Hooks]:
 
 @pytest.fixture()
 def hc(hooks: Hooks) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=hooks.api, timeout=30) as c:
+    with httpx.Client(base_url=hooks.api, timeout=30, headers=hooks.stack.headers) as c:
         yield c
 
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from shared.migrate import upgrade_head
 from tests.conftest import Stack, png_bytes
 from tests.services import Service, fresh_database, start_worker, wait_terminal
 from worker.engines.echo_backend import CRASH_MARKER, ECHO_TEXT, HANG_MARKER
@@ -43,10 +42,10 @@ def submit(client: httpx.Client, model: str, prompt: str, seed: int = 0,
     return str(resp.json()["id"])
 
 
-def submit_all(api: str, model: str, prompts: list[str]) -> list[str]:
+def submit_all(client: httpx.Client, model: str, prompts: list[str]) -> list[str]:
     def one(i: int) -> str:
-        with httpx.Client(base_url=api, timeout=30) as client:
-            return submit(client, model, prompts[i], seed=i)
+        with httpx.Client(base_url=client.base_url, timeout=30, headers=client.headers) as own:
+            return submit(own, model, prompts[i], seed=i)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(len(prompts))))
@@ -55,7 +54,7 @@ def submit_all(api: str, model: str, prompts: list[str]) -> list[str]:
 def test_echo_engine_runs_jobs_end_to_end(client: httpx.Client,
                                           echo: tuple[Stack, Service]) -> None:
     st, _ = echo
-    ids = submit_all(str(client.base_url), st.settings.model, [f"job {i}" for i in range(40)])
+    ids = submit_all(client, st.settings.model, [f"job {i}" for i in range(40)])
     jobs = [wait_terminal(client, i) for i in ids]
     assert {j["status"] for j in jobs} == {"succeeded"}
     first = jobs[0]
@@ -72,7 +71,7 @@ def test_a_poison_request_costs_its_batch_mates_no_attempt(
 ) -> None:
     st, worker = echo
     prompts = [f"fine {i}" for i in range(5)] + [f"poison {CRASH_MARKER}"]
-    ids = submit_all(str(client.base_url), st.settings.model, prompts)
+    ids = submit_all(client, st.settings.model, prompts)
     jobs = {i: wait_terminal(client, i, timeout=120) for i in ids}
     poison = jobs[ids[-1]]
     fine = [jobs[i] for i in ids[:-1]]
@@ -126,7 +125,7 @@ def test_a_stopping_worker_hands_its_jobs_back_without_counting_them(
 def test_one_sweeper_among_several_workers(stack: Stack) -> None:
     with fresh_database() as db_url:
         st = echo_stack(stack, database_url=db_url, sweep_seconds="0.2")
-        upgrade_head(st.settings)
+        st.migrate()
         workers = [start_worker(st.env, st.log_dir, name=f"worker-{st.settings.model}-{n}")
                    for n in range(2)]
         try:

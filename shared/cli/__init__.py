@@ -9,6 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from shared.cli import keys as keys_cli
 from shared.settings import Settings
 
 
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     flower = sub.add_parser("flower", help="run the Flower dashboard on the same broker")
     flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument(
+        "--no-auth", action="store_true",
+        help="serve without basic auth when VLMQ_FLOWER_BASIC_AUTH is unset (local use only)",
+    )
     flower.set_defaults(run=_flower)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
@@ -53,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run API + worker locally and push sample images through")
     demo.add_argument("--images", type=int, default=16, help="how many sample images to submit")
     demo.set_defaults(run=_demo)
+
+    keys_cli.add_parser(sub)
 
     model = sub.add_parser("make-test-model", help="build a tiny random-weight Qwen2-VL offline")
     model.add_argument("dir", type=Path)
@@ -90,8 +97,26 @@ def _webhook_secret(args: argparse.Namespace, extra: list[str]) -> None:
 
 def _flower(args: argparse.Namespace, extra: list[str]) -> None:
     settings = Settings()
+    auth = _flower_auth_args(settings.flower_basic_auth, no_auth=args.no_auth)
     _exec(["-m", "celery", f"--broker={settings.broker_url}", "flower",
-           f"--port={args.port}", *extra])
+           f"--port={args.port}", *auth, *extra])
+
+
+def _flower_auth_args(credentials: list[str], *, no_auth: bool) -> list[str]:
+    if not credentials:
+        if no_auth:
+            return []
+        raise SystemExit(
+            "vlmq flower: set VLMQ_FLOWER_BASIC_AUTH, e.g. '[\"admin:<password>\"]', since the "
+            "dashboard can revoke tasks and stop workers; --no-auth serves it open (local use only)"
+        )
+    # Flower splits the option on "," and compares each entry with the decoded
+    # "user:password" of the request, so other shapes would never match.
+    if any(":" not in c or "," in c for c in credentials):
+        raise SystemExit(
+            'vlmq flower: each VLMQ_FLOWER_BASIC_AUTH entry must be "user:password" without ","'
+        )
+    return [f"--basic-auth={','.join(credentials)}"]
 
 
 def _migrate(args: argparse.Namespace, extra: list[str]) -> None:

@@ -27,8 +27,10 @@ import httpx
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.settings import EngineKind, Settings
+from shared.tenancy import repo as tenancy_repo
 
 DEFAULT_IMAGES = 16
 _DEFAULT_MODEL_PATH = Settings.model_fields["model_path"].default
@@ -97,6 +99,7 @@ def _child_env(defaults: dict[str, object], settings: Settings) -> dict[str, str
 def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
     _ensure_model(settings)
     upgrade_head(settings)
+    api_key = _demo_key(settings)
     port = _free_port()
     logs = Path(".vlmq/logs")
     logs.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,8 @@ def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
         stack.enter_context(_service("api", ["api", "--port", str(port)], logs, env))
         stack.enter_context(_service("worker", ["worker"], logs, env))
         base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=30) as client:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
             _wait_ready(client)
             _wait_worker(client, settings)
             images = [sample_image(i) for i in range(n_images)]
@@ -114,6 +118,19 @@ def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
             jobs = _wait_results(client, ids)
             seconds = time.monotonic() - started
         return DemoRun(jobs, seconds, _worker_metrics(settings.metrics_port))
+
+
+def _demo_key(settings: Settings) -> str:
+    """A fresh key of tenant `demo`, as an operator would make with `vlmq keys create`."""
+    engine = make_engine(settings)
+    try:
+        with make_session_factory(engine)() as session:
+            row, key = tenancy_repo.create_key(session, "demo", "vlmq demo", is_admin=False)
+            session.commit()
+    finally:
+        engine.dispose()
+    _say(f"created API key {row.id} for tenant demo (`vlmq keys list` shows it)")
+    return key
 
 
 @contextmanager
@@ -358,6 +375,8 @@ def _print_next_steps() -> None:
         "  real model:   VLMQ_MODEL=Qwen2-VL-2B-Instruct VLMQ_MODEL_PATH=/models/Qwen2-VL-2B-Instruct\n"
         "  on a GPU:     pip install -e '.[gpu]' (CUDA vLLM); VLMQ_ENGINE=vllm is the default\n"
         "  more images:  vlmq demo --images 64 (bigger batches per engine step)\n"
+        "  API keys:     KEY=$(vlmq keys create --tenant myteam), then send\n"
+        "                Authorization: Bearer $KEY with every /v1 request\n"
         "  Postgres:     VLMQ_DATABASE_URL=postgresql://user:pass@host:5432/vlmq\n"
         "  Redis broker: VLMQ_BROKER_URL=redis://host:6379/0\n"
         "  S3 / MinIO:   VLMQ_STORE_URL=s3://bucket/prefix VLMQ_S3_ENDPOINT_URL=http://minio:9000\n"

@@ -173,9 +173,12 @@ def _finish_succeeded(session: Session, wins: Sequence[Succeeded]) -> list[uuid.
     return [row.id for row in returned]
 
 
-def cancel(session: Session, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
-    """Cancels a queued or running job; returns it and the status it was cancelled from."""
-    job = repo.get_job(session, job_id)
+def cancel(
+    session: Session, job_id: uuid.UUID, tenant_id: str | None = None
+) -> tuple[Job, JobStatus]:
+    """Cancels a queued or running job; returns it and the status it was cancelled from.
+    Given `tenant_id`, another tenant's job is not found."""
+    job = repo.get_job(session, job_id, tenant_id)
     if job is None:
         raise NotFound(f"no job with id {job_id}")
     previous = job.status

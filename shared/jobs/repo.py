@@ -33,12 +33,28 @@ def insert_job(session: Session, job: Job) -> None:
     session.flush()
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
-    return session.get(Job, job_id, populate_existing=True)
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: str | None = None) -> Job | None:
+    """The job; given `tenant_id`, only if it belongs to that tenant (others' are None)."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        return None
+    return job
 
 
-def find_by_idempotency_key(session: Session, key: str) -> Job | None:
-    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    ).one_or_none()
+
+
+def count_active(session: Session, tenant_id: str) -> int:
+    """Queued and running jobs of a tenant (the quota's measure; a partial index serves it)."""
+    return session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.tenant_id == tenant_id,
+            Job.status.in_((JobStatus.queued, JobStatus.running)),
+        )
+    ) or 0
 
 
 def add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]]) -> None:
@@ -179,11 +195,14 @@ def list_jobs(
     *,
     status: JobStatus | None = None,
     model: str | None = None,
+    tenant_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
     """Newest first; the cursor is the (created_at, id) of the last row returned."""
     stmt = select(Job)
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if model is not None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shared.cursor import newest_first_page
 from shared.errors import NotFound
 from shared.jobs.status import JobStatus
-from shared.models import WebhookAttempt, WebhookDelivery
+from shared.models import Job, WebhookAttempt, WebhookDelivery
 from shared.timeutil import utcnow
 from shared.webhooks.events import EVENT_FOR_STATUS, DeliveryStatus
 
@@ -231,8 +231,13 @@ def finish(
     return moved
 
 
-def redeliver(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery:
-    """Schedules a fresh round of attempts now, whatever state the delivery is in."""
+def redeliver(
+    session: Session, delivery_id: uuid.UUID, tenant_id: str | None = None
+) -> WebhookDelivery:
+    """Schedules a fresh round of attempts now, whatever state the delivery is in.
+    Given `tenant_id`, another tenant's delivery is not found."""
+    if get_delivery(session, delivery_id, tenant_id) is None:
+        raise NotFound(f"no webhook delivery with id {delivery_id}")
     changed = session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id)
@@ -251,8 +256,19 @@ def redeliver(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery:
     return delivery
 
 
-def get_delivery(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery | None:
-    return session.get(WebhookDelivery, delivery_id, populate_existing=True)
+def get_delivery(
+    session: Session, delivery_id: uuid.UUID, tenant_id: str | None = None
+) -> WebhookDelivery | None:
+    """The delivery; given `tenant_id`, only if its job belongs to that tenant."""
+    stmt = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+    if tenant_id is not None:
+        stmt = stmt.where(_of_tenant(tenant_id))
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+
+def _of_tenant(tenant_id: str) -> ColumnElement[bool]:
+    # Deliveries belong to a tenant through their job.
+    return WebhookDelivery.job_id.in_(select(Job.id).where(Job.tenant_id == tenant_id))
 
 
 def for_job(session: Session, job_id: uuid.UUID) -> list[WebhookDelivery]:
@@ -270,10 +286,13 @@ class DeliveryPage:
 
 
 def list_deliveries(
-    session: Session, status: DeliveryStatus | None, limit: int, cursor: str | None
+    session: Session, status: DeliveryStatus | None, limit: int, cursor: str | None,
+    tenant_id: str | None = None,
 ) -> DeliveryPage:
     """Newest first; operators use it to find dead letters."""
     stmt = select(WebhookDelivery)
+    if tenant_id is not None:
+        stmt = stmt.where(_of_tenant(tenant_id))
     if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
     rows, next_cursor = newest_first_page(session, stmt, WebhookDelivery, limit, cursor)

@@ -1,0 +1,1 @@
+"""Tenants, their API keys, and what each key may see and do."""

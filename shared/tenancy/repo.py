@@ -1,0 +1,119 @@
+"""Repository functions for tenants and API keys. They flush; callers commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidInput, NotFound
+from shared.models import ApiKey, Tenant
+from shared.tenancy import keys
+from shared.tenancy.principal import Principal
+from shared.timeutil import as_utc, utcnow
+
+# last_used_at is for people ("is this key still in use?"), so minute precision will do
+# and a busy key costs one write a minute, not one per request.
+_LAST_USED_PRECISION = timedelta(seconds=60)
+
+
+def ensure_tenant(session: Session, tenant_id: str) -> Tenant:
+    if not keys.TENANT_NAME.match(tenant_id):
+        raise InvalidInput(
+            f"tenant name {tenant_id!r}: use 1 to 64 lowercase letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit", code="invalid_tenant",
+        )
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        tenant = Tenant(id=tenant_id, created_at=utcnow())
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def set_limits(session: Session, tenant_id: str, *, max_active_jobs: int | None,
+               submits_per_second: float | None) -> Tenant:
+    """Overrides the server's default limits for one tenant; a value <= 0 clears it."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id!r}")
+    if max_active_jobs is not None:
+        tenant.max_active_jobs = max_active_jobs if max_active_jobs > 0 else None
+    if submits_per_second is not None:
+        tenant.submits_per_second = submits_per_second if submits_per_second > 0 else None
+    session.flush()
+    return tenant
+
+
+def create_key(session: Session, tenant_id: str, name: str | None,
+               is_admin: bool) -> tuple[ApiKey, str]:
+    """A new key for the tenant (created if new); returns the row and the secret key."""
+    ensure_tenant(session, tenant_id)
+    new = keys.generate()
+    row = ApiKey(id=new.id, tenant_id=tenant_id, name=name, secret_sha256=new.secret_sha256,
+                 is_admin=is_admin, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row, new.key
+
+
+def list_keys(session: Session, tenant_id: str | None = None) -> list[ApiKey]:
+    stmt = select(ApiKey).order_by(ApiKey.tenant_id, ApiKey.created_at)
+    if tenant_id is not None:
+        stmt = stmt.where(ApiKey.tenant_id == tenant_id)
+    return list(session.scalars(stmt))
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    return list(session.scalars(select(Tenant).order_by(Tenant.id)))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id.removeprefix(keys.PREFIX))
+    if key is None:
+        raise NotFound(f"no API key with id {key_id!r}; `vlmq keys list` shows them")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    principal: Principal
+    max_active_jobs: int | None
+    submits_per_second: float | None
+
+
+def authenticate(session: Session, presented: str) -> Authenticated | None:
+    """The principal of a live key, or None for an unknown, wrong or revoked one."""
+    key_id = keys.key_id_of(presented)
+    if key_id is None:
+        return None
+    row = session.execute(
+        select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == key_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    key, tenant = row
+    if key.revoked_at is not None or not keys.matches(presented, key.secret_sha256):
+        return None
+    _touch(session, key.id, key.last_used_at)
+    return Authenticated(
+        principal=Principal(tenant_id=key.tenant_id, key_id=key.id, is_admin=key.is_admin),
+        max_active_jobs=tenant.max_active_jobs,
+        submits_per_second=tenant.submits_per_second,
+    )
+
+
+def _touch(session: Session, key_id: str, last_used_at: datetime | None) -> None:
+    now = utcnow()
+    if last_used_at is not None and now - as_utc(last_used_at) < _LAST_USED_PRECISION:
+        return
+    session.execute(
+        update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
