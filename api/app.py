@@ -13,6 +13,8 @@ from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
+from api.metrics import ApiMetrics, RequestMetrics
+from api.openapi import install_openapi
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,13 +25,14 @@ _BODY_OVERHEAD = 256 * 1024
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auth_disabled:
             log.warning("authentication is OFF (VLMQ_AUTH_DISABLED): anyone who reaches this "
                         "API acts as an admin of tenant 'default'; for local development only")
-        deps = app.state.deps = ApiDeps.build(settings)
+        deps = app.state.deps = ApiDeps.build(settings, metrics)
         await deps.start()
         try:
             yield
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(routes_health.router)
     for router in (routes_jobs.router, routes_models.router, routes_deliveries.router):
         # At the router, so no /v1 route can be added without a key check.
@@ -52,4 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD
     )
+    # Outermost, so a body refused by the limit above is counted too.
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -9,7 +9,9 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.image_budget import ImageMemoryBudget
 from api.key_cache import KeyCache
+from api.metrics import ApiMetrics
 from api.quotas import SubmitLimits
 from api.terminal_watch import TerminalWatch
 from api.wakeups import WakeupSender
@@ -34,9 +36,11 @@ class ApiDeps:
     watch: TerminalWatch
     keys: KeyCache
     limits: SubmitLimits
+    metrics: ApiMetrics
+    image_memory: ImageMemoryBudget
 
     @classmethod
-    def build(cls, settings: Settings) -> ApiDeps:
+    def build(cls, settings: Settings, metrics: ApiMetrics) -> ApiDeps:
         # Transactions are rare here (cancel), so their pool is small.
         engine = make_engine(settings, pool_size=2, max_overflow=8)
         # No overflow: under a burst (a thousand long polls woken at once) overflow
@@ -59,9 +63,15 @@ class ApiDeps:
             watch=TerminalWatch(settings, direct),
             keys=KeyCache(),
             limits=SubmitLimits(settings, reads),
+            metrics=metrics,
+            image_memory=ImageMemoryBudget(
+                settings.api_image_memory_bytes, settings.api_image_memory_wait_seconds
+            ),
         )
 
     async def start(self) -> None:
+        if self.settings.api_metrics_port:
+            self.metrics.serve(self.settings.api_metrics_port)
         self.wakeups.start()
         self.watch.start()
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
+from api.openapi import SUBMIT_BODY
 from api.schemas import (
     GenerationParams,
     JobCreate,
@@ -29,7 +30,7 @@ from api.schemas import (
     WebhookOptions,
 )
 from api.submit import Submission, submit_job
-from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
+from shared.errors import InvalidInput, NotFound, RateLimited, UnsupportedMediaType
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
@@ -44,38 +45,8 @@ _FORM_WEBHOOK = set(WebhookOptions.model_fields)
 _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
 _MAX_IDEMPOTENCY_KEY = 200
 
-_SUBMIT_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "prompt"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "prompt": {"type": "string"},
-                        "model": {"type": "string"},
-                        **{
-                            name: {"type": "string"}
-                            for name in ("max_tokens", "temperature", "top_p", "top_k", "seed")
-                        },
-                        "stop": {"type": "array", "items": {"type": "string"}},
-                        "priority": {"type": "integer"},
-                        "max_queue_seconds": {"type": "integer"},
-                        "webhook_url": {"type": "string"},
-                        "webhook_events": {"type": "array", "items": {"type": "string"}},
-                    },
-                }
-            },
-            "application/json": {"schema": JobCreate.model_json_schema()},
-        },
-    }
-}
-
-
 @router.post(
-    "", status_code=202, response_model=JobOut, openapi_extra=_SUBMIT_DOC,
+    "", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
     responses={200: {"model": JobOut, "description": "replayed: an earlier submission with "
                      "the same Idempotency-Key"}, **documented(400, 409, 413, 415, 422),
                **RATE_LIMITED},
@@ -87,7 +58,11 @@ async def create_job(
 ) -> Response:
     # Before the body is read: a refused submission costs no upload work.
     if deps.limits.apply_to(auth):
-        await run_in_threadpool(deps.limits.admit, auth)
+        try:
+            await run_in_threadpool(deps.limits.admit, auth)
+        except RateLimited as exc:
+            deps.metrics.refused.labels(auth.principal.tenant_id, exc.code).inc()
+            raise
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         sub = await _from_multipart(request)
@@ -103,6 +78,7 @@ async def create_job(
     accepted = await run_in_threadpool(submit_job, deps, sub)
     if not accepted.replayed:
         deps.limits.accepted(sub.tenant_id)
+        deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
     headers = {"Location": f"/v1/jobs/{accepted.job.id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -79,6 +79,18 @@ class JobCreate(GenerationParams, JobOptions, WebhookOptions):
     model: str | None = None
 
 
+class JobCreateForm(GenerationParams, JobOptions, WebhookOptions):
+    """Multipart form of POST /v1/jobs: the JSON form's fields, with the image as a file part.
+
+    Documents the form; the route reads it field by field (repeated `stop` and
+    `webhook_events` parts, one file) and validates it with the same models as JSON.
+    """
+
+    image: bytes = Field(description="the image file (JPEG, PNG, WEBP, GIF, BMP or TIFF)")
+    prompt: str
+    model: str | None = None
+
+
 class DeliveryAttemptOut(BaseModel):
     number: int
     started_at: datetime

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
     max_prompt_chars: int = 16_000
 
+    # Decoded pixels that one API process may hold at once while checking uploads; an
+    # upload that cannot get its share within the wait is answered 503 with Retry-After.
+    api_image_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    api_image_memory_wait_seconds: float = Field(default=10.0, ge=0)
+
     # Preprocessing bound applied by the worker before inference.
     worker_max_pixels: int = 1024 * 1024
 
@@ -141,6 +146,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
+    api_metrics_port: int = Field(default=0, description="API Prometheus port; 0 = off")
     # "user:password" entries. Flower's dashboard can revoke tasks and shut workers down, so
     # `vlmq flower` refuses to start without them unless told --no-auth.
     flower_basic_auth: list[str] = []
