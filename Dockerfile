@@ -1,5 +1,7 @@
-# One image for every vlmq process. The API, `migrate` and Flower use the default build;
-# the GPU worker builds with `--build-arg EXTRAS=gpu`, which adds vLLM.
+# One Dockerfile for every vlmq process. The default build (API, `migrate`, webhooks, Flower)
+# installs only the base dependencies: no torch, transformers or vLLM, so the image that faces
+# the network stays small and carries no inference stack. The GPU worker builds with
+# `--build-arg EXTRAS=gpu` (its engines plus vLLM); EXTRAS=worker gives the engines without vLLM.
 FROM python:3.11-slim
 
 ARG EXTRAS=""
@@ -11,11 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface
 
 # Triton (used by vLLM) compiles a small C helper at run time, so the GPU image needs a compiler.
-RUN if [ -n "$EXTRAS" ]; then \
+RUN case ",$EXTRAS," in *,gpu,*) \
         apt-get update \
         && apt-get install -y --no-install-recommends gcc libc6-dev \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+        && rm -rf /var/lib/apt/lists/*;; \
+    esac
 
 WORKDIR /app
 

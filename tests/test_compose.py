@@ -7,6 +7,8 @@ the real Settings fields, so renaming a flag or a setting breaks this test, not 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import re
 import shlex
 from pathlib import Path
@@ -15,16 +17,26 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import _parser
+from shared.cli import _flower_auth_args, _parser
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
 
 VLMQ_VAR = re.compile(r"\bVLMQ_[A-Za-z0-9_]+")
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, ${NAME?err}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+# Names of variables that hold credentials. Not a bare AUTH or KEY: those would also match
+# switches such as VLMQ_AUTH_DISABLED.
+SECRETISH = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|API_KEY|TOKEN|BASIC_AUTH")
+# Only these face the network; everything else is reached over the compose network.
+PUBLISHED = {"api", "flower"}
+# What a filled-in .env would give each required variable, in the shape its setting parses.
+SAMPLE_SECRETS = {
+    "VLMQ_WEBHOOK_SECRETS": json.dumps([f"whsec_{base64.b64encode(b'0' * 32).decode()}"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +56,37 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def interpolate(value: str) -> str:
-    """What Compose substitutes when the shell sets none of the variables: the defaults."""
+    """What Compose substitutes when .env sets only the required variables: their sample
+    values, and the defaults of the others."""
 
     def repl(m: re.Match[str]) -> str:
-        op, arg = m.group(2), m.group(3)
+        name, op, arg = m.groups()
+        if op and op.endswith("?"):
+            return SAMPLE_SECRETS.get(name, f"sample-{name.lower()}")
         return arg if op and op.endswith("-") else ""
 
     return INTERPOLATION.sub(repl, value).replace("$$", "$")
+
+
+def variables(value: object) -> set[str]:
+    return {m.group(1) for m in INTERPOLATION.finditer(str(value))}
+
+
+def raw_environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment before interpolation."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def env_example() -> dict[str, str]:
+    entries = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            entries[name.strip()] = value.strip()
+    return entries
 
 
 def as_argv(value: str | list[str] | None) -> list[str]:
@@ -232,3 +268,109 @@ def test_built_services_have_a_dockerfile(services: dict[str, dict[str, Any]]) -
         context = (ROOT / build.get("context", ".")).resolve()
         dockerfile = context / build.get("dockerfile", "Dockerfile")
         assert dockerfile.is_file(), f"service {name!r} builds from missing {dockerfile}"
+
+
+def test_only_the_api_and_flower_publish_ports(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("postgres", "redis", "minio", "worker"):
+        assert name in services, f"expected a {name!r} service"
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published <= PUBLISHED, (
+        f"{sorted(published - PUBLISHED)} publish ports; reach them over the compose network "
+        "or publish them in a local docker-compose.override.yml"
+    )
+
+
+def test_secrets_are_required_never_defaulted(compose_text: str) -> None:
+    for m in INTERPOLATION.finditer(compose_text):
+        name, op, message = m.groups()
+        if SECRETISH.search(name) or name.startswith(("MINIO_ROOT_", "FLOWER_")):
+            assert op == ":?", f"${{{name}}} must be ${{{name}:?...}}: no default, never empty"
+            assert ".env.example" in message, f"${{{name}:?}} should say to fill in .env"
+
+
+def test_no_literal_credentials(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for key, value in raw_environment(svc).items():
+            if SECRETISH.search(key):
+                literal = re.sub(r"[^A-Za-z0-9]", "", INTERPOLATION.sub("", value))
+                required = all(m.group(2) == ":?" for m in INTERPOLATION.finditer(value))
+                assert variables(value) and required and not literal, (
+                    f"service {name!r}: {key} must come from .env, not {value!r}"
+                )
+            for url_password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+                m = INTERPOLATION.fullmatch(url_password)
+                assert m and m.group(2) == ":?", (
+                    f"service {name!r}: {key} has a literal or default password in its URL"
+                )
+
+
+def test_vlmq_uses_its_own_s3_account_not_minio_root(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    root = variables(raw_environment(services["minio"]).values())
+    assert {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= root
+    app: set[str] = set()
+    for name, svc in services.items():
+        env = raw_environment(svc)
+        for key in ("VLMQ_S3_ACCESS_KEY_ID", "VLMQ_S3_SECRET_ACCESS_KEY"):
+            if key in env:
+                assert not variables(env[key]) & root, f"service {name!r}: {key} is MinIO root's"
+                app |= variables(env[key])
+    assert len(app) == 2, f"the app account should be two variables of its own, not {app}"
+
+
+def test_minio_init_grants_the_app_account_only_its_bucket(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    store_url = environment(services["api"])["VLMQ_STORE_URL"]
+    bucket = store_url.removeprefix("s3://").split("/")[0]
+    init = services["minio-init"]
+    script = interpolate(" ".join(as_argv(init.get("command"))))
+    app_key = environment(init)["VLMQ_S3_ACCESS_KEY_ID"]
+    assert app_key == environment(services["api"])["VLMQ_S3_ACCESS_KEY_ID"]
+    assert "mc admin user add" in script and "$VLMQ_S3_ACCESS_KEY_ID" in script
+    assert re.search(r"mc admin policy attach local (\S+) --user \"\$VLMQ_S3_ACCESS_KEY_ID\"",
+                     script)
+    policy = json.loads(re.search(r"'(\{.*\})'", script).group(1))
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for resource in statement["Resource"]:
+            assert resource in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"), (
+                f"the app policy reaches beyond bucket {bucket!r}: {resource}"
+            )
+
+
+def test_flower_runs_behind_basic_auth(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flower = services["flower"]
+    assert "--no-auth" not in vlmq_commands(services)["flower"]
+    monkeypatch.setenv("VLMQ_FLOWER_BASIC_AUTH", environment(flower)["VLMQ_FLOWER_BASIC_AUTH"])
+    auth = _flower_auth_args(Settings(_env_file=None).flower_basic_auth, no_auth=False)
+    assert auth == ["--basic-auth=sample-flower_user:sample-flower_password"]
+    # Flower needs the broker only; database, storage and webhook secrets stay out of it.
+    leaked = [k for k in environment(flower) if SECRETISH.search(k) and "FLOWER" not in k]
+    assert not leaked and "VLMQ_DATABASE_URL" not in environment(flower), leaked
+
+
+def test_env_example_lists_every_interpolated_variable(compose_text: str) -> None:
+    listed = env_example()
+    missing = sorted({m.group(1) for m in INTERPOLATION.finditer(compose_text)} - listed.keys())
+    assert not missing, f"add these to .env.example: {missing}"
+    filled = sorted(k for k, v in listed.items() if SECRETISH.search(k) and v)
+    assert not filled, f".env.example must not ship values for {filled}"
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored, ".env holds the secrets and must be git-ignored"
+
+
+def test_only_the_worker_image_carries_the_engines(services: dict[str, dict[str, Any]]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^ARG EXTRAS=""$', dockerfile, re.M), "the default build must be the base"
+    for name, svc in services.items():
+        if "build" not in svc:
+            continue
+        extras = str((svc["build"].get("args") or {}).get("EXTRAS", "")).split(",")
+        if name == "worker":
+            assert "gpu" in extras, "the GPU worker builds with EXTRAS=gpu"
+        else:
+            assert not {"gpu", "worker"} & set(extras), f"{name!r} should not install the engines"

@@ -1,8 +1,11 @@
-"""`vlmq flower` must come up on the real Redis broker, since docker-compose runs it that way."""
+"""`vlmq flower` must come up on the real Redis broker, since docker-compose runs it that way,
+and behind the basic auth compose gives it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +14,19 @@ import pytest
 
 from tests.services import REDIS_URL, Service, free_port, wait_http
 
+AUTH = ("admin", "flower-test-password")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    env["VLMQ_BROKER_URL"] = REDIS_URL
+    return env
+
 
 @pytest.fixture()
 def flower(tmp_path: Path) -> Iterator[tuple[Service, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
-    env["VLMQ_BROKER_URL"] = REDIS_URL
+    env = _env()
+    env["VLMQ_FLOWER_BASIC_AUTH"] = f'["{AUTH[0]}:{AUTH[1]}"]'
     port = free_port()
     # Extra arguments pass through to Flower; loopback only, since this is a test.
     svc = Service("flower", ["flower", "--port", str(port), "--address=127.0.0.1"], env, tmp_path)
@@ -32,10 +43,26 @@ def test_flower_serves_dashboard_and_healthcheck(flower: tuple[Service, str]) ->
     health = httpx.get(f"{base}/healthcheck", timeout=10)
     assert health.status_code == 200, svc.log_text()[-2000:]
     assert health.text == "OK"
-    page = httpx.get(f"{base}/", timeout=30)
+    page = httpx.get(f"{base}/", auth=AUTH, timeout=30)
     assert page.status_code == 200, svc.log_text()[-2000:]
     assert "Flower" in page.text
     assert "127.0.0.1:6379/0" in svc.log_text()  # the broker came from VLMQ_BROKER_URL
+
+
+def test_flower_dashboard_needs_the_configured_credentials(flower: tuple[Service, str]) -> None:
+    _, base = flower
+    assert httpx.get(f"{base}/", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/", auth=(AUTH[0], "wrong"), timeout=30).status_code == 401
+    assert httpx.get(f"{base}/api/workers", timeout=30).status_code == 401
+
+
+def test_flower_refuses_to_start_without_credentials() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "flower", "--port", str(free_port())],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "VLMQ_FLOWER_BASIC_AUTH" in proc.stderr and "--no-auth" in proc.stderr
 
 
 def test_flower_stops_on_terminate(flower: tuple[Service, str]) -> None:
