@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 from shared.cli.tiny_model import build_tiny_model
 from shared.db import make_engine, make_session_factory
-from shared.migrate import upgrade_head
 from shared.models import Job
 from tests.conftest import make_stack, submit_many
 from tests.services import (
@@ -43,12 +42,11 @@ def main() -> None:
         stack = make_stack(db_url, s3, model, log_dir).with_env(
             broker_url=broker.url, max_batch_size="16", lease_seconds="3", heartbeat_seconds="1",
             visibility_timeout_seconds="8", max_attempts="50", retry_backoff_seconds="0.2",
-        )
-        upgrade_head(stack.settings)
+        ).migrate()
         sessions = make_session_factory(make_engine(stack.settings))
         api, base = start_api(stack.env, log_dir)
 
-        ids = submit_many(base, 0, args.jobs)
+        ids = submit_many(base, 0, args.jobs, stack.api_key)
         print(f"soak: {len(ids)} jobs accepted; logs in {log_dir}", flush=True)
 
         def finished() -> int:
@@ -82,7 +80,9 @@ def main() -> None:
                     broker.kill()
                     time.sleep(1)
                     broker.start()
-                recovery.append(wait_progress(finished()) if finished() == done else 0.0)
+                # With every job already done there is no progress left to wait for.
+                stalled = finished() == done < len(ids)
+                recovery.append(wait_progress(done) if stalled else 0.0)
                 print(f"soak: fault {n}/{len(faults)} ({fault}) at {done} done; "
                       f"jobs finishing again after {recovery[-1]:.1f}s", flush=True)
             while finished() < len(ids):

@@ -21,7 +21,7 @@ from shared.settings import Settings
 from tests.bench import cpu_profile
 from tests.bench.preload import preload, wait_drained
 from tests.bench.procwatch import CpuSampler
-from tests.bench.stack import alive, stack
+from tests.bench.stack import TENANT, alive, stack
 from tests.bench.workload import Workload
 from tests.services import Service
 
@@ -45,7 +45,7 @@ def wait_first_claim(settings: Settings, worker: Service, timeout: float = 300) 
 
 def measure_ceiling(w: Workload, log_dir: Path, store: str) -> dict[str, object]:
     with stack(w, log_dir, store=store) as st:
-        ids = preload(st.settings, w.echo_jobs, lambda i: w.png(30_000 + i), w.prompt,
+        ids = preload(st.settings, TENANT, w.echo_jobs, lambda i: w.png(30_000 + i), w.prompt,
                       w.params())
         print(f"bench: echo ceiling ({store} store), {len(ids)} jobs", file=sys.stderr,
               flush=True)

@@ -11,12 +11,12 @@ from pathlib import Path
 from tests.bench.light import measure_light
 from tests.bench.preload import preload, wait_drained
 from tests.bench.runner import Runner
-from tests.bench.stack import Stack, alive, stack
+from tests.bench.stack import TENANT, Stack, alive, stack
 from tests.bench.workload import Workload
 
 
 def _drain(st: Stack, w: Workload) -> dict[str, object]:
-    ids = preload(st.settings, w.jobs, w.png, w.prompt, w.params())
+    ids = preload(st.settings, TENANT, w.jobs, w.png, w.prompt, w.params())
     print(f"bench: drain of {len(ids)} queued jobs by one vLLM worker", file=sys.stderr,
           flush=True)
     worker = st.start_worker("vllm", ready=False)
@@ -37,4 +37,4 @@ def run_vllm_stack(w: Workload, log_dir: Path, runner: Runner) -> None:
             if not st.services:
                 st.start_worker("vllm")
             _, base = st.start_api()
-            runner.attempt("light", lambda: {"p50_s": measure_light(base, w)})
+            runner.attempt("light", lambda: {"p50_s": measure_light(base, st.headers, w)})

@@ -31,18 +31,19 @@ def upload(client: httpx.Client, w: Workload, i: int, png: bytes) -> float:
     return time.perf_counter() - start
 
 
-def measure_ingest(base: str, api_pid: int, w: Workload) -> dict[str, object]:
+def measure_ingest(base: str, headers: dict[str, str], api_pid: int,
+                   w: Workload) -> dict[str, object]:
     print(f"bench: ingest, {w.uploads} uploads from {w.upload_threads} clients",
           file=sys.stderr, flush=True)
     pngs = [w.png(50_000 + i) for i in range(w.uploads + WARM_UP)]
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         for i in range(WARM_UP):
             upload(client, w, i, pngs[i])
     todo = iter(range(WARM_UP, len(pngs)))
     lock = threading.Lock()
 
     def client_loop() -> None:
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             while True:
                 with lock:
                     i = next(todo, None)

@@ -32,10 +32,10 @@ def one_job(client: httpx.Client, w: Workload, i: int, png: bytes) -> float:
             return time.perf_counter() - start
 
 
-def measure_light(base: str, w: Workload) -> list[float]:
+def measure_light(base: str, headers: dict[str, str], w: Workload) -> list[float]:
     """Submit-to-result p50 in seconds, one figure per round."""
     rounds = []
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         for i in range(WARM_UP):
             one_job(client, w, 60_000 + i, w.png(60_000 + i))
         for r in range(w.light_rounds):

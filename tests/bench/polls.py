@@ -68,10 +68,10 @@ async def _poll_until_terminal(client: httpx.AsyncClient, job_id: uuid.UUID) -> 
             return received - datetime.fromisoformat(job["finished_at"]).timestamp()
 
 
-async def _long_poll_waves(base: str, settings: Settings, ids: list[uuid.UUID],
-                           wave: int) -> list[float]:
+async def _long_poll_waves(base: str, headers: dict[str, str], settings: Settings,
+                           ids: list[uuid.UUID], wave: int) -> list[float]:
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base, timeout=60,
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60,
                                  limits=httpx.Limits(max_connections=wave)) as client:
         for start in range(0, len(ids), wave):
             batch = ids[start:start + wave]
@@ -85,11 +85,11 @@ async def _long_poll_waves(base: str, settings: Settings, ids: list[uuid.UUID],
     return latencies
 
 
-def measure_long_poll(base: str, settings: Settings, ids: list[uuid.UUID],
-                      w: Workload) -> dict[str, float]:
+def measure_long_poll(base: str, headers: dict[str, str], settings: Settings,
+                      ids: list[uuid.UUID], w: Workload) -> dict[str, float]:
     print(f"bench: long poll, {len(ids)} jobs in waves of {w.poll_wave}",
           file=sys.stderr, flush=True)
-    latencies = asyncio.run(_long_poll_waves(base, settings, ids, w.poll_wave))
+    latencies = asyncio.run(_long_poll_waves(base, headers, settings, ids, w.poll_wave))
     return {
         "jobs": len(latencies),
         "p50_ms": 1000 * statistics.median(latencies),
@@ -102,8 +102,9 @@ class Holders:
     """n clients, each holding `?wait=30` on a parked job and asking again when it lapses,
     on one event loop in a thread of their own."""
 
-    def __init__(self, base: str, ids: list[uuid.UUID]) -> None:
+    def __init__(self, base: str, headers: dict[str, str], ids: list[uuid.UUID]) -> None:
         self.base = base
+        self.headers = headers
         self.ids = ids
         self.errors: list[Exception] = []
         self._loop = asyncio.new_event_loop()
@@ -114,7 +115,7 @@ class Holders:
         self._tasks: list[Future[None]] = []
 
     async def _make_client(self, limits: httpx.Limits) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base, limits=limits,
+        return httpx.AsyncClient(base_url=self.base, headers=self.headers, limits=limits,
                                  timeout=httpx.Timeout(60, pool=None))
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -155,20 +156,21 @@ class Holders:
         self._thread.join()
 
 
-def submit_p50(base: str, w: Workload, n: int, first: int) -> float:
+def submit_p50(base: str, headers: dict[str, str], w: Workload, n: int, first: int) -> float:
     pngs = [w.png(first + i) for i in range(n)]
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         upload(client, w, first, pngs[0])  # a fresh connection, not timed
         return statistics.median(upload(client, w, first + i, pngs[i]) for i in range(1, n))
 
 
-def measure_held(base: str, api_pid: int, ids: list[uuid.UUID], w: Workload) -> dict[str, float]:
+def measure_held(base: str, headers: dict[str, str], api_pid: int, ids: list[uuid.UUID],
+                 w: Workload) -> dict[str, float]:
     """Submit p50 alone and with each count of held polls; and the API's CPU while
     it only holds them (what the held polls cost when nothing else happens)."""
     print(f"bench: submit p50 alone and with {w.held_polls} held polls",
           file=sys.stderr, flush=True)
-    out = {"submit_p50_ms_alone": 1000 * submit_p50(base, w, w.submits, 70_000)}
-    holders = Holders(base, ids)
+    out = {"submit_p50_ms_alone": 1000 * submit_p50(base, headers, w, w.submits, 70_000)}
+    holders = Holders(base, headers, ids)
     try:
         for n in w.held_polls:
             holders.grow(n)
@@ -176,7 +178,7 @@ def measure_held(base: str, api_pid: int, ids: list[uuid.UUID], w: Workload) -> 
             time.sleep(2)
             out[f"api_cpu_pct_{n}_held"] = 100 * (cpu_seconds(api_pid) - before) / (
                 time.perf_counter() - start)
-            out[f"submit_p50_ms_{n}_held"] = 1000 * submit_p50(base, w, w.submits,
+            out[f"submit_p50_ms_{n}_held"] = 1000 * submit_p50(base, headers, w, w.submits,
                                                                70_000 + 1000 * n)
             if holders.errors:
                 raise RuntimeError(f"{len(holders.errors)} held polls failed: "

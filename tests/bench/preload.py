@@ -34,9 +34,11 @@ class DrainResult:
     finished: float  # last result, epoch seconds
 
 
-def preload(settings: Settings, n: int, image: Callable[[int], bytes], prompt: Callable[[int], str],
-            params: dict[str, object], enqueue: bool = True) -> list[uuid.UUID]:
-    """Stores n images, inserts n queued rows in one statement, sends n messages.
+def preload(settings: Settings, tenant: str, n: int, image: Callable[[int], bytes],
+            prompt: Callable[[int], str], params: dict[str, object],
+            enqueue: bool = True) -> list[uuid.UUID]:
+    """Stores n images, inserts n queued rows of `tenant` (which must exist) in one
+    statement, sends n messages.
 
     Without `enqueue` the rows wait unannounced, for arms that release them later.
     """
@@ -51,10 +53,11 @@ def preload(settings: Settings, n: int, image: Callable[[int], bytes], prompt: C
         job_id = uuid.uuid4()
         store.put(f"images/{job_id}", data, info.content_type)
         rows.append(dict(
-            id=job_id, status=JobStatus.queued, model=settings.model, prompt=prompt(i),
-            params=params, image_key=f"images/{job_id}", image_sha256=info.sha256,
-            image_bytes=info.size, image_format=info.format, image_width=info.width,
-            image_height=info.height, attempts=0, priority=5, runnable_at=utcnow(),
+            id=job_id, tenant_id=tenant, status=JobStatus.queued, model=settings.model,
+            prompt=prompt(i), params=params, image_key=f"images/{job_id}",
+            image_sha256=info.sha256, image_bytes=info.size, image_format=info.format,
+            image_width=info.width, image_height=info.height, attempts=0, priority=5,
+            runnable_at=utcnow(),
         ))
     engine = make_engine(settings)
     try:

@@ -18,11 +18,23 @@ import redis
 from shared.migrate import upgrade_head
 from shared.settings import Settings
 from tests.bench.workload import Workload
-from tests.services import REDIS_URL, Service, fresh_database, moto_server, start_api, start_worker
+from tests.services import (
+    REDIS_URL,
+    Service,
+    bearer,
+    create_api_key,
+    fresh_database,
+    moto_server,
+    start_api,
+    start_worker,
+)
 
 # Jobs of this model wait in Postgres and no worker serves it: the API-only arms hold
 # polls on them, and the long-poll arm hands them to a worker when it chooses.
 PARKED_MODEL = "parked"
+# Every job of a bench run, through the API or preloaded, belongs to this tenant, so the
+# stack's key can read the preloaded ones too.
+TENANT = "bench"
 
 
 @dataclass
@@ -30,7 +42,12 @@ class Stack:
     env: dict[str, str]
     settings: Settings
     log_dir: Path
+    api_key: str  # of TENANT
     services: list[Service] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.api_key)
 
     def start_api(self) -> tuple[Service, str]:
         api, base = start_api(self.env, self.log_dir)
@@ -86,6 +103,9 @@ def stack(w: Workload, log_dir: Path, store: str = "file") -> Iterator[Stack]:
             VLMQ_QUEUE_PREFIX=f"vlmqbench{tag}",
             HF_HUB_OFFLINE="1",
             VLLM_CPU_KVCACHE_SPACE=w.worker_env()["VLMQ_CPU_KVCACHE_GIB"],
+            # The bench measures throughput, not the per-tenant limits: 0 turns them off.
+            VLMQ_TENANT_SUBMITS_PER_SECOND="0",
+            VLMQ_TENANT_MAX_ACTIVE_JOBS="0",
         )
         if store == "s3":
             s3 = cleanup.enter_context(moto_server(log_dir))
@@ -96,8 +116,9 @@ def stack(w: Workload, log_dir: Path, store: str = "file") -> Iterator[Stack]:
             env.update(VLMQ_STORE_URL=f"file://{folder}")
         settings = settings_from_env(env)
         upgrade_head(settings)
+        api_key = create_api_key(settings.database_url, tenant=TENANT)
         cleanup.callback(purge_queues, settings.queue_prefix)
-        st = Stack(env, settings, log_dir)
+        st = Stack(env, settings, log_dir, api_key)
         try:
             yield st
         finally:

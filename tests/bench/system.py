@@ -79,12 +79,13 @@ class Watcher:
 
 
 @contextmanager
-def running_system(w: Workload, log_dir: Path) -> Iterator[tuple[str, Settings]]:
+def running_system(w: Workload,
+                   log_dir: Path) -> Iterator[tuple[str, dict[str, str], Settings]]:
     with stack(w, log_dir, store="s3") as st:
         print("bench: starting api and vLLM worker", file=sys.stderr, flush=True)
         _, base = st.start_api()
         st.start_worker("vllm")
-        yield base, st.settings
+        yield base, st.headers, st.settings
 
 
 def submit(client: httpx.Client, w: Workload, i: int) -> tuple[uuid.UUID, float, float]:
@@ -98,14 +99,15 @@ def submit(client: httpx.Client, w: Workload, i: int) -> tuple[uuid.UUID, float,
     return uuid.UUID(resp.json()["id"]), start, time.time() - start
 
 
-def run_level(base: str, settings: Settings, watcher: Watcher, w: Workload, concurrency: int,
-              jobs: int, first: int, burst: bool = False) -> Level:
+def run_level(base: str, headers: dict[str, str], settings: Settings, watcher: Watcher,
+              w: Workload, concurrency: int, jobs: int, first: int,
+              burst: bool = False) -> Level:
     indices = iter(range(first, first + jobs))
     lock = threading.Lock()
     submitted: list[tuple[uuid.UUID, float, float]] = []
 
     def client_loop() -> None:
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             while True:
                 with lock:
                     i = next(indices, None)
@@ -155,10 +157,10 @@ def summarize(settings: Settings, concurrency: int, t0: float,
 
 def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level, dict[str, float]]:
     """Closed-loop levels, then the burst of every job at once (the headline figure)."""
-    with running_system(w, log_dir) as (base, settings):
+    with running_system(w, log_dir) as (base, headers, settings):
         watcher = Watcher(settings)
         try:
-            run_level(base, settings, watcher, w, 4, 16, first=90_000)  # warm-up
+            run_level(base, headers, settings, watcher, w, 4, 16, first=90_000)  # warm-up
             plan = [(1, w.light_jobs), (4, 32), (16, 64), (w.max_batch_size, 2 * w.max_batch_size)]
             # BENCH_JOBS below the default shrinks every level too, for quick trial runs.
             plan = [(min(c, n, w.jobs), min(n, w.jobs)) for c, n in plan]
@@ -166,13 +168,15 @@ def measure(w: Workload, log_dir: Path) -> tuple[list[Level], Level, dict[str, f
             for concurrency, jobs in plan:
                 print(f"bench: system, {concurrency} concurrent clients, {jobs} jobs",
                       file=sys.stderr, flush=True)
-                levels.append(run_level(base, settings, watcher, w, concurrency, jobs, first))
+                levels.append(run_level(base, headers, settings, watcher, w, concurrency, jobs,
+                                        first))
                 print(f"bench:   {levels[-1].images_per_s:.1f} images/s, p50 "
                       f"{levels[-1].latency_p50_s:.3f} s", file=sys.stderr, flush=True)
                 first += jobs
             print(f"bench: system, burst of {w.jobs} jobs", file=sys.stderr, flush=True)
             cpu_before = cpu_profile.snapshot()
-            burst = run_level(base, settings, watcher, w, 16, w.jobs, first, burst=True)
+            burst = run_level(base, headers, settings, watcher, w, 16, w.jobs, first,
+                              burst=True)
             cpu = cpu_profile.delta(cpu_before, cpu_profile.snapshot())
             burst.concurrency = w.jobs  # every job outstanding at once
             return levels, burst, cpu
