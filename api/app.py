@@ -13,6 +13,7 @@ from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
+from api.image_budget import release_freed_pixels
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import install_openapi
 from shared.settings import Settings
@@ -26,6 +27,7 @@ _BODY_OVERHEAD = 256 * 1024
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ApiMetrics()
+    release_freed_pixels()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

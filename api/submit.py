@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
 from api.errors import unreachable
-from api.image_budget import decoded_bytes
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import workers_repo
 from shared.errors import Conflict, InvalidInput, Unavailable
@@ -64,14 +63,14 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     model = _check_model(deps, sub.model or settings.model)
     params = _resolve_params(sub.params, settings.default_max_tokens, settings.max_tokens_limit)
     _check_webhook(settings, sub.webhook)
-    with deps.image_memory.reserve(decoded_bytes(sub.image)):
-        info = inspect_image(
-            sub.image,
-            max_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_image_pixels,
-            max_side=settings.max_image_side,
-            allowed_formats=settings.allowed_formats,
-        )
+    info = inspect_image(
+        sub.image,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+        allowed_formats=settings.allowed_formats,
+        reserve=deps.image_memory.reserve,
+    )
     fingerprint = None
     if sub.idempotency_key is not None:
         fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)

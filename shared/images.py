@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,37 +52,24 @@ class ImageInfo:
 
 
 def inspect_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int, allowed_formats: list[str]
+    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int, allowed_formats: list[str],
+    reserve: Callable[[int], AbstractContextManager[object]] = lambda nbytes: nullcontext(),
 ) -> ImageInfo:
-    """Decode `data` fully, or raise an InvalidInput whose code says what is wrong."""
-    if not data:
-        raise InvalidInput("the image is empty (0 bytes)", code="empty_image")
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the image is {len(data)} bytes; the limit is {max_bytes}", code="image_too_large"
-        )
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise InvalidInput(
-            "the file is not an image Pillow can identify; send JPEG, PNG, WEBP, GIF, BMP or TIFF",
-            code="invalid_image",
-        ) from exc
-    except Exception as exc:
-        # A plugin recognised the signature, then choked on the header. Pillow's plugins
-        # raise OSError, ValueError, SyntaxError, struct.error, ... for this; all are bad input.
-        raise _corrupt("image", exc) from exc
-    fmt = (img.format or "").upper()
-    if fmt not in allowed_formats:
-        raise UnsupportedMediaType(
-            f"image format {fmt or 'unknown'} is not accepted; allowed: {', '.join(allowed_formats)}"
-        )
-    width, height = img.size
-    check_dimensions(width, height, max_pixels=max_pixels, max_side=max_side)
-    try:
-        img.load()
-    except Exception as exc:
-        raise _corrupt(fmt, exc) from exc
+    """Decode `data` fully, or raise an InvalidInput whose code says what is wrong.
+
+    The decode runs inside `reserve(bytes the decoded pixels take)`, so a caller can bound
+    the memory that concurrent inspections use.
+    """
+    fmt, (width, height), mode = _check_header(
+        data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
+        allowed_formats=allowed_formats,
+    )
+    with reserve(decoded_bytes(width, height, mode)):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except Exception as exc:
+            raise _corrupt(fmt, exc) from exc
     return ImageInfo(
         format=fmt,
         width=width,
@@ -88,6 +77,13 @@ def inspect_image(
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
     )
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """What Pillow allocates for these pixels: one byte each in modes 1, L and P, two in
+    16-bit integer modes, four in the rest (RGB too, padded to four channels)."""
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * per_pixel
 
 
 def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -167,3 +163,71 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def decode_stored_image(
+    data: bytes,
+    *,
+    sha256: str,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int,
+    allowed_formats: list[str],
+    prepare_max_pixels: int,
+) -> Image.Image:
+    """The worker's decode of an uploaded image read back from the store, fully loaded.
+
+    The API checked these bytes before storing them, but the store is not ours to trust:
+    an object can be overwritten or damaged after upload, and the decoder is where a pixel
+    bomb goes off. So the bytes must be the ones the API hashed, and the upload limits are
+    applied again, from the header, before any pixel is decoded. Pillow's own guard is off
+    (see MAX_IMAGE_PIXELS above), and setting it per call would race between threads.
+    Raises InvalidInput with the API's codes, plus `image_corrupted` for a hash mismatch.
+    """
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InvalidInput(
+            "the stored image does not match the image uploaded with this job (it was "
+            "changed or damaged in storage after upload); submit the job again",
+            code="image_corrupted",
+        )
+    _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
+                  allowed_formats=allowed_formats)
+    try:
+        img = prepare_image(data, prepare_max_pixels)
+        # Decode here rather than at first use, which would be on the engine's thread.
+        img.load()
+    except Exception as exc:
+        raise _corrupt("image", exc) from exc
+    return img
+
+
+def _check_header(
+    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int, allowed_formats: list[str]
+) -> tuple[str, tuple[int, int], str]:
+    """The checks that need no pixels, with their codes; the format, size and mode."""
+    if not data:
+        raise InvalidInput("the image is empty (0 bytes)", code="empty_image")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"the image is {len(data)} bytes; the limit is {max_bytes}", code="image_too_large"
+        )
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            "the file is not an image Pillow can identify; send JPEG, PNG, WEBP, GIF, BMP or TIFF",
+            code="invalid_image",
+        ) from exc
+    except Exception as exc:
+        # A plugin recognised the signature, then choked on the header. Pillow's plugins
+        # raise OSError, ValueError, SyntaxError, struct.error, ... for this; all are bad input.
+        raise _corrupt("image", exc) from exc
+    with img:
+        fmt = (img.format or "").upper()
+        if fmt not in allowed_formats:
+            raise UnsupportedMediaType(
+                f"image format {fmt or 'unknown'} is not accepted; "
+                f"allowed: {', '.join(allowed_formats)}"
+            )
+        check_dimensions(*img.size, max_pixels=max_pixels, max_side=max_side)
+        return fmt, img.size, img.mode

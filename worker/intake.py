@@ -2,9 +2,11 @@
 
 One thread claims: when the worker has room it takes the waiting wake-up messages and
 claims up to that many queued jobs of its model from Postgres in one statement, in
-priority order. Preparing (fetch from the store, decode, resize) runs on a small thread
-pool, and each prepared request goes to the micro-batcher with a callback that hands its
-outcome to the recorder, so no thread waits on a job.
+priority order. Preparing (fetch from the store, check the bytes against the upload's
+hash and limits, decode, resize) runs on a small thread pool, and each prepared request
+goes to the micro-batcher with a callback that hands its outcome to the recorder, so no
+thread waits on a job. An image that fails its checks fails its job alone, before the
+engine sees it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from shared.images import prepare_image
+from PIL import Image
+
+from shared.errors import InvalidInput
+from shared.images import decode_stored_image
 from shared.jobs import repo as jobs_repo
 from shared.jobs.lifecycle import Failed, Result, Succeeded
 from shared.jobs.repo import ClaimedJob
@@ -95,19 +100,8 @@ class Intake:
         return claimed
 
     def _prepare_and_submit(self, job: ClaimedJob) -> None:
-        try:
-            data = self.ctx.store.get(job.image_key)
-        except Exception as exc:
-            log.warning("job %s: fetching image %s failed", job.id, job.image_key, exc_info=True)
-            self.recorder.put(Failed(job.id, job.attempt, "storage_error",
-                                     f"could not fetch the image: {exc}", transient=True))
-            return
-        try:
-            image = prepare_image(data, self.settings.worker_max_pixels)
-        except Exception as exc:
-            log.warning("job %s: image %s unusable: %s", job.id, job.image_key, exc)
-            self.recorder.put(Failed(job.id, job.attempt, "image_unreadable",
-                                     f"could not read the stored image: {exc}", transient=False))
+        image = self._prepared_image(job)
+        if image is None:
             return
         solo = job.engine_failures >= SOLO_AFTER_ENGINE_FAILURES
         if solo:
@@ -122,6 +116,36 @@ class Intake:
         )
         future = self.ctx.engine.submit(request)
         future.add_done_callback(lambda done: self.recorder.put(self._outcome(job, done, solo)))
+
+    def _prepared_image(self, job: ClaimedJob) -> Image.Image | None:
+        """The job's image ready for the engine, or None with the job's failure recorded.
+
+        Only the fetch is worth retrying: bytes that fail the checks stay what they are.
+        """
+        try:
+            data = self.ctx.store.get(job.image_key)
+        except Exception as exc:
+            log.warning("job %s: fetching image %s failed", job.id, job.image_key, exc_info=True)
+            self.recorder.put(Failed(job.id, job.attempt, "storage_error",
+                                     f"could not fetch the image: {exc}", transient=True))
+            return None
+        s = self.settings
+        try:
+            return decode_stored_image(
+                data, sha256=job.image_sha256, max_bytes=s.max_upload_bytes,
+                max_pixels=s.max_image_pixels, max_side=s.max_image_side,
+                allowed_formats=s.allowed_formats, prepare_max_pixels=s.worker_max_pixels,
+            )
+        except InvalidInput as exc:
+            log.warning("job %s: stored image %s refused (%s): %s", job.id, job.image_key,
+                        exc.code, exc.message)
+            self.recorder.put(Failed(job.id, job.attempt, exc.code, exc.message,
+                                     transient=False))
+        except Exception as exc:
+            log.warning("job %s: image %s unusable", job.id, job.image_key, exc_info=True)
+            self.recorder.put(Failed(job.id, job.attempt, "image_unreadable",
+                                     f"could not read the stored image: {exc}", transient=False))
+        return None
 
     def _outcome(self, job: ClaimedJob, done: Future[GenerationOutput],
                  solo: bool) -> Succeeded | Failed | Dropped:

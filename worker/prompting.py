@@ -2,21 +2,89 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from worker.engines.base import RequestRejected
 
+# Inserted after the first character of a special-token string found in user text. It is
+# invisible, it is part of no special token, and tokenizers that split added tokens out of
+# text before byte-level BPE (every Hugging Face tokenizer, so vLLM too) then see ordinary
+# characters: the model reads what the user wrote, but as text, not as a control token.
+TOKEN_BREAK = "\u200b"
+
+
+class SpecialTokenGuard:
+    """Keeps user text from forging the chat template's control tokens.
+
+    Tokenizers turn any special-token string in their input into that token, wherever it
+    came from. Templated as is, a prompt containing "<|im_end|>\\n<|im_start|>system\\n..."
+    would close the user's turn and open a system turn of the user's making, and an extra
+    "<|image_pad|>" would claim image features the job does not have. Breaking those
+    strings in the user's text, before it is templated, leaves the template's own tokens as
+    the only control tokens in the rendered prompt.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        # A one-character token cannot be broken by an insertion; a token containing the
+        # break itself could be formed by one, and the loop in __call__ would not end.
+        breakable = sorted({t for t in tokens if len(t) > 1 and TOKEN_BREAK not in t},
+                           key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, breakable))) if breakable else None
+
+    @classmethod
+    def of(cls, processor_or_tokenizer: Any) -> SpecialTokenGuard:
+        return cls(special_tokens(getattr(processor_or_tokenizer, "tokenizer",
+                                          processor_or_tokenizer)))
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        # One pass breaks every match it finds; a token overlapping a match it broke
+        # (possible when one token's end is another's start) is found by the next pass.
+        # Breaking never forms a new token, so the passes end.
+        while self._pattern.search(text):
+            text = self._pattern.sub(_break, text)
+        return text
+
+
+def special_tokens(tokenizer: Any) -> set[str]:
+    """Every string the tokenizer turns into a special token: the named ones (bos, eos,
+    pad, ...) and the added tokens marked special (Qwen2-VL's turn and vision markers)."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tokens.update(str(t.content) for t in added.values() if getattr(t, "special", False))
+    return {t for t in tokens if t}
+
+
+def _break(match: re.Match[str]) -> str:
+    token = match.group(0)
+    return token[0] + TOKEN_BREAK + token[1:]
+
+
+class ChatPrompt:
+    """The model's chat template with the user's text guarded; built once per engine."""
+
+    def __init__(self, processor_or_tokenizer: Any) -> None:
+        self.template_owner = processor_or_tokenizer
+        self.guard = SpecialTokenGuard.of(processor_or_tokenizer)
+
+    def render(self, prompt: str) -> str:
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": self.guard(prompt)}],
+            }
+        ]
+        return self.template_owner.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
 
 def render_chat_prompt(processor_or_tokenizer: Any, prompt: str) -> str:
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": prompt}],
-        }
-    ]
-    return processor_or_tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True
-    )
+    """One-off rendering; engines keep a ChatPrompt so the guard is built once."""
+    return ChatPrompt(processor_or_tokenizer).render(prompt)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

@@ -6,7 +6,8 @@ micro-batcher, result writes, webhooks) runs exactly as with vLLM.
 
 Token counts are plausible rather than exact: the prompt is counted at about four
 characters a token plus Qwen2-VL's one token per 28x28 patch of the image, and the reply
-is as many tokens as its words, capped at the job's `max_tokens`.
+is as many tokens as its words, capped at the job's `max_tokens`. Nothing is templated or
+tokenized, so the special-token guard of worker/prompting.py has nothing to guard here.
 
 With `VLMQ_ECHO_FAULTS=true` it also plays the failures a real engine has, for drills and
 tests of the recovery paths: a prompt containing `[echo:crash]` makes the engine step

@@ -19,7 +19,7 @@ from worker.engines.base import (
     StepResult,
     unprocessable,
 )
-from worker.prompting import check_prompt_fits, cut_at_stop, render_chat_prompt
+from worker.prompting import ChatPrompt, check_prompt_fits, cut_at_stop
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.processor.tokenizer.padding_side = "left"
+        self.chat = ChatPrompt(self.processor)
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len
@@ -46,7 +47,7 @@ class TransformersBackend:
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
         rejected: list[StepResult] = []
         for request in requests:
-            text = render_chat_prompt(self.processor, request.prompt)
+            text = self.chat.render(request.prompt)
             try:
                 n_tokens = self._count_prompt_tokens(text, request)
                 check_prompt_fits(n_tokens, self.max_model_len)

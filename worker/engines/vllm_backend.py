@@ -19,7 +19,7 @@ from worker.engines.base import (
     StepResult,
     unprocessable,
 )
-from worker.prompting import render_chat_prompt
+from worker.prompting import ChatPrompt
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class VllmBackend:
     def __init__(self, engine: Any, *, ignore_eos: bool = False) -> None:
         self.engine = engine
         self.tokenizer = engine.get_tokenizer()
+        self.chat = ChatPrompt(self.tokenizer)
         self.ignore_eos = ignore_eos
         self._closed = threading.Event()
         threading.Thread(target=self._watch_engine_core, name="engine-watch", daemon=True).start()
@@ -70,7 +71,7 @@ class VllmBackend:
                 self.engine.add_request(
                     request.request_id,
                     {
-                        "prompt": render_chat_prompt(self.tokenizer, request.prompt),
+                        "prompt": self.chat.render(request.prompt),
                         "multi_modal_data": {"image": request.image},
                     },
                     self._sampling_params(request.params),
