@@ -8,8 +8,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import routes_deliveries, routes_health, routes_jobs, routes_models
+from api import (
+    routes_batches,
+    routes_chat,
+    routes_deliveries,
+    routes_files,
+    routes_health,
+    routes_jobs,
+    routes_models,
+)
 from api.auth import authenticate
+from api.batch_runner import BatchRunner
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
@@ -36,9 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "API acts as an admin of tenant 'default'; for local development only")
         deps = app.state.deps = ApiDeps.build(settings, metrics)
         await deps.start()
+        runner = BatchRunner(deps)
+        runner.start()
         try:
             yield
         finally:
+            runner.stop()
             await deps.close()
 
     app = FastAPI(
@@ -50,13 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(routes_health.router)
-    for router in (routes_jobs.router, routes_models.router, routes_deliveries.router):
+    for router in (routes_jobs.router, routes_models.router, routes_deliveries.router,
+                   routes_files.router, routes_batches.router, routes_chat.router):
         # At the router, so no /v1 route can be added without a key check.
         app.include_router(router, responses={**UNAUTHENTICATED, **OUTAGE},
                            dependencies=[Depends(authenticate)])
     # base64 in JSON inflates the image by 4/3.
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD
+        BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD,
+        larger={"/v1/files": settings.max_file_bytes + _BODY_OVERHEAD},
     )
     # Outermost, so a body refused by the limit above is counted too.
     app.add_middleware(RequestMetrics, metrics=metrics)

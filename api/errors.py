@@ -56,6 +56,8 @@ _DESCRIPTIONS = {
     415: "not multipart/JSON, or an image format not accepted",
     422: "a field out of range",
     429: "over the tenant's submission rate or active-jobs quota; nothing was stored",
+    500: "the job failed here, not because of the request (engine, storage); retry",
+    504: "the job did not end in time; it goes on, and `Location` names it for polling",
     503: "a dependency (database, broker, store) is unreachable; retry after `Retry-After`",
 }
 _RETRY_AFTER = {"description": "seconds to wait", "schema": {"type": "integer"}}

@@ -31,6 +31,15 @@ class ApiMetrics:
             ["tenant", "reason"], registry=self.registry,
         )
 
+        self.batch_lines = Counter(
+            "vlmq_batch_lines_expanded", "Batch lines turned into jobs, by tenant",
+            ["tenant"], registry=self.registry,
+        )
+        self.batches = Counter(
+            "vlmq_batches_finished", "Batches that reached a final status, by status",
+            ["status"], registry=self.registry,
+        )
+
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
 

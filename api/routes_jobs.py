@@ -29,7 +29,7 @@ from api.schemas import (
     JobOut,
     WebhookOptions,
 )
-from api.submit import Submission, submit_job
+from api.submit import Accepted, Submission, submit_job
 from shared.errors import InvalidInput, NotFound, RateLimited, UnsupportedMediaType
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
@@ -56,13 +56,7 @@ async def create_job(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> Response:
-    # Before the body is read: a refused submission costs no upload work.
-    if deps.limits.apply_to(auth):
-        try:
-            await run_in_threadpool(deps.limits.admit, auth)
-        except RateLimited as exc:
-            deps.metrics.refused.labels(auth.principal.tenant_id, exc.code).inc()
-            raise
+    await admit(deps, auth)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         sub = await _from_multipart(request)
@@ -73,12 +67,9 @@ async def create_job(
             "send multipart/form-data (image file + prompt) or application/json",
             code="unsupported_media_type",
         )
-    sub = replace(sub, idempotency_key=_idempotency_key(request),
+    sub = replace(sub, idempotency_key=idempotency_key(request),
                   tenant_id=auth.principal.tenant_id)
-    accepted = await run_in_threadpool(submit_job, deps, sub)
-    if not accepted.replayed:
-        deps.limits.accepted(sub.tenant_id)
-        deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
+    accepted = await accept(deps, sub)
     headers = {"Location": f"/v1/jobs/{accepted.job.id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -101,7 +92,12 @@ async def read_job(
     ] = 0,
 ) -> JobOut:
     wait = min(wait, deps.settings.long_poll_max_seconds)
-    tenant = auth.principal.tenant_filter()
+    return await wait_for_end(deps, job_id, auth.principal.tenant_filter(), wait)
+
+
+async def wait_for_end(deps: ApiDeps, job_id: uuid.UUID, tenant: str | None,
+                       wait: float) -> JobOut:
+    """The job once it ends, or as it stands after `wait` seconds."""
     if wait <= 0:
         return await run_in_threadpool(_read, deps, job_id, tenant, True)
     deadline = time.monotonic() + wait
@@ -145,7 +141,26 @@ def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: boo
         return out
 
 
-def _idempotency_key(request: Request) -> str | None:
+async def admit(deps: ApiDeps, auth: Authenticated) -> None:
+    """The tenant's rate and quota, checked before the body is read: a refused submission
+    costs no upload work."""
+    if deps.limits.apply_to(auth):
+        try:
+            await run_in_threadpool(deps.limits.admit, auth)
+        except RateLimited as exc:
+            deps.metrics.refused.labels(auth.principal.tenant_id, exc.code).inc()
+            raise
+
+
+async def accept(deps: ApiDeps, sub: Submission) -> Accepted:
+    accepted = await run_in_threadpool(submit_job, deps, sub)
+    if not accepted.replayed:
+        deps.limits.accepted(sub.tenant_id)
+        deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
+    return accepted
+
+
+def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
@@ -167,15 +182,18 @@ def list_jobs(
     tenant: Annotated[str | None, Query(
         description="admin keys only: one tenant's jobs (default: every tenant's)"
     )] = None,
+    batch_id: Annotated[str | None, Query(
+        max_length=40, description="only the lines of this batch"
+    )] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobList:
-    if any(v is not None and "\x00" in v for v in (model, tenant)):
+    if any(v is not None and "\x00" in v for v in (model, tenant, batch_id)):
         return JobList(data=[], next_cursor=None)  # Postgres text cannot hold NUL
     with deps.reads() as session:
         page = jobs_repo.list_jobs(
             session, status=status, model=model, tenant_id=auth.principal.tenant_filter(tenant),
-            limit=limit, cursor=cursor,
+            batch_id=batch_id, limit=limit, cursor=cursor,
         )
     return JobList(data=[JobOut.from_row(j) for j in page.jobs], next_cursor=page.next_cursor)
 

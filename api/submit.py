@@ -24,7 +24,9 @@ from api.deps import ApiDeps
 from api.errors import unreachable
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import workers_repo
+from shared.chat import decode_data_url
 from shared.errors import Conflict, InvalidInput, Unavailable
+from shared.image_refs import check_image_url
 from shared.images import ImageInfo, inspect_image
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
@@ -41,7 +43,7 @@ _INSERT_JOB = insert(Job)
 
 @dataclass(frozen=True)
 class Submission:
-    image: bytes
+    image: bytes | None  # an upload; or None with image_url set
     prompt: str | None
     model: str | None
     params: GenerationParams
@@ -49,6 +51,21 @@ class Submission:
     webhook: WebhookOptions = field(default_factory=WebhookOptions)
     idempotency_key: str | None = None
     tenant_id: str = DEFAULT_TENANT
+    # data: (decoded and stored like an upload), https:// or s3:// (fetched by the worker)
+    image_url: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image that passed the upload checks (data + info), or a reference (url)."""
+
+    data: bytes | None = None
+    info: ImageInfo | None = None
+    url: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.info.sha256 if self.info is not None else self.url or ""
 
 
 @dataclass(frozen=True)
@@ -59,27 +76,17 @@ class Accepted:
 
 def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     settings = deps.settings
-    prompt = _check_prompt(sub.prompt, settings.max_prompt_chars)
-    model = _check_model(deps, sub.model or settings.model)
-    params = _resolve_params(sub.params, settings.default_max_tokens, settings.max_tokens_limit)
+    prompt, model, params = check_fields(deps, sub.prompt, sub.model, sub.params)
     _check_webhook(settings, sub.webhook)
-    info = inspect_image(
-        sub.image,
-        max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_image_pixels,
-        max_side=settings.max_image_side,
-        allowed_formats=settings.allowed_formats,
-        reserve=deps.image_memory.reserve,
-    )
+    image = check_image(deps, sub.image, sub.image_url)
     fingerprint = None
     if sub.idempotency_key is not None:
-        fingerprint = _fingerprint(info, prompt, model, params, sub.options, sub.webhook)
+        fingerprint = _fingerprint(image, prompt, model, params, sub.options, sub.webhook)
         earlier = _replay(deps, sub.tenant_id, sub.idempotency_key, fingerprint)
         if earlier is not None:
             return Accepted(earlier, replayed=True)
     job_id = uuid.uuid4()
-    key = f"images/{job_id}"
-    _store_image(deps, key, sub.image, info)
+    columns = store_image(deps, job_id, image)
     now = utcnow()
     row: dict[str, Any] = dict(
         id=job_id,
@@ -88,12 +95,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         model=model,
         prompt=prompt,
         params=params,
-        image_key=key,
-        image_sha256=info.sha256,
-        image_bytes=info.size,
-        image_format=info.format,
-        image_width=info.width,
-        image_height=info.height,
+        **columns,
         attempts=0,
         engine_failures=0,
         priority=sub.options.priority,
@@ -120,15 +122,59 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     return Accepted(Job(**row), replayed=False)
 
 
+def check_fields(
+    deps: ApiDeps, prompt: str | None, model: str | None, params: GenerationParams
+) -> tuple[str, str, dict[str, object]]:
+    """The prompt, model and resolved generation parameters, or InvalidInput."""
+    settings = deps.settings
+    return (
+        _check_prompt(prompt, settings.max_prompt_chars),
+        _check_model(deps, model or settings.model),
+        _resolve_params(params, settings.default_max_tokens, settings.max_tokens_limit),
+    )
+
+
+def check_image(deps: ApiDeps, data: bytes | None, url: str | None) -> CheckedImage:
+    """Upload checks for bytes and data: URLs; the static checks for a reference."""
+    settings = deps.settings
+    if url is not None and not url.startswith("data:"):
+        check_image_url(url, settings)
+        return CheckedImage(url=url)
+    if url is not None:
+        data = decode_data_url(url)
+    if data is None:
+        raise InvalidInput("an image is required", code="missing_image")
+    info = inspect_image(
+        data,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+        allowed_formats=settings.allowed_formats,
+        reserve=deps.image_memory.reserve,
+    )
+    return CheckedImage(data=data, info=info)
+
+
+def store_image(deps: ApiDeps, job_id: uuid.UUID, image: CheckedImage) -> dict[str, Any]:
+    """Puts an uploaded image in the store; the job columns that describe the image."""
+    if image.info is None or image.data is None:
+        return {"image_url": image.url}
+    key = f"images/{job_id}"
+    _store_image(deps, key, image.data, image.info)
+    info = image.info
+    return dict(image_key=key, image_sha256=info.sha256, image_bytes=info.size,
+                image_format=info.format, image_width=info.width, image_height=info.height)
+
+
 def _fingerprint(
-    info: ImageInfo,
+    image: CheckedImage,
     prompt: str,
     model: str,
     params: dict[str, object],
     options: JobOptions,
     webhook: WebhookOptions,
 ) -> str:
-    body = {"image": info.sha256, "prompt": prompt, "model": model, "params": params,
+    body = {"image": image.identity, "prompt": prompt, "model": model, "params": params,
             "options": options.model_dump(), "webhook": webhook.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

@@ -190,6 +190,27 @@ def decode_stored_image(
             "changed or damaged in storage after upload); submit the job again",
             code="image_corrupted",
         )
+    return decode_fetched_image(
+        data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
+        allowed_formats=allowed_formats, prepare_max_pixels=prepare_max_pixels,
+    )
+
+
+def decode_fetched_image(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int,
+    allowed_formats: list[str],
+    prepare_max_pixels: int,
+) -> Image.Image:
+    """The worker's decode of an image fetched by reference (or read back and verified).
+
+    A referenced image never went through the API's checks, so this is where the upload
+    limits first apply to it: from the header, before any pixel is decoded. There is no
+    hash to compare. Raises InvalidInput with the API's codes.
+    """
     _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
                   allowed_formats=allowed_formats)
     try:

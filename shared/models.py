@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -77,6 +78,68 @@ class ApiKey(Base):
     __table_args__ = (Index("ix_api_keys_tenant", "tenant_id"),)
 
 
+class StoredFile(Base):
+    """A file uploaded with POST /v1/files (batch input) or written by vlmq (batch output)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    filename: Mapped[str] = mapped_column(String(512), nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    object_key: Mapped[str] = mapped_column(String(300), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+
+
+class Batch(Base):
+    """An OpenAI-format batch: each line of its input file becomes one job."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False)
+    input_file_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    completion_window: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    model: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    # Lines turned into jobs so far: an interrupted expansion resumes from here.
+    lines_expanded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Held by the process expanding or finalizing the batch; lapsed means it died.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_batches_status", "status"),
+    )
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -93,12 +156,22 @@ class Job(Base):
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
 
-    image_key: Mapped[str] = mapped_column(String(300), nullable=False)
-    image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
-    image_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
-    image_format: Mapped[str] = mapped_column(String(16), nullable=False)
-    image_width: Mapped[int] = mapped_column(Integer, nullable=False)
-    image_height: Mapped[int] = mapped_column(Integer, nullable=False)
+    # An uploaded image is in our store under image_key, checked and described below. An
+    # image given by reference (https:// or s3://) is only image_url until a worker fetches it.
+    image_key: Mapped[str | None] = mapped_column(String(300))
+    image_url: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_bytes: Mapped[int | None] = mapped_column(Integer)
+    image_format: Mapped[str | None] = mapped_column(String(16))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+
+    # A line of a batch: which batch, its line number (0-based) and the client's custom_id.
+    batch_id: Mapped[str | None] = mapped_column(
+        String(40), ForeignKey("batches.id", name="fk_jobs_batch_id_batches", ondelete="CASCADE")
+    )
+    batch_line: Mapped[int | None] = mapped_column(Integer)
+    custom_id: Mapped[str | None] = mapped_column(String(512))
 
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # 0 runs first, 9 last; honoured by the broker and by vLLM's scheduler.
@@ -152,6 +225,9 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"), sqlite_where=text("status = 'queued'"),
         ),
         Index("ix_jobs_status_expires", "status", "expires_at"),
+        # A line becomes one job however often its expansion is retried.
+        UniqueConstraint("batch_id", "batch_line", name="uq_jobs_batch_line"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),
     )
 
 

@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     # Preprocessing bound applied by the worker before inference.
     worker_max_pixels: int = 1024 * 1024
 
+    # Images given by reference (image_url) are fetched by the worker that runs the job,
+    # then checked like uploads. s3:// references are read with the store's S3 settings and
+    # may name the store's own bucket (outside its prefix, which holds the server's own
+    # objects) or one of these; any other bucket is refused, as the server's credentials may
+    # reach buckets that clients must not read through it.
+    image_fetch_allowed_buckets: list[str] = []
+    # The whole fetch, connect to last byte, redirects included; a timeout is retried.
+    image_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
+    # Local development only, as for webhooks: plain http, and networks (CIDR) exempt from
+    # the refusal of private, loopback and link-local addresses.
+    image_fetch_allow_http: bool = False
+    image_fetch_allowed_networks: list[str] = []
+
     # Job lifecycle: a queued job older than this expires instead of running (unset = never);
     # jobs may ask for their own `max_queue_seconds`. Long polls wait at most long_poll_max_seconds.
     max_queue_seconds: int | None = None
@@ -95,6 +108,19 @@ class Settings(BaseSettings):
     # window shared by every API process (in Redis; per process with the filesystem broker).
     tenant_max_active_jobs: int = Field(default=10_000, ge=0)
     tenant_submits_per_second: float = Field(default=100.0, ge=0)
+
+    # Files and batches (the OpenAI-compatible bulk path). A batch's lines are jobs at
+    # batch_priority, below interactive jobs' default of 5, so interactive work overtakes them.
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    batch_max_lines: int = Field(default=50_000, ge=1)
+    batch_priority: int = Field(default=7, ge=0, le=9)
+    # The process expanding or finalizing a batch holds it this long between renewals;
+    # a batch whose holder died is taken up by another API process after it lapses.
+    batch_lease_seconds: float = Field(default=30.0, gt=0)
+    # How often an API process looks for batch work (expansion, completion, expiry).
+    batch_poll_seconds: float = Field(default=1.0, gt=0)
+    # POST /v1/chat/completions waits this long for its job, then answers 504 with its id.
+    chat_wait_seconds: float = Field(default=60.0, gt=0)
 
     # Generation defaults and bounds.
     default_max_tokens: int = 256
@@ -162,7 +188,7 @@ class Settings(BaseSettings):
                 )
         return secrets
 
-    @field_validator("webhook_allowed_networks")
+    @field_validator("webhook_allowed_networks", "image_fetch_allowed_networks")
     @classmethod
     def _cidr_networks(cls, networks: list[str]) -> list[str]:
         for network in networks:

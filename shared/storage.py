@@ -1,20 +1,26 @@
-"""Object storage for uploaded images: S3-compatible (AWS, MinIO) or a local folder."""
+"""Object storage for uploaded images and files: S3-compatible (AWS, MinIO) or a folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from shared.errors import Unavailable
 from shared.settings import Settings
 
+_CHUNK = 1024 * 1024
+
 
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
+    # Streamed both ways, so a file of hundreds of MB is never held in memory whole.
+    def put_file(self, key: str, source: BinaryIO, content_type: str) -> None: ...
+    def open(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def check(self) -> None:
@@ -46,6 +52,17 @@ class LocalStore:
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def put_file(self, key: str, source: BinaryIO, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(source, fh, _CHUNK)
+        os.replace(tmp, path)
+
+    def open(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -94,6 +111,15 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def put_file(self, key: str, source: BinaryIO, content_type: str) -> None:
+        # Multipart upload in parts; the whole file is never in memory.
+        self.client.upload_fileobj(source, self.bucket, self._key(key),
+                                   ExtraArgs={"ContentType": content_type})
+
+    def open(self, key: str) -> BinaryIO:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        return cast(BinaryIO, body)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -2,11 +2,11 @@
 
 One thread claims: when the worker has room it takes the waiting wake-up messages and
 claims up to that many queued jobs of its model from Postgres in one statement, in
-priority order. Preparing (fetch from the store, check the bytes against the upload's
-hash and limits, decode, resize) runs on a small thread pool, and each prepared request
-goes to the micro-batcher with a callback that hands its outcome to the recorder, so no
-thread waits on a job. An image that fails its checks fails its job alone, before the
-engine sees it.
+priority order. Preparing (fetch from the store and check the bytes against the upload's
+hash, or fetch an image given by reference; check the limits, decode, resize) runs on a
+small thread pool, and each prepared request goes to the micro-batcher with a callback
+that hands its outcome to the recorder, so no thread waits on a job. An image that fails
+its checks fails its job alone, before the engine sees it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from PIL import Image
 
 from shared.errors import InvalidInput
-from shared.images import decode_stored_image
+from shared.images import decode_fetched_image, decode_stored_image
 from shared.jobs import repo as jobs_repo
 from shared.jobs.lifecycle import Failed, Result, Succeeded
 from shared.jobs.repo import ClaimedJob
@@ -33,6 +33,7 @@ from worker.engines.base import (
     RequestAborted,
     RequestRejected,
 )
+from worker.image_fetch import ImageFetcher, ImageFetchError
 from worker.inflight import InFlight
 from worker.recorder import Dropped, Recorder
 
@@ -50,6 +51,7 @@ class Intake:
         self.doorbell = doorbell
         self.inflight = inflight
         self.recorder = recorder
+        self.fetcher = ImageFetcher(ctx.settings)
         # Claim in chunks: waiting for a quarter batch of room costs little latency and
         # saves a round trip per freed slot when the queue is long.
         self.min_claim = max(1, ctx.settings.max_batch_size // 4)
@@ -120,31 +122,71 @@ class Intake:
     def _prepared_image(self, job: ClaimedJob) -> Image.Image | None:
         """The job's image ready for the engine, or None with the job's failure recorded.
 
-        Only the fetch is worth retrying: bytes that fail the checks stay what they are.
+        Only a failed fetch may be worth retrying: bytes that fail the checks stay what they
+        are.
         """
-        try:
-            data = self.ctx.store.get(job.image_key)
-        except Exception as exc:
-            log.warning("job %s: fetching image %s failed", job.id, job.image_key, exc_info=True)
-            self.recorder.put(Failed(job.id, job.attempt, "storage_error",
-                                     f"could not fetch the image: {exc}", transient=True))
+        source = job.image_key if job.image_key is not None else job.image_url
+        data = self._image_bytes(job)
+        if data is None:
             return None
         s = self.settings
         try:
-            return decode_stored_image(
-                data, sha256=job.image_sha256, max_bytes=s.max_upload_bytes,
-                max_pixels=s.max_image_pixels, max_side=s.max_image_side,
-                allowed_formats=s.allowed_formats, prepare_max_pixels=s.worker_max_pixels,
+            if job.image_key is not None and job.image_sha256 is not None:
+                return decode_stored_image(
+                    data, sha256=job.image_sha256, max_bytes=s.max_upload_bytes,
+                    max_pixels=s.max_image_pixels, max_side=s.max_image_side,
+                    allowed_formats=s.allowed_formats, prepare_max_pixels=s.worker_max_pixels,
+                )
+            # A reference: no upload hash to compare, every other check the same.
+            return decode_fetched_image(
+                data, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels,
+                max_side=s.max_image_side, allowed_formats=s.allowed_formats,
+                prepare_max_pixels=s.worker_max_pixels,
             )
         except InvalidInput as exc:
-            log.warning("job %s: stored image %s refused (%s): %s", job.id, job.image_key,
-                        exc.code, exc.message)
+            log.warning("job %s: image %s refused (%s): %s", job.id, source, exc.code,
+                        exc.message)
             self.recorder.put(Failed(job.id, job.attempt, exc.code, exc.message,
                                      transient=False))
         except Exception as exc:
-            log.warning("job %s: image %s unusable", job.id, job.image_key, exc_info=True)
+            log.warning("job %s: image %s unusable", job.id, source, exc_info=True)
             self.recorder.put(Failed(job.id, job.attempt, "image_unreadable",
-                                     f"could not read the stored image: {exc}", transient=False))
+                                     f"could not read the image: {exc}", transient=False))
+        return None
+
+    def _image_bytes(self, job: ClaimedJob) -> bytes | None:
+        """From the store for an upload, from its URL for a reference; None once failed."""
+        if job.image_key is not None:
+            if job.image_sha256 is None:
+                # Every upload is stored with its hash; a row without one was not made by us.
+                self.recorder.put(Failed(job.id, job.attempt, "image_corrupted",
+                                         "the job's image has no recorded hash to check it "
+                                         "against; submit the job again", transient=False))
+                return None
+            try:
+                return self.ctx.store.get(job.image_key)
+            except Exception as exc:
+                log.warning("job %s: fetching image %s failed", job.id, job.image_key,
+                            exc_info=True)
+                self.recorder.put(Failed(job.id, job.attempt, "storage_error",
+                                         f"could not fetch the image: {exc}", transient=True))
+                return None
+        if job.image_url is None:
+            self.recorder.put(Failed(job.id, job.attempt, "image_missing",
+                                     "the job has neither an uploaded image nor an image_url; "
+                                     "submit it again with one", transient=False))
+            return None
+        try:
+            return self.fetcher.fetch(job.image_url)
+        except ImageFetchError as exc:
+            log.warning("job %s: image URL not fetched (%s, %s): %s", job.id, exc.code,
+                        "will retry" if exc.transient else "final", exc.message)
+            self.recorder.put(Failed(job.id, job.attempt, exc.code, exc.message,
+                                     transient=exc.transient))
+        except Exception as exc:
+            log.warning("job %s: fetching the image URL failed", job.id, exc_info=True)
+            self.recorder.put(Failed(job.id, job.attempt, "image_fetch_failed",
+                                     f"could not fetch the image: {exc}", transient=True))
         return None
 
     def _outcome(self, job: ClaimedJob, done: Future[GenerationOutput],

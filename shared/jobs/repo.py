@@ -103,8 +103,10 @@ class ClaimedJob:
     prompt: str
     params: dict[str, Any]
     priority: int
-    image_key: str
-    image_sha256: str
+    # An uploaded image (key and the hash it must match) or a reference to fetch.
+    image_key: str | None
+    image_sha256: str | None
+    image_url: str | None
     created_at: datetime
     engine_failures: int
 
@@ -145,7 +147,7 @@ def claim_batch(
         )
         .returning(
             Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
-            Job.image_sha256, Job.created_at, Job.engine_failures,
+            Job.image_sha256, Job.image_url, Job.created_at, Job.engine_failures,
         )
         .execution_options(synchronize_session=False)
     )
@@ -196,6 +198,7 @@ def list_jobs(
     status: JobStatus | None = None,
     model: str | None = None,
     tenant_id: str | None = None,
+    batch_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
@@ -203,6 +206,8 @@ def list_jobs(
     stmt = select(Job)
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
+    if batch_id is not None:
+        stmt = stmt.where(Job.batch_id == batch_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if model is not None:

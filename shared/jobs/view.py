@@ -38,7 +38,12 @@ class JobOut(BaseModel):
     model: str
     prompt: str
     params: dict[str, Any]
-    image: ImageMeta
+    image: ImageMeta | None = Field(
+        description="the uploaded image; null when the image is given by image_url"
+    )
+    image_url: str | None = Field(
+        default=None, description="where the worker fetches the image from, when not uploaded"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -75,13 +80,8 @@ class JobOut(BaseModel):
             model=job.model,
             prompt=job.prompt,
             params=job.params,
-            image=ImageMeta(
-                sha256=job.image_sha256,
-                bytes=job.image_bytes,
-                format=job.image_format,
-                width=job.image_width,
-                height=job.image_height,
-            ),
+            image=_image_meta(job),
+            image_url=job.image_url,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -93,3 +93,19 @@ class JobOut(BaseModel):
             webhook_url=job.webhook_url,
             webhook_events=job.webhook_events,
         )
+
+
+def _image_meta(job: Job) -> ImageMeta | None:
+    """What the API recorded of an upload; a referenced image has no record until fetched."""
+    if (
+        job.image_sha256 is None or job.image_bytes is None or job.image_format is None
+        or job.image_width is None or job.image_height is None
+    ):
+        return None
+    return ImageMeta(
+        sha256=job.image_sha256,
+        bytes=job.image_bytes,
+        format=job.image_format,
+        width=job.image_width,
+        height=job.image_height,
+    )

@@ -1,4 +1,5 @@
-"""Checks on webhook URLs so a client cannot make our workers call internal services (SSRF).
+"""Checks on client-given URLs so a client cannot make our workers call internal services
+(SSRF): webhook URLs, and image URLs that workers fetch.
 
 The host is resolved once, every address it resolves to is checked, and the caller
 connects to the checked address only: resolving again at connect time would let a DNS
@@ -12,7 +13,7 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from shared.errors import InvalidInput
 
@@ -54,6 +55,27 @@ class WebhookUrlRefused(InvalidInput):
 
 
 @dataclass(frozen=True)
+class UrlKind:
+    """What a URL is for: how refusals name it, and which setting allows plain http."""
+
+    noun: str  # "webhook URL"
+    host_noun: str  # "webhook host"
+    allow_http_setting: str  # the variable named when http is refused
+    refused: type[InvalidInput]
+    # Raised when the host name does not resolve: unlike a refusal, this may pass later.
+    unresolved: type[InvalidInput]
+
+
+WEBHOOK_URL = UrlKind(
+    noun="webhook URL",
+    host_noun="webhook host",
+    allow_http_setting="VLMQ_WEBHOOK_ALLOW_HTTP",
+    refused=WebhookUrlRefused,
+    unresolved=WebhookUrlRefused,
+)
+
+
+@dataclass(frozen=True)
 class ResolvedUrl:
     url: str  # the URL as given, fragment removed
     scheme: str  # "https" or "http"
@@ -81,21 +103,85 @@ def resolve_webhook_url(
     resolver: Resolver = system_resolver,
 ) -> ResolvedUrl:
     """Validate `url`, resolve its host once and return where to connect; raise if refused."""
+    return resolve_public_url(
+        url, WEBHOOK_URL, allow_http=allow_http, allowed_networks=allowed_networks,
+        resolver=resolver,
+    )
+
+
+def resolve_public_url(
+    url: str,
+    kind: UrlKind,
+    *,
+    allow_http: bool,
+    allowed_networks: Sequence[str],
+    resolver: Resolver = system_resolver,
+) -> ResolvedUrl:
+    """Validate `url`, resolve its host once and return where to connect; raise if refused."""
     networks = _parse_networks(allowed_networks)
+    parsed = _parse(url, kind, allow_http=allow_http)
+    if parsed.literal is not None:
+        addresses: list[IPAddress] = [parsed.literal]
+    else:
+        addresses = _resolve(parsed.host, parsed.port, resolver, kind)
+
+    # One forbidden address is enough to refuse: a connection library could pick any of them,
+    # and an attacker controlling the DNS answer would list a public address first.
+    via_host = None if parsed.literal is not None else parsed.host
+    for address in addresses:
+        _refuse_forbidden(address, networks, kind, via_host=via_host)
+
+    parts = parsed.parts
+    target = parts.path or "/"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    return ResolvedUrl(
+        url=url.split("#", 1)[0],
+        scheme=parsed.scheme,
+        host=parsed.host,
+        port=parsed.port,
+        target=target,
+        address=str(addresses[0]),
+    )
+
+
+def check_public_url(
+    url: str, kind: UrlKind, *, allow_http: bool, allowed_networks: Sequence[str]
+) -> None:
+    """The checks that need no DNS: form, scheme, credentials, port, and an IP literal host.
+
+    For refusing a URL early (at submit) without a lookup per URL; whoever connects must
+    still call resolve_public_url, which repeats these and checks what the name resolves to.
+    """
+    networks = _parse_networks(allowed_networks)
+    parsed = _parse(url, kind, allow_http=allow_http)
+    if parsed.literal is not None:
+        _refuse_forbidden(parsed.literal, networks, kind, via_host=None)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    parts: SplitResult
+    scheme: str
+    host: str  # lower-cased, IDNA-encoded, IPv6 without brackets
+    port: int
+    literal: IPAddress | None  # the host, when it is an IP address
+
+
+def _parse(url: str, kind: UrlKind, *, allow_http: bool) -> _Parsed:
+    refused = kind.refused
     if len(url) > MAX_URL_LENGTH:
-        raise WebhookUrlRefused(
-            f"webhook URL is longer than {MAX_URL_LENGTH} characters; use a shorter URL"
+        raise refused(
+            f"{kind.noun} is longer than {MAX_URL_LENGTH} characters; use a shorter URL"
         )
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise WebhookUrlRefused(
-            "webhook URL contains whitespace or control characters; percent-encode them"
+        raise refused(
+            f"{kind.noun} contains whitespace or control characters; percent-encode them"
         )
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise WebhookUrlRefused(
-            f"webhook URL could not be parsed ({exc}); {_PUBLIC_HINT}"
-        ) from None
+        raise refused(f"{kind.noun} could not be parsed ({exc}); {_PUBLIC_HINT}") from None
     try:
         explicit_port = parts.port
     except ValueError:
@@ -103,55 +189,40 @@ def resolve_webhook_url(
 
     scheme = parts.scheme.lower()
     if scheme == "http" and not allow_http:
-        raise WebhookUrlRefused(
-            "webhook URL must use https; plain http is accepted only when "
-            "VLMQ_WEBHOOK_ALLOW_HTTP is set, which is meant for local development"
+        raise refused(
+            f"{kind.noun} must use https; plain http is accepted only when "
+            f"{kind.allow_http_setting} is set, which is meant for local development"
         )
     if scheme not in DEFAULT_PORTS:
-        raise WebhookUrlRefused(
-            f"webhook URL scheme {scheme or '(none)'!r} is not supported; {_PUBLIC_HINT}"
+        raise refused(
+            f"{kind.noun} scheme {scheme or '(none)'!r} is not supported; {_PUBLIC_HINT}"
         )
     if "@" in parts.netloc:
-        raise WebhookUrlRefused(
-            "webhook URL must not contain a user name or password; "
+        raise refused(
+            f"{kind.noun} must not contain a user name or password; "
             "put credentials in the path or query"
         )
     if not parts.hostname:
-        raise WebhookUrlRefused(f"webhook URL has no host; {_PUBLIC_HINT}")
+        raise refused(f"{kind.noun} has no host; {_PUBLIC_HINT}")
     if explicit_port == 0:
-        raise WebhookUrlRefused("webhook URL port must be a number between 1 and 65535")
+        raise refused(f"{kind.noun} port must be a number between 1 and 65535")
     port = explicit_port if explicit_port is not None else DEFAULT_PORTS[scheme]
 
     literal = _ip_literal(parts.hostname)
-    if literal is not None:
-        host = parts.hostname
-        addresses: list[IPAddress] = [literal]
-    else:
-        host = _ascii_hostname(parts.hostname)
-        addresses = _resolve(host, port, resolver)
+    host = parts.hostname if literal is not None else _ascii_hostname(parts.hostname, kind)
+    return _Parsed(parts=parts, scheme=scheme, host=host, port=port, literal=literal)
 
-    # One forbidden address is enough to refuse: a connection library could pick any of them,
-    # and an attacker controlling the DNS answer would list a public address first.
-    for address in addresses:
-        reason = _forbidden(address, networks)
-        if reason is not None:
-            via = "" if literal is not None else f"{host} resolves to "
-            raise WebhookUrlRefused(
-                f"webhook URL is refused: {via}{reason}, which is not a public address; "
-                f"{_PUBLIC_HINT}"
-            )
 
-    target = parts.path or "/"
-    if parts.query:
-        target = f"{target}?{parts.query}"
-    return ResolvedUrl(
-        url=url.split("#", 1)[0],
-        scheme=scheme,
-        host=host,
-        port=port,
-        target=target,
-        address=str(addresses[0]),
-    )
+def _refuse_forbidden(
+    address: IPAddress, networks: Sequence[IPNetwork], kind: UrlKind, *, via_host: str | None
+) -> None:
+    reason = _forbidden(address, networks)
+    if reason is not None:
+        via = "" if via_host is None else f"{via_host} resolves to "
+        raise kind.refused(
+            f"{kind.noun} is refused: {via}{reason}, which is not a public address; "
+            f"{_PUBLIC_HINT}"
+        )
 
 
 def forbidden_reason(address: str, allowed_networks: Sequence[str]) -> str | None:
@@ -178,39 +249,39 @@ def _ip_literal(hostname: str) -> IPAddress | None:
         return None
 
 
-def _ascii_hostname(hostname: str) -> str:
+def _ascii_hostname(hostname: str, kind: UrlKind) -> str:
     try:
         host = hostname if hostname.isascii() else hostname.encode("idna").decode("ascii")
     except UnicodeError:
-        raise WebhookUrlRefused(
-            f"webhook URL host {hostname!r} is not a valid domain name; {_PUBLIC_HINT}"
+        raise kind.refused(
+            f"{kind.noun} host {hostname!r} is not a valid domain name; {_PUBLIC_HINT}"
         ) from None
     host = host.lower()
     if not _HOSTNAME.match(host):
-        raise WebhookUrlRefused(
-            f"webhook URL host {hostname!r} is not a valid domain name; {_PUBLIC_HINT}"
+        raise kind.refused(
+            f"{kind.noun} host {hostname!r} is not a valid domain name; {_PUBLIC_HINT}"
         )
     return host
 
 
-def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
+def _resolve(host: str, port: int, resolver: Resolver, kind: UrlKind) -> list[IPAddress]:
     try:
         answer = resolver(host, port)
     except (OSError, UnicodeError) as exc:
-        raise WebhookUrlRefused(
-            f"could not resolve webhook host {host!r} ({exc}); check the host name"
+        raise kind.unresolved(
+            f"could not resolve {kind.host_noun} {host!r} ({exc}); check the host name"
         ) from None
     if not answer:
-        raise WebhookUrlRefused(
-            f"could not resolve webhook host {host!r} (no addresses); check the host name"
+        raise kind.unresolved(
+            f"could not resolve {kind.host_noun} {host!r} (no addresses); check the host name"
         )
     addresses: list[IPAddress] = []
     for raw in answer:
         try:
             addresses.append(ipaddress.ip_address(raw))
         except ValueError:
-            raise WebhookUrlRefused(
-                f"could not resolve webhook host {host!r} (invalid address {raw!r}); "
+            raise kind.refused(
+                f"could not resolve {kind.host_noun} {host!r} (invalid address {raw!r}); "
                 "check the host name"
             ) from None
     return addresses

@@ -1,0 +1,298 @@
+"""Moves batches along: validate the input file, expand its lines into jobs, and write the
+output and error files once every line has ended (or the batch was cancelled or expired).
+
+Runs on a thread in every API process. A process works on a batch only while it holds
+the batch's lease, so two processes never expand the same batch; a process killed
+mid-expansion leaves its lease to lapse, and another (or the restarted one) resumes.
+Expansion is chunked: each chunk's jobs are inserted in the same transaction that
+advances `lines_expanded`, and a line can hold only one job (unique batch_id, batch_line),
+so a resumed expansion neither loses nor doubles a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any, BinaryIO
+
+from sqlalchemy.orm import Session
+
+from api.deps import ApiDeps
+from api.schemas import GenerationParams
+from api.submit import check_fields, check_image, store_image
+from shared.batches import input as batch_input
+from shared.batches import output
+from shared.batches import repo as batches
+from shared.chat import parse_chat_request
+from shared.errors import InvalidInput
+from shared.jobs.status import JobStatus
+from shared.models import Batch, StoredFile
+from shared.queue import request_abort
+from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 500
+_SPOOL_BYTES = 8 * 1024 * 1024
+
+
+class BatchRunner:
+    def __init__(self, deps: ApiDeps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="batch-runner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def max_line_bytes(self) -> int:
+        # A line carries at most one image as base64 (4/3 of its bytes) and its text.
+        return self.settings.max_upload_bytes * 4 // 3 + 256 * 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.batch_poll_seconds):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("batch work failed; trying again in %ss",
+                              self.settings.batch_poll_seconds)
+
+    def run_once(self) -> None:
+        with self.deps.sessions() as session:
+            ids = batches.needing_work(session, utcnow())
+        for batch_id in ids:
+            if self._stop.is_set():
+                return
+            with self.deps.sessions() as session:
+                taken = batches.take_lease(session, batch_id, self.settings.batch_lease_seconds)
+                session.commit()
+            if not taken:
+                continue
+            try:
+                self._work(batch_id)
+            finally:
+                with self.deps.sessions() as session:
+                    batches.release_lease(session, batch_id)
+                    session.commit()
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def _work(self, batch_id: str) -> None:
+        with self.deps.sessions() as session:
+            batch = batches.get_batch(session, batch_id, None)
+            if batch is None:
+                return
+            session.expunge(batch)
+        if batch.status == "validating":
+            self._validate(batch)
+        elif batch.status == "in_progress":
+            if as_utc(batch.expires_at) <= utcnow():
+                self._stop_lines(batch, JobStatus.expired, "batch_expired",
+                                 "the batch's completion window ended before this line ran")
+                self._finish_if_done(batch, "expired", ("in_progress",))
+            elif batch.lines_expanded < batch.total:
+                self._expand(batch)
+            else:
+                self._finish_if_done(batch, "completed", ("in_progress", "finalizing"))
+        elif batch.status == "finalizing":
+            self._finish_if_done(batch, "completed", ("finalizing",))
+        elif batch.status == "cancelling":
+            self._stop_lines(batch, JobStatus.cancelled, "batch_cancelled",
+                             "the batch was cancelled before this line ran")
+            self._finish_if_done(batch, "cancelled", ("cancelling",))
+
+    def _validate(self, batch: Batch) -> None:
+        with self.deps.sessions() as session:
+            file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
+            object_key = file.object_key if file is not None else None
+        if object_key is None:
+            self._fail(batch, [batch_input.LineError(
+                "invalid_input_file", None, "the input file was deleted", "input_file_id")])
+            return
+        with self.deps.store.open(object_key) as source:
+            result = batch_input.validate(source, batch.endpoint,
+                                          max_lines=self.settings.batch_max_lines,
+                                          max_line_bytes=self.max_line_bytes)
+        if result.errors:
+            self._fail(batch, result.errors)
+            return
+        with self.deps.sessions() as session:
+            batches.move(session, batch.id, "in_progress", ("validating",),
+                         in_progress_at=utcnow(), total=result.total, model=result.model)
+            session.commit()
+        log.info("batch %s: %d requests valid; expanding", batch.id, result.total)
+
+    def _fail(self, batch: Batch, errors: list[batch_input.LineError]) -> None:
+        with self.deps.sessions() as session:
+            batches.move(session, batch.id, "failed", ("validating",), failed_at=utcnow(),
+                         errors=[e.as_dict() for e in errors])
+            session.commit()
+        log.info("batch %s failed validation: %s", batch.id, errors[0].message)
+
+    def _expand(self, batch: Batch) -> None:
+        with self.deps.sessions() as session:
+            file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
+            object_key = file.object_key if file is not None else None
+        if object_key is None:
+            return
+        done = batch.lines_expanded
+        started = time.monotonic()
+        with self.deps.store.open(object_key) as source:
+            pending = (r for r in batch_input.requests(source, batch.endpoint,
+                                                       self.max_line_bytes)
+                       if r.index >= done)
+            for chunk in _chunks(pending, CHUNK_LINES):
+                if self._stop.is_set() or not self._still(batch.id, "in_progress"):
+                    return
+                rows = [self._row(batch, request) for request in chunk]
+                with self.deps.sessions() as session:
+                    batches.insert_lines(session, rows)
+                    advanced = batches.advance(session, batch.id, done, done + len(rows))
+                    batches.renew_lease(session, batch.id, self.settings.batch_lease_seconds)
+                    if not advanced:  # another process expanded these lines meanwhile
+                        session.rollback()
+                        return
+                    session.commit()
+                done += len(rows)
+                self.deps.metrics.batch_lines.labels(batch.tenant_id).inc(len(rows))
+                queued = [r for r in rows if r["status"] == JobStatus.queued]
+                if queued:
+                    self.deps.wakeups.job_accepted(queued[-1]["id"], queued[-1]["model"],
+                                                   queued[-1]["priority"])
+        rate = (done - batch.lines_expanded) / max(time.monotonic() - started, 1e-6)
+        log.info("batch %s: %d of %d lines expanded (%.0f lines/s)", batch.id, done,
+                 batch.total, rate)
+
+    def _row(self, batch: Batch, request: batch_input.Request) -> dict[str, Any]:
+        """The job for one line; a line the pipeline cannot run becomes a failed job."""
+        now = utcnow()
+        row: dict[str, Any] = dict(
+            id=uuid.uuid4(), tenant_id=batch.tenant_id, batch_id=batch.id,
+            batch_line=request.index, custom_id=request.custom_id, attempts=0,
+            engine_failures=0, priority=batch.priority, created_at=now, runnable_at=now,
+            expires_at=batch.expires_at, model=batch.model or self.settings.model,
+            prompt="", params={}, status=JobStatus.queued,
+        )
+        try:
+            chat = parse_chat_request(request.body)
+            params = GenerationParams.model_validate(chat.params)
+            prompt, model, resolved = check_fields(self.deps, chat.prompt, chat.model, params)
+            row.update(prompt=prompt, model=model, params=resolved)
+            if chat.priority is not None:
+                row["priority"] = chat.priority
+            image = check_image(self.deps, None, chat.image_url)
+            row.update(store_image(self.deps, row["id"], image))
+        except InvalidInput as exc:
+            row.update(status=JobStatus.failed, finished_at=now, error_code=exc.code,
+                       error_message=exc.message)
+        except ValueError as exc:  # GenerationParams out of range
+            row.update(status=JobStatus.failed, finished_at=now, error_code="invalid_request",
+                       error_message=str(exc).splitlines()[0])
+        return row
+
+    def _still(self, batch_id: str, status: str) -> bool:
+        with self.deps.sessions() as session:
+            batch = batches.get_batch(session, batch_id, None)
+            return batch is not None and batch.status == status
+
+    def _stop_lines(self, batch: Batch, target: JobStatus, code: str, message: str) -> None:
+        with self.deps.sessions() as session:
+            running = batches.stop_unfinished(session, batch.id, target, code, message)
+            session.commit()
+        for job_id in running:  # their workers drop them from the engine
+            request_abort(self.settings, job_id)
+
+    def _finish_if_done(self, batch: Batch, target: str, allowed_from: tuple[str, ...]) -> None:
+        with self.deps.sessions() as session:
+            if batches.unfinished(session, batch.id):
+                return
+        if target == "completed" and batch.status == "in_progress":
+            with self.deps.sessions() as session:
+                batches.move(session, batch.id, "finalizing", ("in_progress",),
+                             finalizing_at=utcnow())
+                session.commit()
+            allowed_from = ("finalizing",)
+        self._finalize(batch, target, allowed_from)
+
+    def _finalize(self, batch: Batch, target: str, allowed_from: tuple[str, ...]) -> None:
+        """Writes the output and error files, then makes the batch `target`."""
+        outputs = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
+        errors = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
+        with outputs, errors:
+            n_out, n_err = self._write_lines(batch, target, outputs, errors)
+            files = {}
+            for kind, spool, n in (("output", outputs, n_out), ("error", errors, n_err)):
+                if n:
+                    spool.seek(0)
+                    files[kind] = self._store_file(batch, kind, spool)
+        now = utcnow()
+        with self.deps.sessions() as session:
+            for file in files.values():
+                session.add(file)
+            moved = batches.move(
+                session, batch.id, target, allowed_from,
+                output_file_id=files["output"].id if "output" in files else None,
+                error_file_id=files["error"].id if "error" in files else None,
+                **{f"{target}_at": now},
+            )
+            if not moved:
+                session.rollback()
+                return
+            session.commit()
+        self.deps.metrics.batches.labels(target).inc()
+        log.info("batch %s %s: %d output lines, %d error lines", batch.id, target, n_out, n_err)
+
+    def _write_lines(self, batch: Batch, target: str, outputs: BinaryIO,
+                     errors: BinaryIO) -> tuple[int, int]:
+        """One line per request, in input order; requests never expanded get error lines."""
+        code = "batch_expired" if target == "expired" else "batch_cancelled"
+        n_out = n_err = 0
+        with self.deps.sessions() as session, self._input(session, batch) as source:
+            jobs = batches.jobs_in_line_order(session, batch.id)
+            job = next(jobs, None)
+            for request in batch_input.requests(source, batch.endpoint, self.max_line_bytes):
+                if job is not None and job.batch_line == request.index:
+                    is_output, line = output.line_for_job(job)
+                    job = next(jobs, None)
+                else:
+                    is_output, line = False, output.missing_line(
+                        request.custom_id, code, uuid.uuid4().hex)
+                (outputs if is_output else errors).write(line.encode())
+                if is_output:
+                    n_out += 1
+                else:
+                    n_err += 1
+        return n_out, n_err
+
+    def _input(self, session: Session, batch: Batch) -> BinaryIO:
+        file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
+        if file is None:
+            raise InvalidInput(f"batch {batch.id}: its input file is gone")
+        return self.deps.store.open(file.object_key)
+
+    def _store_file(self, batch: Batch, kind: str, source: BinaryIO) -> StoredFile:
+        file_id = batches.new_file_id()
+        key = f"files/{file_id}"
+        size = source.seek(0, 2)
+        source.seek(0)
+        self.deps.store.put_file(key, source, "application/jsonl")
+        return StoredFile(id=file_id, tenant_id=batch.tenant_id, purpose="batch_output",
+                          filename=f"{batch.id}_{kind}.jsonl", bytes=size, object_key=key,
+                          created_at=utcnow())
+
+
+def _chunks(items: Iterator[batch_input.Request], size: int) -> Iterator[list[Any]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+

@@ -1,0 +1,130 @@
+"""Bodies of the OpenAI-compatible routes, in the shapes of the official client's types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.batches.repo import Counts
+from shared.models import Batch, StoredFile
+
+
+def _seconds(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+    @classmethod
+    def from_row(cls, row: StoredFile) -> FileObject:
+        return cls(id=row.id, bytes=row.bytes, created_at=_seconds(row.created_at) or 0,
+                   filename=row.filename, purpose=row.purpose)
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(max_length=40)
+    endpoint: str
+    completion_window: str = Field(
+        default="24h", description="24h as at OpenAI; vlmq also takes e.g. 90s, 30m, 3h, 7d"
+    )
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+
+class BatchError(BaseModel):
+    code: str | None
+    line: int | None
+    message: str | None
+    param: str | None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    model: str | None
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal["validating", "failed", "in_progress", "finalizing", "completed",
+                    "expired", "cancelling", "cancelled"]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+
+    @classmethod
+    def from_row(cls, batch: Batch, counts: Counts) -> BatchObject:
+        errors: Any = None
+        if batch.errors:
+            errors = BatchErrors(data=[BatchError(**e) for e in batch.errors])
+        return cls(
+            id=batch.id, endpoint=batch.endpoint, model=batch.model, errors=errors,
+            input_file_id=batch.input_file_id, completion_window=batch.completion_window,
+            status=batch.status,  # type: ignore[arg-type]
+            output_file_id=batch.output_file_id, error_file_id=batch.error_file_id,
+            created_at=_seconds(batch.created_at) or 0,
+            in_progress_at=_seconds(batch.in_progress_at),
+            expires_at=_seconds(batch.expires_at),
+            finalizing_at=_seconds(batch.finalizing_at),
+            completed_at=_seconds(batch.completed_at), failed_at=_seconds(batch.failed_at),
+            expired_at=_seconds(batch.expired_at), cancelling_at=_seconds(batch.cancelling_at),
+            cancelled_at=_seconds(batch.cancelled_at),
+            request_counts=RequestCounts(total=counts.total, completed=counts.completed,
+                                         failed=counts.failed),
+            metadata=batch.metadata_,
+        )
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,0 +1,150 @@
+"""/v1/files: batch input files in, batch output files out; streamed both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
+
+from api.auth import authenticate
+from api.deps import ApiDeps, get_deps
+from api.errors import documented
+from api.openai_schemas import FileDeleted, FileList, FileObject
+from shared.batches import repo as batches
+from shared.errors import InvalidInput, NotFound
+from shared.models import StoredFile
+from shared.tenancy.repo import Authenticated
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_PURPOSES = ("batch",)
+_STREAM_CHUNK = 256 * 1024
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["file", "purpose"],
+            "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "purpose": {"type": "string", "enum": list(_PURPOSES)},
+            },
+        }}},
+    }
+}
+
+
+@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_DOC,
+             responses=documented(400, 413))
+async def upload_file(
+    request: Request,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> FileObject:
+    try:
+        # Starlette spools each file part to disk past 1 MB: a large file never sits in memory.
+        form = await request.form(max_files=1, max_fields=4)
+    except (HTTPException, AssertionError) as exc:
+        raise InvalidInput("send multipart/form-data with `file` and `purpose`",
+                           code="invalid_multipart") from exc
+    upload, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInput("multipart field `file` must be a file", code="missing_file")
+    if purpose not in _PURPOSES:
+        raise InvalidInput(f"purpose must be one of {', '.join(_PURPOSES)}",
+                           code="invalid_purpose")
+    file_id = batches.new_file_id()
+    key = f"files/{file_id}"
+    size = upload.size if upload.size is not None else 0
+    await run_in_threadpool(deps.store.put_file, key, upload.file, "application/jsonl")
+
+    def record() -> FileObject:
+        with deps.sessions() as session:
+            row = batches.add_file(session, file_id=file_id, tenant_id=auth.principal.tenant_id,
+                                   purpose=str(purpose), filename=upload.filename or "upload",
+                                   size=size, object_key=key)
+            session.commit()
+            return FileObject.from_row(row)
+
+    return await run_in_threadpool(record)
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+) -> FileList:
+    with deps.reads() as session:
+        rows, more = batches.list_files(session, auth.principal.tenant_filter(), purpose,
+                                        limit, after)
+        data = [FileObject.from_row(r) for r in rows]
+    return FileList(data=data, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None, has_more=more)
+
+
+@router.get("/{file_id}", response_model=FileObject, responses=documented(404))
+def read_file(
+    file_id: str,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> FileObject:
+    with deps.reads() as session:
+        return FileObject.from_row(_file(session, file_id, auth))
+
+
+@router.get("/{file_id}/content", responses={**documented(404), 200: {
+    "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                         "format": "binary"}}},
+    "description": "the file's bytes",
+}})
+async def file_content(
+    file_id: str,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> StreamingResponse:
+    def locate() -> str:
+        with deps.reads() as session:
+            return _file(session, file_id, auth).object_key
+
+    key = await run_in_threadpool(locate)
+    source = await run_in_threadpool(deps.store.open, key)
+
+    def chunks() -> Iterator[bytes]:
+        with source:
+            while block := source.read(_STREAM_CHUNK):
+                yield block
+
+    return StreamingResponse(iterate_in_threadpool(chunks()),
+                             media_type="application/octet-stream")
+
+
+@router.delete("/{file_id}", response_model=FileDeleted, responses=documented(404))
+def delete_file(
+    file_id: str,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> FileDeleted:
+    with deps.sessions() as session:
+        row = _file(session, file_id, auth)
+        key = row.object_key
+        batches.delete_file(session, row)
+        session.commit()
+    deps.store.delete(key)
+    return FileDeleted(id=file_id, deleted=True)
+
+
+def _file(session: Session, file_id: str, auth: Authenticated) -> StoredFile:
+    row = batches.get_file(session, file_id, auth.principal.tenant_filter())
+    if row is None:
+        raise NotFound(f"no file with id {file_id}")
+    return row

@@ -1,0 +1,1 @@
+"""OpenAI-format files and batches: each line of a batch file becomes one job."""

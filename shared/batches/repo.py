@@ -1,0 +1,259 @@
+"""Repository functions for files and batches. They flush; callers commit.
+
+A batch moves validating -> in_progress -> finalizing -> completed, or to failed (its file
+did not validate), cancelling -> cancelled, or expired. Each move is one guarded UPDATE
+naming the statuses it may leave, so two API processes never both make it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.jobs.status import JobStatus
+from shared.models import Batch, Job, StoredFile
+from shared.timeutil import utcnow
+
+# Ids are ours (`file-<hex>`, `batch_<hex>`); anything else cannot name a row.
+_ID = re.compile(r"^(file-|batch_)[0-9a-f]{24}$")
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def new_file_id() -> str:
+    return f"file-{secrets.token_hex(12)}"
+
+
+def new_batch_id() -> str:
+    return f"batch_{secrets.token_hex(12)}"
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def add_file(session: Session, *, file_id: str, tenant_id: str, purpose: str, filename: str,
+             size: int, object_key: str) -> StoredFile:
+    row = StoredFile(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename,
+                     bytes=size, object_key=object_key, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(session: Session, file_id: str, tenant_id: str | None) -> StoredFile | None:
+    if not _ID.match(file_id):
+        return None
+    row = session.get(StoredFile, file_id)
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+        return None
+    return row
+
+
+def list_files(session: Session, tenant_id: str | None, purpose: str | None, limit: int,
+               after: str | None) -> tuple[list[StoredFile], bool]:
+    return _after_page(session, StoredFile, tenant_id, limit, after,
+                       [StoredFile.purpose == purpose] if purpose else [])
+
+
+def delete_file(session: Session, row: StoredFile) -> None:
+    session.delete(row)
+    session.flush()
+
+
+def _after_page(session: Session, entity: Any, tenant_id: str | None, limit: int,
+                after: str | None, conditions: list[Any]) -> tuple[list[Any], bool]:
+    """OpenAI's pagination: newest first, the page after the object with id `after`."""
+    stmt = select(entity).where(*conditions)
+    if tenant_id is not None:
+        stmt = stmt.where(entity.tenant_id == tenant_id)
+    if after and _ID.match(after):
+        anchor = session.get(entity, after)
+        if anchor is not None:
+            stmt = stmt.where(or_(entity.created_at < anchor.created_at,
+                                  and_(entity.created_at == anchor.created_at,
+                                       entity.id < anchor.id)))
+    rows = list(session.scalars(
+        stmt.order_by(entity.created_at.desc(), entity.id.desc()).limit(limit + 1)
+    ))
+    return rows[:limit], len(rows) > limit
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id: str,
+              completion_window: timedelta, window_text: str, priority: int,
+              metadata: dict[str, str] | None) -> Batch:
+    now = utcnow()
+    batch = Batch(
+        id=new_batch_id(), tenant_id=tenant_id, endpoint=endpoint, input_file_id=input_file_id,
+        completion_window=window_text, status="validating", priority=priority,
+        metadata_=metadata, lines_expanded=0, total=0, created_at=now,
+        expires_at=now + completion_window,
+    )
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def get_batch(session: Session, batch_id: str, tenant_id: str | None) -> Batch | None:
+    if not _ID.match(batch_id):
+        return None
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is None or (tenant_id is not None and batch.tenant_id != tenant_id):
+        return None
+    return batch
+
+
+def list_batches(session: Session, tenant_id: str | None, limit: int,
+                 after: str | None) -> tuple[list[Batch], bool]:
+    return _after_page(session, Batch, tenant_id, limit, after, [])
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int
+    completed: int
+    failed: int
+
+
+def counts(session: Session, batches: Sequence[Batch]) -> dict[str, Counts]:
+    """Live request counts: finished jobs by outcome, per batch, in one query."""
+    ids = [b.id for b in batches]
+    done: dict[str, dict[str, int]] = {i: {} for i in ids}
+    if ids:
+        rows = session.execute(
+            select(Job.batch_id, Job.status, func.count())
+            .where(Job.batch_id.in_(ids),
+                   Job.status.in_([s for s in JobStatus if s not in
+                                   (JobStatus.queued, JobStatus.running)]))
+            .group_by(Job.batch_id, Job.status)
+        ).all()
+        for batch_id, status, n in rows:
+            done[batch_id][JobStatus(status).value] = n
+    out = {}
+    for b in batches:
+        by = done[b.id]
+        completed = by.get("succeeded", 0)
+        out[b.id] = Counts(total=b.total, completed=completed,
+                           failed=sum(by.values()) - completed)
+    return out
+
+
+def move(session: Session, batch_id: str, target: str, allowed_from: Sequence[str],
+         **values: Any) -> bool:
+    """target if the batch is in one of `allowed_from`; False when it was not."""
+    moved = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.in_(allowed_from))
+        .values(status=target, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return bool(moved)
+
+
+def take_lease(session: Session, batch_id: str, seconds: float) -> bool:
+    """Holds the batch for this process's work unless another live process holds it."""
+    now = utcnow()
+    return bool(session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.in_(ACTIVE),
+               or_(Batch.lease_expires_at.is_(None), Batch.lease_expires_at < now))
+        .values(lease_expires_at=now + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    ).rowcount)
+
+
+def renew_lease(session: Session, batch_id: str, seconds: float) -> None:
+    session.execute(
+        update(Batch).where(Batch.id == batch_id)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release_lease(session: Session, batch_id: str) -> None:
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def needing_work(session: Session, now: datetime) -> list[str]:
+    """Active batches no live process holds."""
+    return list(session.scalars(
+        select(Batch.id)
+        .where(Batch.status.in_(ACTIVE),
+               or_(Batch.lease_expires_at.is_(None), Batch.lease_expires_at < now))
+        .order_by(Batch.created_at)
+        .limit(100)
+    ))
+
+
+def insert_lines(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Jobs for a chunk of lines; a line already expanded (a resumed chunk) is skipped."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(Job).on_conflict_do_nothing(index_elements=["batch_id", "batch_line"])
+    session.execute(stmt, rows)
+
+
+def advance(session: Session, batch_id: str, expanded_from: int, expanded_to: int) -> bool:
+    """Records lines [expanded_from, expanded_to) as expanded, fenced by where it started."""
+    return bool(session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.lines_expanded == expanded_from)
+        .values(lines_expanded=expanded_to)
+        .execution_options(synchronize_session=False)
+    ).rowcount)
+
+
+def unfinished(session: Session, batch_id: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.batch_id == batch_id,
+               Job.status.in_((JobStatus.queued, JobStatus.running)))
+    ) or 0
+
+
+def stop_unfinished(session: Session, batch_id: str, target: JobStatus, code: str,
+                    message: str) -> list[uuid.UUID]:
+    """Queued and running lines end as `target` (cancelled or expired); returns the ids of
+    those that were running, whose workers are to drop them."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id,
+               Job.status.in_((JobStatus.queued, JobStatus.running)))
+        .values(status=target, finished_at=utcnow(), error_code=code, error_message=message,
+                lease_expires_at=None)
+        .returning(Job.id, Job.started_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [job_id for job_id, started_at in rows if started_at is not None]
+
+
+def jobs_in_line_order(session: Session, batch_id: str) -> Iterator[Job]:
+    """The batch's jobs by line, streamed in pages rather than loaded at once."""
+    last = -1
+    while True:
+        page = list(session.scalars(
+            select(Job).where(Job.batch_id == batch_id, Job.batch_line > last)
+            .order_by(Job.batch_line).limit(1000)
+        ))
+        if not page:
+            return
+        yield from page
+        last = page[-1].batch_line or 0
+        session.expunge_all()
+

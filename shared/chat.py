@@ -1,0 +1,176 @@
+"""OpenAI chat-completions bodies as vlmq jobs, and finished jobs as `chat.completion`s.
+
+A batch line's `body` and a `POST /v1/chat/completions` body map the same way: the text
+of the system and user messages becomes the job's prompt, the one `image_url` part its
+image, and the sampling fields its generation parameters. What a job cannot express (more
+than one image, an assistant turn, tools, streaming, n > 1) is refused with the field it
+concerns, so a client learns which part of its request to change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidInput
+
+# Fields a chat-completions client may send that change nothing here; anything else
+# unknown is refused rather than silently ignored.
+_HARMLESS_FIELDS = {"user", "store", "metadata", "logprobs", "top_logprobs", "service_tier",
+                    "parallel_tool_calls", "stream_options", "reasoning_effort", "modalities"}
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=64)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = None
+    # vlmq's own: 0 runs first, 9 last.
+    priority: int | None = Field(default=None, ge=0, le=9)
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """What a chat request asks of the job pipeline."""
+
+    model: str
+    prompt: str
+    image_url: str  # a data:, https:// or s3:// URL, not yet fetched or decoded
+    params: dict[str, Any]  # GenerationParams fields the request set
+    priority: int | None
+
+
+def parse_chat_request(body: object) -> ChatJob:
+    """Raises InvalidInput (code, and `param` in the message) for anything a job cannot do."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_request")
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidInput(f"{param}: {first.get('msg', 'invalid')}",
+                           code="invalid_request") from exc
+    unknown = sorted(set(req.model_extra or {}) - _HARMLESS_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unsupported fields: {', '.join(unknown)}", code="unsupported_field")
+    if req.stream:
+        raise InvalidInput("stream: streaming is not supported; poll a job instead",
+                           code="unsupported_field")
+    if req.n not in (None, 1):
+        raise InvalidInput("n: only one choice per request", code="unsupported_field")
+    prompt, image_url = _prompt_and_image(req.messages)
+    return ChatJob(model=req.model, prompt=prompt, image_url=image_url,
+                   params=_params(req), priority=req.priority)
+
+
+def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    texts: list[str] = []
+    images: list[str] = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("system", "developer", "user"):
+            raise InvalidInput(
+                f"messages[{i}].role: {role!r} is not supported; send system and user "
+                "messages only (one question about one image)", code="unsupported_message",
+            )
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        if not isinstance(content, list):
+            raise InvalidInput(f"messages[{i}].content: a string or a list of parts",
+                               code="invalid_request")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url" and role == "user":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str) or not url:
+                    raise InvalidInput(f"messages[{i}].content[{j}].image_url.url is missing",
+                                       code="invalid_request")
+                images.append(url)
+            else:
+                raise InvalidInput(
+                    f"messages[{i}].content[{j}]: parts are text, or image_url in a user "
+                    "message", code="unsupported_content",
+                )
+    if len(images) != 1:
+        raise InvalidInput(
+            f"messages: exactly one image_url part is needed, found {len(images)}",
+            code="image_count",
+        )
+    prompt = "\n\n".join(t for t in texts if t.strip())
+    if not prompt:
+        raise InvalidInput("messages: a non-empty text part is required", code="missing_prompt")
+    return prompt, images[0]
+
+
+def _params(req: ChatRequest) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "seed"):
+        value = getattr(req, name)
+        if value is not None:
+            params[name] = value
+    if req.stop is not None:
+        params["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
+    return params
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a `data:image/...;base64,...` URL."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.startswith("data:") or not header.endswith(";base64"):
+        raise InvalidInput("image data URLs must look like data:image/png;base64,<data>",
+                           code="invalid_data_url")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("the image data URL is not valid base64",
+                           code="invalid_base64") from exc
+
+
+def completion_object(*, job_id: str, model: str, created: int, text: str,
+                      finish_reason: str | None, prompt_tokens: int,
+                      completion_tokens: int) -> dict[str, Any]:
+    """A finished job in OpenAI's `chat.completion` shape."""
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "finish_reason": "length" if finish_reason == "length" else "stop",
+            "logprobs": None,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def error_object(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: what an error line's response body and a chat error carry."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                      "code": code}}
