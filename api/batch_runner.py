@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 from sqlalchemy.orm import Session
 
 from api.deps import ApiDeps
+from api.errors import unreachable
+from api.openai_schemas import BatchObject, batch_event_payload
 from api.schemas import GenerationParams
 from api.submit import check_fields, check_image, store_image
 from shared.batches import input as batch_input
@@ -34,6 +36,7 @@ from shared.jobs.status import JobStatus
 from shared.models import Batch, StoredFile
 from shared.queue import request_abort
 from shared.timeutil import as_utc, utcnow
+from shared.webhooks import repo as deliveries
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,14 @@ class BatchRunner:
         while not self._stop.wait(self.settings.batch_poll_seconds):
             try:
                 self.run_once()
-            except Exception:
-                log.exception("batch work failed; trying again in %ss",
-                              self.settings.batch_poll_seconds)
+            except Exception as exc:
+                what = unreachable(exc)
+                if what is None:
+                    log.exception("batch work failed; trying again in %ss",
+                                  self.settings.batch_poll_seconds)
+                else:  # expected during an outage: one line, no traceback
+                    log.warning("batch work paused: the %s is unreachable (%s)", what,
+                                exc.__class__.__name__)
 
     def run_once(self) -> None:
         with self.deps.sessions() as session:
@@ -135,8 +143,9 @@ class BatchRunner:
 
     def _fail(self, batch: Batch, errors: list[batch_input.LineError]) -> None:
         with self.deps.sessions() as session:
-            batches.move(session, batch.id, "failed", ("validating",), failed_at=utcnow(),
-                         errors=[e.as_dict() for e in errors])
+            if batches.move(session, batch.id, "failed", ("validating",), failed_at=utcnow(),
+                            errors=[e.as_dict() for e in errors]):
+                self._announce(session, batch.id, "failed")
             session.commit()
         log.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
@@ -249,9 +258,22 @@ class BatchRunner:
             if not moved:
                 session.rollback()
                 return
+            self._announce(session, batch.id, target)
             session.commit()
         self.deps.metrics.batches.labels(target).inc()
         log.info("batch %s %s: %d output lines, %d error lines", batch.id, target, n_out, n_err)
+
+    def _announce(self, session: Session, batch_id: str, status: str) -> None:
+        """The batch's webhook event, in the transaction that ends the batch."""
+        batch = batches.get_batch(session, batch_id, None)
+        if batch is None or not batch.webhook_url:
+            return
+        settings = self.settings
+        data = BatchObject.from_row(batch, batches.counts(session, [batch])[batch.id])
+        payload = batch_event_payload(data, f"batch.{status}", public_url=settings.public_url,
+                                      max_bytes=settings.webhook_max_payload_bytes)
+        deliveries.add_for_batch(session, batch.id, f"batch.{status}", batch.webhook_url,
+                                 batch.webhook_events, payload)
 
     def _write_lines(self, batch: Batch, target: str, outputs: BinaryIO,
                      errors: BinaryIO) -> tuple[int, int]:

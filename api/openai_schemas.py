@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.batches.repo import Counts
 from shared.models import Batch, StoredFile
+from shared.webhooks.events import BatchEvent
 
 
 def _seconds(moment: datetime | None) -> int | None:
@@ -55,6 +57,12 @@ class BatchCreate(BaseModel):
         default="24h", description="24h as at OpenAI; vlmq also takes e.g. 90s, 30m, 3h, 7d"
     )
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    # vlmq's own (the openai client sends them with extra_body): a signed webhook when the
+    # batch ends, through the same ledger as jobs' webhooks.
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[BatchEvent] | None = Field(
+        default=None, min_length=1, description="default: every batch event"
+    )
 
 
 class BatchError(BaseModel):
@@ -120,6 +128,24 @@ class BatchObject(BaseModel):
                                          failed=counts.failed),
             metadata=batch.metadata_,
         )
+
+
+def batch_event_payload(batch: BatchObject, event: str, *, public_url: str | None,
+                        max_bytes: int) -> str:
+    """A batch webhook's body: the batch as it ended, with a link to it. Validation errors
+    are the only part that can grow; past `max_bytes` the list is cut and says so."""
+    data: dict[str, Any] = batch.model_dump(mode="json")
+    data["url"] = f"{(public_url or '').rstrip('/')}/v1/batches/{batch.id}"
+    data["truncated"] = False
+    envelope = {"type": event, "timestamp": datetime.now(timezone.utc).isoformat(),
+                "data": data}
+    body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    errors = (data.get("errors") or {}).get("data") or []
+    while len(body.encode()) > max_bytes and errors:
+        del errors[len(errors) // 2:]
+        data["truncated"] = True
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    return body
 
 
 class BatchList(BaseModel):

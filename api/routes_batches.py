@@ -13,6 +13,8 @@ from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import documented
 from api.openai_schemas import BatchCreate, BatchList, BatchObject
+from api.schemas import WebhookOptions
+from api.submit import check_webhook
 from shared.batches import repo as batches
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Batch
@@ -38,6 +40,7 @@ def create_batch(
                            code="invalid_endpoint")
     window = _window(body.completion_window)
     _check_metadata(body.metadata)
+    check_webhook(deps.settings, WebhookOptions(webhook_url=body.webhook_url))
     tenant = auth.principal.tenant_id
     with deps.sessions() as session:
         file = batches.get_file(session, body.input_file_id, tenant)
@@ -49,6 +52,8 @@ def create_batch(
             session, tenant_id=tenant, endpoint=body.endpoint, input_file_id=file.id,
             completion_window=window, window_text=body.completion_window,
             priority=deps.settings.batch_priority, metadata=body.metadata,
+            webhook_url=body.webhook_url,
+            webhook_events=[str(e) for e in body.webhook_events] if body.webhook_events else None,
         )
         session.commit()
         return _out(session, batch)

@@ -1,10 +1,13 @@
 """`POST /v1/chat/completions` (non-streaming): one request as one job, answered when it ends.
 
 The job goes through the same queue at interactive priority, so an `openai` client pointed
-at vlmq gets queueing, priority and retries unchanged. The client's retries carry the same
-Idempotency-Key, which replays the same job rather than making a second one. Past
+at vlmq gets queueing, priority and the worker's retries unchanged. Past
 VLMQ_CHAT_WAIT_SECONDS the answer is a 504 naming the job, which is still running and can
 be polled; long work belongs on POST /v1/jobs or /v1/batches.
+
+Every answer about a job that exists says `x-should-retry: false`, which the official
+clients honour: their automatic retry of a 5xx would submit a second job. A client that
+wants retries to be safe sends an Idempotency-Key, which replays the same job.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ async def chat_completions(
     job_id = accepted.job.id
     job = await wait_for_end(deps, job_id, auth.principal.tenant_id,
                              deps.settings.chat_wait_seconds)
-    headers = {"Location": f"/v1/jobs/{job_id}"}
+    headers = {"Location": f"/v1/jobs/{job_id}", "x-should-retry": "false"}
     if job.status == JobStatus.succeeded and job.result is not None:
         return JSONResponse(completion_object(
             job_id=job_id.hex, model=job.model, created=int(job.created_at.timestamp()),

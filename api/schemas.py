@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.jobs.view import JobError, JobOut
 from shared.models import WebhookAttempt, WebhookDelivery
-from shared.webhooks.events import DeliveryStatus, WebhookEvent
+from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
 
 
 class GenerationParams(BaseModel):
@@ -102,8 +102,9 @@ class DeliveryAttemptOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     id: uuid.UUID
-    job_id: uuid.UUID
-    event: WebhookEvent
+    job_id: uuid.UUID | None = Field(description="the job whose event this is; null for a batch's")
+    batch_id: str | None = Field(default=None, description="the batch whose event this is")
+    event: WebhookEvent | BatchEvent
     url: str
     webhook_id: str = Field(description="the webhook-id header; the same on every attempt")
     status: DeliveryStatus
@@ -120,7 +121,9 @@ class DeliveryOut(BaseModel):
         return cls(
             id=delivery.id,
             job_id=delivery.job_id,
-            event=WebhookEvent(delivery.event),
+            batch_id=delivery.batch_id,
+            event=(BatchEvent(delivery.event) if delivery.batch_id
+                   else WebhookEvent(delivery.event)),
             url=delivery.url,
             webhook_id=delivery.message_id,
             status=delivery.status,

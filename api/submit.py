@@ -77,7 +77,7 @@ class Accepted:
 def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     settings = deps.settings
     prompt, model, params = check_fields(deps, sub.prompt, sub.model, sub.params)
-    _check_webhook(settings, sub.webhook)
+    check_webhook(settings, sub.webhook)
     image = check_image(deps, sub.image, sub.image_url)
     fingerprint = None
     if sub.idempotency_key is not None:
@@ -196,7 +196,7 @@ def _deadline(now: datetime, seconds: int | None) -> datetime | None:
     return now + timedelta(seconds=seconds) if seconds else None
 
 
-def _check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
+def check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
     """Refuses, before anything is stored, a URL the sender would refuse to connect to."""
     if webhook.webhook_url is None:
         return

@@ -114,6 +114,9 @@ class Batch(Base):
     model: Mapped[str | None] = mapped_column(String(200))
     priority: Mapped[int] = mapped_column(Integer, nullable=False)
     metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    # vlmq's own: where the batch's final event goes (None for events means all of them).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
@@ -257,8 +260,14 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    # A job's event, or (with job_id None) a batch's.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    batch_id: Mapped[str | None] = mapped_column(
+        String(40),
+        ForeignKey("batches.id", name="fk_webhook_deliveries_batch_id_batches",
+                   ondelete="CASCADE"),
     )
     event: Mapped[str] = mapped_column(String(32), nullable=False)
     url: Mapped[str] = mapped_column(Text, nullable=False)
@@ -289,6 +298,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("message_id", name="uq_webhook_deliveries_message_id"),
         Index("ix_webhook_deliveries_job", "job_id"),
+        Index("ix_webhook_deliveries_batch", "batch_id"),
         Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
     )
 

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from shared.errors import Unavailable
@@ -75,21 +75,28 @@ class LocalStore:
             raise Unavailable(f"object folder {self.root} is not writable")
 
 
+def s3_client(settings: Settings, *, max_attempts: int = 3, connect_timeout: float = 5,
+              read_timeout: float = 60) -> Any:
+    """A boto3 S3 client on the configured endpoint, region and credentials."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                      connect_timeout=connect_timeout, read_timeout=read_timeout),
+    )
+
+
 class S3Store:
     def __init__(self, settings: Settings, bucket: str, prefix: str) -> None:
-        import boto3
-        from botocore.config import Config
-
         self.bucket = bucket
         self.prefix = prefix
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
-        )
+        self.client = s3_client(settings)
         if settings.s3_create_bucket:
             self._ensure_bucket()
 

@@ -14,14 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import httpx
 import openai
 import pytest
 from openai import OpenAI
+from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Stack, png_bytes
-from tests.services import create_api_key, fresh_database, start_api, start_worker
+from tests.services import (
+    create_api_key,
+    fresh_database,
+    start_api,
+    start_webhooks,
+    start_worker,
+)
+from tests.webhook_receiver import receiver
 
 ENDPOINT = "/v1/chat/completions"
+SECRET = "whsec_" + base64.b64encode(b"batch-webhook-secret-32-bytes!!!").decode()
+RECEIVER_HOST = "127.0.0.3"
 
 
 @dataclass
@@ -41,15 +52,19 @@ def bulk(stack: Stack) -> Iterator[Bulk]:
         st = stack.with_env(
             database_url=db_url, model=model, engine="echo", echo_faults="true",
             queue_prefix=f"vlmqbatch{tag}", accepted_models=json.dumps([parked]),
-            batch_poll_seconds="0.2", batch_lease_seconds="3",
+            batch_poll_seconds="0.2", batch_lease_seconds="3", chat_wait_seconds="2",
             image_fetch_allow_http="true", image_fetch_allowed_networks='["127.0.0.1/32"]',
+            webhook_secrets=json.dumps([SECRET]), webhook_allow_http="true",
+            webhook_allowed_networks=f'["{RECEIVER_HOST}/32"]', webhook_poll_seconds="0.2",
         ).migrate()
         api, base = start_api(st.env, st.log_dir, name="api-batches")
         worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
+        hooks = start_webhooks(st.env, st.log_dir, name="webhooks-batches")
         client = OpenAI(base_url=f"{base}/v1", api_key=st.api_key,
                         _strict_response_validation=True, max_retries=0, timeout=60)
         yield Bulk(st, base, client, model, parked)
         client.close()
+        hooks.stop()
         worker.stop()
         api.stop()
 
@@ -167,6 +182,33 @@ def test_a_batch_runs_to_completion_with_every_kind_of_image(bulk: Bulk,
         bulk.client.batches.cancel(done.id)
 
 
+def test_a_finished_batch_sends_a_signed_webhook(bulk: Bulk) -> None:
+    lines = [line(f"hooked-{i}", bulk.model, data_url(png_bytes(16, 16))) for i in range(2)]
+    with receiver(host=RECEIVER_HOST) as hook:
+        batch = bulk.client.batches.create(
+            input_file_id=upload(bulk.client, lines), endpoint=ENDPOINT,
+            completion_window="24h", extra_body={"webhook_url": hook.url()},
+        )
+        done = wait_batch(bulk.client, batch.id, {"completed"})
+        [hit] = hook.wait_for(1)
+    event = Webhook(SECRET).verify(hit.body, hit.headers)
+    assert event["type"] == "batch.completed"
+    sent = openai.types.Batch.model_validate(
+        {k: v for k, v in event["data"].items() if k not in ("url", "truncated")})
+    assert sent.id == batch.id and sent.output_file_id == done.output_file_id
+    assert sent.request_counts is not None and sent.request_counts.completed == 2
+    with httpx.Client(base_url=bulk.base, headers=bulk.stack.headers, timeout=30) as http:
+        deadline = time.monotonic() + 30
+        while True:  # the ledger records the answer just after the receiver has it
+            ledger = http.get("/v1/deliveries", params={"limit": 50}).json()["data"]
+            [delivery] = [d for d in ledger if d["batch_id"] == batch.id]
+            if delivery["status"] == "succeeded" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert delivery["event"] == "batch.completed" and delivery["status"] == "succeeded"
+        assert delivery["job_id"] is None
+
+
 def test_validation_failures_name_their_lines(bulk: Bulk) -> None:
     ok = json.dumps(line("a", bulk.model, data_url(png_bytes(8, 8))))
     content = "\n".join([
@@ -261,6 +303,26 @@ def test_chat_completions_with_an_image(bulk: Bulk) -> None:
         bulk.client.chat.completions.create(
             model=bulk.model, messages=[{"role": "user", "content": "no image at all"}])
     assert "image_url" in str(refused.value)
+
+
+def test_a_chat_completion_past_its_wait_names_its_job_and_is_not_retried(bulk: Bulk) -> None:
+    patient = OpenAI(base_url=f"{bulk.base}/v1", api_key=bulk.stack.api_key, max_retries=2,
+                     _strict_response_validation=True, timeout=60)
+    prompt = f"parked {uuid.uuid4().hex}"
+    with patient, pytest.raises(openai.APIStatusError) as late:
+        patient.chat.completions.create(
+            model=bulk.parked,  # no worker serves it
+            messages=[{"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": data_url(png_bytes(8, 8))}}]}])
+    assert late.value.status_code == 504
+    assert "GET /v1/jobs/" in late.value.message
+    job_path = late.value.response.headers["location"]
+    with httpx.Client(base_url=bulk.base, headers=bulk.stack.headers, timeout=30) as http:
+        listed = http.get("/v1/jobs", params={"model": bulk.parked, "limit": 500}).json()
+        assert [j["id"] for j in listed["data"] if j["prompt"] == prompt] == [
+            job_path.rsplit("/", 1)[1]], "the client's retries made more jobs"
+        http.post(f"{job_path}/cancel")
 
 
 def test_another_tenants_files_and_batches_are_not_found(bulk: Bulk) -> None:

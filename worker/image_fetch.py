@@ -31,6 +31,7 @@ from shared.image_refs import (
     check_image_url,
 )
 from shared.settings import Settings
+from shared.storage import s3_client
 from shared.webhooks.urls import ResolvedUrl, resolve_public_url
 from worker.pinned_http import (
     NETWORK_ERRORS,
@@ -225,23 +226,10 @@ class ImageFetcher:
     def _s3_client(self) -> Any:
         with self._s3_lock:
             if self._s3 is None:
-                import boto3
-                from botocore.config import Config
-
-                s = self.settings
+                timeout = self.settings.image_fetch_timeout_seconds
                 # The store's endpoint and credentials; the fetch's own time limits.
-                self._s3 = boto3.client(
-                    "s3",
-                    endpoint_url=s.s3_endpoint_url,
-                    region_name=s.s3_region,
-                    aws_access_key_id=s.s3_access_key_id,
-                    aws_secret_access_key=s.s3_secret_access_key,
-                    config=Config(
-                        retries={"max_attempts": 2, "mode": "standard"},
-                        connect_timeout=min(5.0, s.image_fetch_timeout_seconds),
-                        read_timeout=s.image_fetch_timeout_seconds,
-                    ),
-                )
+                self._s3 = s3_client(self.settings, max_attempts=2,
+                                     connect_timeout=min(5.0, timeout), read_timeout=timeout)
             return self._s3
 
 

@@ -1,4 +1,5 @@
-"""Files and batches; jobs may be lines of a batch and may give their image by reference.
+"""Files and batches; jobs may be lines of a batch and may give their image by reference;
+webhook deliveries may carry a batch's event instead of a job's.
 
 Revision ID: 0007
 Revises: 0006
@@ -57,6 +58,8 @@ def upgrade() -> None:
         sa.Column("errors", sa.JSON(), nullable=True),
         sa.Column("output_file_id", sa.String(length=40), nullable=True),
         sa.Column("error_file_id", sa.String(length=40), nullable=True),
+        sa.Column("webhook_url", sa.Text(), nullable=True),
+        sa.Column("webhook_events", sa.JSON(), nullable=True),
         sa.Column("lines_expanded", sa.Integer(), nullable=False),
         sa.Column("total", sa.Integer(), nullable=False),
         _timestamp("lease_expires_at"),
@@ -83,8 +86,21 @@ def upgrade() -> None:
         batch.create_unique_constraint("uq_jobs_batch_line", ["batch_id", "batch_line"])
     op.create_index("ix_jobs_batch_status", "jobs", ["batch_id", "status"])
 
+    with op.batch_alter_table("webhook_deliveries") as batch:
+        batch.alter_column("job_id", existing_type=sa.Uuid(), nullable=True)
+        batch.add_column(sa.Column("batch_id", sa.String(length=40), nullable=True))
+        batch.create_foreign_key("fk_webhook_deliveries_batch_id_batches", "batches",
+                                 ["batch_id"], ["id"], ondelete="CASCADE")
+    op.create_index("ix_webhook_deliveries_batch", "webhook_deliveries", ["batch_id"])
+
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_batch", table_name="webhook_deliveries")
+    op.execute("DELETE FROM webhook_deliveries WHERE job_id IS NULL")
+    with op.batch_alter_table("webhook_deliveries") as batch:
+        batch.drop_constraint("fk_webhook_deliveries_batch_id_batches", type_="foreignkey")
+        batch.drop_column("batch_id")
+        batch.alter_column("job_id", existing_type=sa.Uuid(), nullable=False)
     op.drop_index("ix_jobs_batch_status", table_name="jobs")
     op.execute("DELETE FROM jobs WHERE image_key IS NULL")
     with op.batch_alter_table("jobs") as batch:

@@ -92,12 +92,14 @@ def _after_page(session: Session, entity: Any, tenant_id: str | None, limit: int
 
 def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id: str,
               completion_window: timedelta, window_text: str, priority: int,
-              metadata: dict[str, str] | None) -> Batch:
+              metadata: dict[str, str] | None, webhook_url: str | None = None,
+              webhook_events: list[str] | None = None) -> Batch:
     now = utcnow()
     batch = Batch(
         id=new_batch_id(), tenant_id=tenant_id, endpoint=endpoint, input_file_id=input_file_id,
         completion_window=window_text, status="validating", priority=priority,
-        metadata_=metadata, lines_expanded=0, total=0, created_at=now,
+        metadata_=metadata, webhook_url=webhook_url, webhook_events=webhook_events,
+        lines_expanded=0, total=0, created_at=now,
         expires_at=now + completion_window,
     )
     session.add(batch)

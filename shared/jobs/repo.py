@@ -48,11 +48,16 @@ def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job |
 
 
 def count_active(session: Session, tenant_id: str) -> int:
-    """Queued and running jobs of a tenant (the quota's measure; a partial index serves it)."""
+    """Queued and running jobs of a tenant (the quota's measure; a partial index serves it).
+
+    Batch lines are left out: a batch is bounded by VLMQ_BATCH_MAX_LINES, and counting its
+    thousands of queued lines would lock the tenant's interactive submissions out.
+    """
     return session.scalar(
         select(func.count()).select_from(Job).where(
             Job.tenant_id == tenant_id,
             Job.status.in_((JobStatus.queued, JobStatus.running)),
+            Job.batch_id.is_(None),
         )
     ) or 0
 

@@ -60,6 +60,8 @@ class JobOut(BaseModel):
     error: JobError | None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    batch_id: str | None = Field(default=None, description="the batch this job is a line of")
+    custom_id: str | None = Field(default=None, description="the line's custom_id")
 
     @classmethod
     def from_row(cls, job: Job) -> JobOut:
@@ -92,6 +94,8 @@ class JobOut(BaseModel):
             error=error,
             webhook_url=job.webhook_url,
             webhook_events=job.webhook_events,
+            batch_id=job.batch_id,
+            custom_id=job.custom_id,
         )
 
 

@@ -14,6 +14,13 @@ class WebhookEvent(StrEnum):
     expired = "job.expired"
 
 
+class BatchEvent(StrEnum):
+    completed = "batch.completed"
+    failed = "batch.failed"
+    expired = "batch.expired"
+    cancelled = "batch.cancelled"
+
+
 EVENT_FOR_STATUS: dict[JobStatus, WebhookEvent] = {
     JobStatus.succeeded: WebhookEvent.succeeded,
     JobStatus.failed: WebhookEvent.failed,

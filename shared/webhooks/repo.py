@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shared.cursor import newest_first_page
 from shared.errors import NotFound
 from shared.jobs.status import JobStatus
-from shared.models import Job, WebhookAttempt, WebhookDelivery
+from shared.models import Batch, Job, WebhookAttempt, WebhookDelivery
 from shared.timeutil import utcnow
 from shared.webhooks.events import EVENT_FOR_STATUS, DeliveryStatus
 
@@ -34,17 +34,29 @@ def add_for_terminal_job(
     event = EVENT_FOR_STATUS[status]
     if events is not None and event not in events:
         return
-    session.add(
-        WebhookDelivery(
-            job_id=job_id,
-            event=event,
-            url=url,
-            message_id=f"msg_{uuid.uuid4().hex}",
-            status=DeliveryStatus.pending,
-            attempts=0,
-            round_attempts=0,
-            next_attempt_at=utcnow(),
-        )
+    session.add(_pending(event, url, job_id=job_id))
+
+
+def add_for_batch(session: Session, batch_id: str, event: str, url: str,
+                  events: list[str] | None, payload: str) -> None:
+    """Called inside the transaction that ends the batch. The payload is the batch as it
+    ended, written now: nothing later could rebuild it."""
+    if events is not None and event not in events:
+        return
+    session.add(_pending(event, url, batch_id=batch_id, payload=payload))
+
+
+def _pending(event: str, url: str, **owner_and_payload: object) -> WebhookDelivery:
+    """A new delivery, due now; the webhook-id is minted here and never changes."""
+    return WebhookDelivery(
+        event=event,
+        url=url,
+        message_id=f"msg_{uuid.uuid4().hex}",
+        status=DeliveryStatus.pending,
+        attempts=0,
+        round_attempts=0,
+        next_attempt_at=utcnow(),
+        **owner_and_payload,
     )
 
 
@@ -115,7 +127,7 @@ def forget_dispatches(session: Session) -> int:
 @dataclass(frozen=True)
 class Claim:
     delivery_id: uuid.UUID
-    job_id: uuid.UUID
+    job_id: uuid.UUID | None  # None for a batch's event, whose payload is written up front
     event: str
     url: str
     message_id: str
@@ -267,8 +279,11 @@ def get_delivery(
 
 
 def _of_tenant(tenant_id: str) -> ColumnElement[bool]:
-    # Deliveries belong to a tenant through their job.
-    return WebhookDelivery.job_id.in_(select(Job.id).where(Job.tenant_id == tenant_id))
+    # Deliveries belong to a tenant through their job or batch.
+    return or_(
+        WebhookDelivery.job_id.in_(select(Job.id).where(Job.tenant_id == tenant_id)),
+        WebhookDelivery.batch_id.in_(select(Batch.id).where(Batch.tenant_id == tenant_id)),
+    )
 
 
 def for_job(session: Session, job_id: uuid.UUID) -> list[WebhookDelivery]:

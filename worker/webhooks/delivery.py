@@ -105,7 +105,7 @@ def deliver(ctx: WebhookContext, delivery_id: uuid.UUID) -> str:
 
 def _first_payload(ctx: WebhookContext, session: Session, claimed: deliveries_repo.Claim) -> str:
     """Built once from the finished job and stored, so every attempt sends the same bytes."""
-    job = jobs_repo.get_job(session, claimed.job_id)
+    job = jobs_repo.get_job(session, claimed.job_id) if claimed.job_id else None
     if job is None:  # deleted jobs take their deliveries with them; this is a narrow race
         raise LookupError(f"job {claimed.job_id} is gone")
     payload = build_payload(
