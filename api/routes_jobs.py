@@ -249,21 +249,18 @@ def _from_json(body: bytes) -> Submission:
         req = JobCreate.model_validate_json(body)
     except ValidationError as exc:
         raise _json_error(exc) from exc
-    if req.image.url is not None:
-        raise InvalidInput(
-            "image.url is not accepted by this server; send image.base64 or a multipart upload",
-            code="image_url_not_supported",
-        )
-    try:
-        data = base64.b64decode(req.image.base64 or "", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
+    data = None
+    if req.image.url is None:  # else a data:, https:// or s3:// reference (api/submit.py)
+        try:
+            data = base64.b64decode(req.image.base64 or "", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
     params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
     options = JobOptions.model_validate(req.model_dump(include=_FORM_OPTIONS))
     webhook = WebhookOptions.model_validate(req.model_dump(include=_FORM_WEBHOOK))
     return Submission(
-        image=data, prompt=req.prompt, model=req.model, params=params, options=options,
-        webhook=webhook,
+        image=data, image_url=req.image.url, prompt=req.prompt, model=req.model, params=params,
+        options=options, webhook=webhook,
     )
 
 

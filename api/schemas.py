@@ -33,7 +33,11 @@ class ImageSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base64: str | None = None
-    url: str | None = None
+    url: str | None = Field(
+        default=None,
+        description="data:image/...;base64,..., https:// (fetched by the worker) or "
+        "s3://bucket/key (a bucket the operator allows)",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ImageSource:

@@ -252,10 +252,16 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         "empty_image",
     ),
     (
-        "image-url",
+        "image-url-plain-http",
         lambda: {"json": {"prompt": PROMPT, "image": {"url": "http://x/a.png"}}},
         400,
-        "image_url_not_supported",
+        "image_url_refused",
+    ),
+    (
+        "image-url-private-address",
+        lambda: {"json": {"prompt": PROMPT, "image": {"url": "https://10.0.0.1/a.png"}}},
+        400,
+        "image_url_refused",
     ),
     (
         "invalid-json",

@@ -49,3 +49,21 @@ def test_api_side_processes_do_not_import_the_inference_stack() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, f"imported at start: {proc.stdout.strip()} {proc.stderr[-2000:]}"
+
+
+def test_every_package_is_listed_for_installation() -> None:
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("api", "worker", "shared", "migrations")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject"
+    assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"vlmq": "shared/client"}
+
+
+def test_the_client_imports_as_vlmq_without_the_server() -> None:
+    code = ("import sys, vlmq.client as c; "
+            "assert c.Client and c.AsyncClient and c.verify_webhook; "
+            "assert not {'api', 'worker', 'sqlalchemy'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/", timeout=60)
