@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench soak lint
+.PHONY: install demo test bench soak soak-backfill lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
@@ -20,6 +20,9 @@ bench: install
 
 soak: install
 	$(VENV)/bin/python -m tests.soak
+
+soak-backfill: install
+	$(VENV)/bin/python -m tests.soak_backfill
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

@@ -271,7 +271,7 @@ def _store_image(deps: ApiDeps, key: str, data: bytes, info: ImageInfo) -> None:
 
 def _insert_row(deps: ApiDeps, row: dict[str, Any]) -> None:
     """One autocommitted INSERT: a single round trip, and the job exists once it returns."""
-    key = row["image_key"]
+    key = row.get("image_key")  # None for an image given by reference: nothing to clean up
     try:
         conn = deps.autocommit.connect()
     except Exception as exc:  # nothing was sent, so the image has no job
@@ -290,7 +290,9 @@ def _insert_row(deps: ApiDeps, row: dict[str, Any]) -> None:
             raise Unavailable("the database did not take the job; retry shortly") from exc
 
 
-def _delete_quietly(deps: ApiDeps, key: str) -> None:
+def _delete_quietly(deps: ApiDeps, key: str | None) -> None:
+    if key is None:
+        return
     try:
         deps.store.delete(key)
     except Exception as exc:

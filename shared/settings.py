@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     # Base of links in webhook payloads, e.g. https://vlmq.example.com; relative when unset.
     public_url: str | None = None
 
+    # The key `vlmq backfill` sends to the server (a client's setting, not the server's).
+    api_key: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")

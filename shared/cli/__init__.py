@@ -9,6 +9,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from shared.cli import backfill as backfill_cli
 from shared.cli import keys as keys_cli
 from shared.settings import Settings
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     keys_cli.add_parser(sub)
+    backfill_cli.add_parser(sub)
 
     model = sub.add_parser("make-test-model", help="build a tiny random-weight Qwen2-VL offline")
     model.add_argument("dir", type=Path)

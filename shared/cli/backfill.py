@@ -1,0 +1,132 @@
+"""`vlmq backfill SOURCE --prompt ... --out results.jsonl`: see shared/backfill/."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shared.backfill import sources
+from shared.backfill.runner import Backfill, Plan, Tally
+from shared.client.client import Client
+from shared.settings import Settings
+
+_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "seed", "priority")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backfill", help="run a folder, glob, s3:// prefix or manifest of "
+                       "images through a vlmq server into one output file (resumable)")
+    p.add_argument("source", help="folder, glob ('photos/**/*.jpg'), s3://bucket/prefix, or "
+                   "a .jsonl/.csv manifest (path or URL) with an `image` column")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="the prompt for every image (a manifest may set its own)")
+    prompt.add_argument("--prompt-file", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="results, one line per image")
+    p.add_argument("--csv", action="store_true", help="write CSV instead of JSONL")
+    p.add_argument("--server", help="vlmq API base URL (default: VLMQ_API_HOST/PORT)")
+    p.add_argument("--api-key", help="an API key (default: VLMQ_API_KEY)")
+    p.add_argument("--model")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--priority", type=int, help="0 runs first, 9 last (default 5)")
+    p.add_argument("--max-in-flight", type=int, default=16, help="jobs submitted and not done")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="submit again the items that failed in an earlier run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the items and estimate the time from the server's recent rate")
+    p.add_argument("--quiet", action="store_true", help="no live display; a line every 10 s")
+    p.set_defaults(run=_backfill)
+
+
+def _backfill(args: argparse.Namespace, extra: list[str]) -> None:
+    settings = Settings()
+    server = args.server or f"http://{settings.api_host}:{settings.api_port}"
+    prompt = args.prompt_file.read_text().strip() if args.prompt_file else args.prompt
+    fields = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
+    with Client(server, args.api_key or settings.api_key) as client:
+        if args.dry_run:
+            raise SystemExit(_dry_run(client, args.source, settings, fields.get("model")))
+        if not prompt and not str(args.source).lower().endswith((".jsonl", ".csv")):
+            raise SystemExit("vlmq backfill: give --prompt or --prompt-file")
+        plan = Plan(prompt=prompt or "", fields=fields, out=args.out, csv=args.csv,
+                    max_in_flight=args.max_in_flight, retry_failed=args.retry_failed)
+        total = None if args.source.startswith("s3://") else sum(
+            1 for _ in sources.items(args.source, settings))
+        console = Console(stderr=True)
+        backfill = Backfill(client, plan, args.source)
+        items = sources.items(args.source, settings)
+        if args.quiet:
+            last = [0.0]
+
+            def report(tally: Tally) -> None:
+                if time.monotonic() - last[0] >= 10:
+                    last[0] = time.monotonic()
+                    console.print(_status_line(tally, total), highlight=False)
+
+            backfill.on_change = report
+            tally = backfill.run(items)
+        else:
+            with Live(console=console, refresh_per_second=4) as live:
+                backfill.on_change = lambda t: live.update(_status_line(t, total))
+                tally = backfill.run(items)
+    console.print(_summary(tally, args.out))
+    raise SystemExit(1 if tally.failed else 0)
+
+
+def _status_line(tally: Tally, total: int | None) -> str:
+    done = tally.succeeded + tally.failed
+    eta = "?"
+    if total is not None and tally.rate > 0:
+        left = total - tally.skipped - done
+        eta = str(timedelta(seconds=int(max(left, 0) / tally.rate)))
+    of = f" of {total}" if total is not None else ""
+    return (f"submitted {tally.submitted} | running {tally.running} | done {done}{of} "
+            f"(failed {tally.failed}, skipped {tally.skipped}) | "
+            f"{tally.rate:.1f} images/s | ETA {eta}")
+
+
+def _summary(tally: Tally, out: Path) -> Table:
+    table = Table(title=f"vlmq backfill -> {out}")
+    for column in ("skipped (done before)", "submitted", "succeeded", "failed", "seconds",
+                   "images/s"):
+        table.add_column(column, justify="right")
+    table.add_row(str(tally.skipped), str(tally.submitted), str(tally.succeeded),
+                  str(tally.failed), f"{time.monotonic() - tally.started:.1f}",
+                  f"{tally.rate:.2f}")
+    return table
+
+
+def _dry_run(client: Client, source: str, settings: Settings, model: str | None) -> int:
+    count = sum(1 for _ in sources.items(source, settings))
+    rate = _recent_rate(client, model)
+    line = f"{count} images in {source}"
+    if rate:
+        line += (f"; at the server's rate over the last 5 minutes ({rate:.1f} jobs/s) about "
+                 f"{timedelta(seconds=int(count / rate))}")
+    else:
+        line += "; the server finished no job in the last 5 minutes, so no estimate"
+    print(line)
+    return 0
+
+
+def _recent_rate(client: Client, model: str | None) -> float | None:
+    since = datetime.now(timezone.utc) - timedelta(minutes=5)
+    finished = []
+    for job in client.iter_jobs(status="succeeded", model=model, page_size=500):
+        if job.finished_at is None or job.finished_at < since:
+            break
+        finished.append(job.finished_at)
+    if len(finished) < 2:
+        return None
+    span = (max(finished) - min(finished)).total_seconds()
+    return len(finished) / span if span > 0 else None
+

@@ -1,0 +1,190 @@
+"""`vlmq backfill` as a user runs it, against a real API, echo worker and S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from vlmq.client import Client
+
+from tests.conftest import Stack, png_bytes
+from tests.services import create_api_key, start_worker
+
+MODEL = f"backfill-echo-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def echo_worker(stack: Stack) -> Iterator[None]:
+    st = stack.with_env(model=MODEL, engine="echo")
+    worker = start_worker(st.env, st.log_dir, name=f"worker-{MODEL}")
+    yield
+    worker.stop()
+
+
+def backfill(stack: Stack, api: str, *args: str, key: str | None = None,
+             background: bool = False) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "shared.cli", "backfill", *args, "--server", api,
+            "--model", MODEL, "--quiet"]
+    env = {**stack.env, "VLMQ_API_KEY": key or stack.api_key}
+    if background:
+        return subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    return subprocess.run(argv, env=env, text=True, capture_output=True, timeout=300)
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+
+
+def images(folder: Path, n: int, nested: bool = True) -> list[Path]:
+    paths = []
+    for i in range(n):
+        sub = folder / (f"part{i % 3}" if nested else "") / (f"deep{i % 2}" if nested else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i:04d}.png"
+        path.write_bytes(png_bytes(16, 12, seed=i))
+        paths.append(path)
+    return paths
+
+
+def test_a_folder_with_nested_folders_skips_what_is_not_an_image(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    source = tmp_path / "photos"
+    expected = {str(p) for p in images(source, 7)}
+    (source / "notes.txt").write_text("not an image")
+    (source / "part0" / ".DS_Store").write_bytes(b"\0\1")
+    out = tmp_path / "results.jsonl"
+    run = backfill(stack, api, str(source), "--prompt", "Describe it.", "--max-tokens", "4",
+                   "--out", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = lines(out)
+    assert {x["source"] for x in got} == expected and len(got) == 7
+    assert all(x["status"] == "succeeded" and x["text"] for x in got)
+    assert "succeeded" in run.stderr  # the summary table
+
+
+def test_a_manifest_gives_each_line_its_prompt(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    pics = images(tmp_path / "m", 3, nested=False)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(
+        {"image": str(p.relative_to(tmp_path)), "prompt": f"question {i}", "max_tokens": 3})
+        for i, p in enumerate(pics)))
+    out = tmp_path / "out.csv"
+    run = backfill(stack, api, str(manifest), "--out", str(out), "--csv")
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = out.read_text().splitlines()
+    assert len(rows) == 3
+    with Client(api, stack.api_key) as client:
+        prompts = {client.get(row.split(",")[1]).prompt for row in rows}
+    assert prompts == {"question 0", "question 1", "question 2"}
+
+
+def test_an_s3_prefix_is_sent_by_reference(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    settings = stack.settings
+    bucket = settings.store_url.removeprefix("s3://").partition("/")[0]
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    prefix = f"archive-{uuid.uuid4().hex[:6]}/"
+    for i in range(3):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}2024/{i}.png", Body=png_bytes(20, 20, seed=i))
+    s3.put_object(Bucket=bucket, Key=f"{prefix}README.md", Body=b"# not an image")
+    out = tmp_path / "s3.jsonl"
+    run = backfill(stack, api, f"s3://{bucket}/{prefix}", "--prompt", "What is it?",
+                   "--out", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = lines(out)
+    assert sorted(x["source"] for x in got) == [f"s3://{bucket}/{prefix}2024/{i}.png"
+                                                for i in range(3)]
+    with Client(api, stack.api_key) as client:
+        jobs = [client.get(x["job_id"]) for x in got]
+    assert all(j.image_url == x["source"] for j, x in zip(jobs, got, strict=True))
+
+
+def test_kill_9_and_rerun_gives_one_line_per_image(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    source = tmp_path / "many"
+    expected = {str(p) for p in images(source, 150)}
+    out = tmp_path / "many.jsonl"
+    args = (str(source), "--prompt", f"resume {uuid.uuid4().hex}", "--out", str(out),
+            "--max-in-flight", "4")
+    first = backfill(stack, api, *args, background=True)
+    assert isinstance(first, subprocess.Popen)
+    deadline = time.monotonic() + 120
+    while not out.exists() or len(out.read_text().splitlines()) < 20:
+        assert first.poll() is None and time.monotonic() < deadline, "no progress to cut"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = len(out.read_text().splitlines())
+    assert done_before < len(expected), "finished before the kill"
+
+    second = backfill(stack, api, *args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    got = lines(out)
+    assert len(got) == len(expected) and {x["source"] for x in got} == expected
+    with Client(api, stack.api_key) as client:
+        mine = [j for j in client.iter_jobs(model=MODEL, page_size=500)
+                if j.prompt == args[2]]
+    assert len(mine) == len(expected), "an item was submitted twice"
+
+
+def test_retry_failed_resubmits_only_the_failures(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    source = tmp_path / "mixed"
+    images(source, 3, nested=False)
+    broken = source / "broken.png"
+    broken.write_bytes(b"not really a png")
+    out = tmp_path / "mixed.jsonl"
+    first = backfill(stack, api, str(source), "--prompt", "x", "--out", str(out))
+    assert first.returncode == 1
+    failed = [x for x in lines(out) if x["status"] != "succeeded"]
+    assert [x["source"] for x in failed] == [str(broken)]
+    assert "invalid_image" in failed[0]["error"]
+
+    broken.write_bytes(png_bytes(16, 16))
+    again = backfill(stack, api, str(source), "--prompt", "x", "--out", str(out),
+                     "--retry-failed")
+    assert again.returncode == 0, again.stdout + again.stderr
+    got = lines(out)
+    assert len(got) == 4 and all(x["status"] == "succeeded" for x in got)
+
+
+def test_a_tenants_429s_are_waited_out_not_failures(
+    stack: Stack, api: str, echo_worker: None, tmp_path: Path
+) -> None:
+    tenant = f"backfill-{uuid.uuid4().hex[:6]}"
+    key = create_api_key(stack.settings.database_url, tenant)
+    subprocess.run([sys.executable, "-m", "shared.cli", "keys", "limits", "--tenant", tenant,
+                    "--submits-per-second", "2"], env=stack.env, check=True, timeout=60)
+    source = tmp_path / "paced"
+    images(source, 6, nested=False)
+    out = tmp_path / "paced.jsonl"
+    run = backfill(stack, api, str(source), "--prompt", "x", "--out", str(out), key=key)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(lines(out)) == 6 and all(x["status"] == "succeeded" for x in lines(out))
+
+
+def test_dry_run_counts_and_estimates(stack: Stack, api: str, echo_worker: None,
+                                     tmp_path: Path) -> None:
+    images(tmp_path / "dry", 5)
+    run = backfill(stack, api, str(tmp_path / "dry"), "--out", str(tmp_path / "none.jsonl"),
+                   "--dry-run")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("5 images in")
+    assert not (tmp_path / "none.jsonl").exists()
