@@ -34,6 +34,13 @@ class FileObject(BaseModel):
                    filename=row.filename, purpose=row.purpose)
 
 
+class FileUpload(BaseModel):
+    """Multipart form of POST /v1/files (documents the form; the route reads it itself)."""
+
+    file: bytes = Field(description="the JSONL file, one request per line")
+    purpose: Literal["batch"]
+
+
 class FileList(BaseModel):
     object: Literal["list"] = "list"
     data: list[FileObject]

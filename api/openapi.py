@@ -15,10 +15,26 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.openai_schemas import FileUpload
 from api.schemas import JobCreate, JobCreateForm
+from shared.chat import ChatRequest
 
 _SCHEMAS = "#/components/schemas/"
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+
+FILE_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"$ref": f"{_SCHEMAS}FileUpload"}}},
+    }
+}
+
+CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"{_SCHEMAS}ChatRequest"}}},
+    }
+}
 
 SUBMIT_BODY = {
     "requestBody": {
@@ -36,7 +52,7 @@ def install_openapi(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
-            _add_models(schema, [JobCreate, JobCreateForm])
+            _add_models(schema, [JobCreate, JobCreateForm, FileUpload, ChatRequest])
             _validation_errors_as_error_body(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
+from api.openapi import CHAT_BODY
 from api.routes_jobs import accept, admit, idempotency_key, wait_for_end
 from api.schemas import GenerationParams, JobOptions
 from api.submit import Submission
@@ -32,21 +33,8 @@ from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-_CHAT_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["model", "messages"],
-    "properties": {
-        "model": {"type": "string"},
-        "messages": {"type": "array", "items": {"type": "object"}},
-        "max_tokens": {"type": "integer"}, "max_completion_tokens": {"type": "integer"},
-        "temperature": {"type": "number"}, "top_p": {"type": "number"},
-        "seed": {"type": "integer"}, "stop": {"type": "array", "items": {"type": "string"}},
-        "priority": {"type": "integer", "minimum": 0, "maximum": 9},
-    },
-}}}}}
-
-
 @router.post(
-    "/chat/completions", openapi_extra=_CHAT_DOC,
+    "/chat/completions", openapi_extra=CHAT_BODY,
     responses={200: {"description": "a chat.completion"},
                **documented(400, 409, 413, 422, 500, 504), **RATE_LIMITED},
 )

@@ -17,6 +17,7 @@ from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import documented
 from api.openai_schemas import FileDeleted, FileList, FileObject
+from api.openapi import FILE_UPLOAD_BODY
 from shared.batches import repo as batches
 from shared.errors import InvalidInput, NotFound
 from shared.models import StoredFile
@@ -26,22 +27,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _PURPOSES = ("batch",)
 _STREAM_CHUNK = 256 * 1024
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file", "purpose"],
-            "properties": {
-                "file": {"type": "string", "format": "binary"},
-                "purpose": {"type": "string", "enum": list(_PURPOSES)},
-            },
-        }}},
-    }
-}
-
-
-@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_DOC,
+@router.post("", response_model=FileObject, openapi_extra=FILE_UPLOAD_BODY,
              responses=documented(400, 413))
 async def upload_file(
     request: Request,
