@@ -51,6 +51,11 @@ class Tenant(Base):
     # Per-tenant overrides of the server's defaults; None means the default.
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     submits_per_second: Mapped[float | None] = mapped_column(Float)
+    # Batch lines queued or running, and batches not yet ended, at once.
+    max_queued_batch_lines: Mapped[int | None] = mapped_column(Integer)
+    max_active_batches: Mapped[int | None] = mapped_column(Integer)
+    # `s3://bucket/prefix` references the tenant may give as images; None allows none.
+    image_url_prefixes: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class ApiKey(Base):
@@ -125,6 +130,11 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Held by the process expanding or finalizing the batch; lapsed means it died.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Unexpected failures of this batch's work so far; it is not tried again before
+    # `retry_at`, and fails once there have been too many.
+    work_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
+                                               server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
     )
