@@ -34,6 +34,9 @@ def vllm_stack(stack: Stack) -> Stack:
         max_wait_ms="20",
         metrics_port=str(free_port()),
         heartbeat_seconds="1",
+        # The random model may emit EOS at any step; long jobs must stay long, so the
+        # engine-death and cancel tests find them still inside the engine.
+        ignore_eos="true",
         # One attempt, so an engine failure shows as the job's final state.
         max_attempts="1",
     )
@@ -187,32 +190,29 @@ def test_engine_death_fails_running_jobs_and_worker_recovers(
 ) -> None:
     cores = engine_core_processes(vllm_worker)
     assert cores, "expected vLLM's engine core in a child process of the worker"
-    # Near the context limit so they are still generating when the engine dies.
-    long_ids = [submit(client, VLLM_MODEL, seed=i, max_tokens=1900) for i in range(3)]
+    # EOS is ignored, so each generates all its tokens: still inside when the engine dies.
+    long_ids = [submit(client, VLLM_MODEL, seed=i, max_tokens=1500) for i in range(2)]
     # A job is `running` from its claim, but only jobs already inside the engine die with
-    # it; the others wait for the fresh engine. So wait until some are inside.
+    # it; the others would wait for the fresh engine. So wait until both are inside.
     in_engine = 0.0
     # Generous: vLLM's CPU engine running a long job can starve every other process on a
     # 2-core machine, and then each submit and claim takes seconds.
     deadline = time.monotonic() + 180
-    while not in_engine and time.monotonic() < deadline:
+    while in_engine < len(long_ids) and time.monotonic() < deadline:
         in_engine = sample(metrics(vllm_stack), "vlmq_engine_in_flight")
         time.sleep(0.05)
     states = [client.get(f"/v1/jobs/{j}").json() for j in long_ids]
-    assert in_engine, f"no job entered the engine: {[(j['status'], j['error']) for j in states]}"
+    assert in_engine == len(long_ids), (
+        f"{in_engine:.0f} jobs inside the engine: {[(j['status'], j['error']) for j in states]}")
     for proc in cores:
         proc.kill()
 
+    # Either of them could have been the cause: neither is charged, and both run again on
+    # the fresh engine and succeed within their one attempt.
     jobs = wait_all(client, long_ids, timeout=300)
-    failed = [j for j in jobs if j["status"] == "failed"]
-    assert all(j["status"] in ("failed", "succeeded") for j in jobs), jobs
-    assert {j["error"]["code"] for j in failed} <= {"engine_error"}
-    if in_engine > 1:
-        # Any of them could have been the cause: none is charged, all run again.
-        assert "retrying without counting the attempt" in vllm_worker.log_text()
-        assert all(j["attempts"] == 1 for j in jobs), jobs
-    else:
-        assert len(failed) >= in_engine, jobs  # alone in the engine: its one attempt is spent
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(long_ids), jobs
+    assert all(j["attempts"] == 1 for j in jobs), jobs
+    assert "retrying without counting the attempt" in vllm_worker.log_text()
     assert vllm_worker.proc.poll() is None, "the worker process died with its engine"
 
     # The worker loads a fresh engine and keeps serving its queue.
