@@ -23,11 +23,16 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from api.schemas import ErrorBody
-from shared.errors import Unavailable, VlmqError
+from shared.errors import Unavailable, VlmqError, clipped
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = Unavailable.retry_after
+# A validation error's message names the fields at fault; past these it says how many more
+# there are. Pydantic's own messages never quote the input, but locations can hold the
+# client's dict keys, and one list can fail item by item.
+_MAX_ERRORS_DESCRIBED = 5
+_MAX_MESSAGE_CHARS = 200
 
 # Exception types raised by the clients of our dependencies; which of them mean "down" is
 # decided by `unreachable` below.
@@ -130,10 +135,14 @@ def _unreachable_one(exc: BaseException) -> str | None:
 
 
 def describe_validation(exc: ValidationError | RequestValidationError) -> str:
+    """Where and what, for the first few errors; never the input itself, which may be huge."""
+    errors = exc.errors()
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    for err in errors[:_MAX_ERRORS_DESCRIBED]:
+        where = ".".join(clipped(str(p)) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {clipped(str(err.get('msg', 'invalid')), _MAX_MESSAGE_CHARS)}")
+    if len(errors) > _MAX_ERRORS_DESCRIBED:
+        parts.append(f"and {len(errors) - _MAX_ERRORS_DESCRIBED} more")
     return "; ".join(parts)
 
 
@@ -164,8 +173,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's for a JSON body it could not parse
+            return error_response(400, "invalid_json", "the body is not valid JSON, or is "
+                                  "nested too deeply")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, clipped(str(exc.detail),
+                                                             _MAX_MESSAGE_CHARS))
 
     async def _dependency(request: Request, exc: Exception) -> JSONResponse:
         return _outage_or_500(request, exc)

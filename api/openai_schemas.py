@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.batches.repo import Counts
 from shared.models import Batch, StoredFile
 from shared.webhooks.events import BatchEvent
+from shared.webhooks.urls import MAX_URL_LENGTH
+
+# A batch's metadata, as at OpenAI: at most 16 pairs, keys of at most 64 characters and
+# values of at most 512.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+Metadata = dict[Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+                Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)]]
+# More than there are batch events; a list only repeats them past that.
+MAX_BATCH_WEBHOOK_EVENTS = 16
 
 
 def _seconds(moment: datetime | None) -> int | None:
@@ -63,12 +74,13 @@ class BatchCreate(BaseModel):
     completion_window: str = Field(
         default="24h", description="24h as at OpenAI; vlmq also takes e.g. 90s, 30m, 3h, 7d"
     )
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata | None = Field(default=None, max_length=MAX_METADATA_PAIRS)
     # vlmq's own (the openai client sends them with extra_body): a signed webhook when the
     # batch ends, through the same ledger as jobs' webhooks.
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     webhook_events: list[BatchEvent] | None = Field(
-        default=None, min_length=1, description="default: every batch event"
+        default=None, min_length=1, max_length=MAX_BATCH_WEBHOOK_EVENTS,
+        description="default: every batch event",
     )
 
 

@@ -39,7 +39,6 @@ def create_batch(
         raise InvalidInput(f"endpoint must be one of {', '.join(ENDPOINTS)}",
                            code="invalid_endpoint")
     window = _window(body.completion_window)
-    _check_metadata(body.metadata)
     check_webhook(deps.settings, WebhookOptions(webhook_url=body.webhook_url))
     tenant = auth.principal.tenant_id
     with deps.sessions() as session:
@@ -121,10 +120,3 @@ def _window(text: str) -> timedelta:
         raise InvalidInput("completion_window is a duration such as 24h, 30m or 90s, at most 7d",
                            code="invalid_completion_window")
     return window
-
-
-def _check_metadata(metadata: dict[str, str] | None) -> None:
-    for key, value in (metadata or {}).items():
-        if len(key) > 64 or len(value) > 512:
-            raise InvalidInput("metadata keys are at most 64 characters and values 512",
-                               code="invalid_metadata")

@@ -48,6 +48,9 @@ async def chat_completions(
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
+    except RecursionError as exc:  # e.g. 100,000 `[`: the parser's own stack runs out
+        raise InvalidInput("the body's JSON is nested too deeply",
+                           code="invalid_json") from exc
     chat = parse_chat_request(body)
     sub = Submission(
         image=None, image_url=chat.image_url, prompt=chat.prompt, model=chat.model,

@@ -19,7 +19,7 @@ from api.errors import documented
 from api.openai_schemas import FileDeleted, FileList, FileObject
 from api.openapi import FILE_UPLOAD_BODY
 from shared.batches import repo as batches
-from shared.errors import InvalidInput, NotFound
+from shared.errors import InvalidInput, NotFound, quoted
 from shared.models import StoredFile
 from shared.tenancy.repo import Authenticated
 
@@ -46,6 +46,7 @@ async def upload_file(
     if purpose not in _PURPOSES:
         raise InvalidInput(f"purpose must be one of {', '.join(_PURPOSES)}",
                            code="invalid_purpose")
+    filename = _filename(upload)  # before the put: a refused name leaves no object behind
     file_id = batches.new_file_id()
     key = f"files/{file_id}"
     size = upload.size if upload.size is not None else 0
@@ -54,7 +55,7 @@ async def upload_file(
     def record() -> FileObject:
         with deps.sessions() as session:
             row = batches.add_file(session, file_id=file_id, tenant_id=auth.principal.tenant_id,
-                                   purpose=str(purpose), filename=upload.filename or "upload",
+                                   purpose=str(purpose), filename=filename,
                                    size=size, object_key=key)
             session.commit()
             return FileObject.from_row(row)
@@ -134,3 +135,16 @@ def _file(session: Session, file_id: str, auth: Authenticated) -> StoredFile:
     if row is None:
         raise NotFound(f"no file with id {file_id}")
     return row
+
+
+def _filename(upload: UploadFile) -> str:
+    """The name the file is listed under; it must fit `files.filename` (Postgres text
+    holds no NUL)."""
+    name = upload.filename or "upload"
+    limit = StoredFile.filename.type.length
+    if len(name) > limit or "\x00" in name:
+        raise InvalidInput(
+            f"the file's name {quoted(name)} must be at most {limit} characters, with no "
+            "NUL", code="invalid_filename",
+        )
+    return name

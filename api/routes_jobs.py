@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import time
 import uuid
 from dataclasses import replace
@@ -27,10 +28,12 @@ from api.schemas import (
     JobList,
     JobOptions,
     JobOut,
+    ModelChoice,
     WebhookOptions,
 )
 from api.submit import Accepted, Submission, submit_job
-from shared.errors import InvalidInput, NotFound, RateLimited, UnsupportedMediaType
+from shared.cursor import encode_cursor
+from shared.errors import InvalidInput, NotFound, RateLimited, UnsupportedMediaType, quoted_list
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
@@ -44,6 +47,11 @@ _FORM_OPTIONS = set(JobOptions.model_fields)
 _FORM_WEBHOOK = set(WebhookOptions.model_fields)
 _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
 _MAX_IDEMPOTENCY_KEY = 200
+# A page of GET /v1/jobs stops early, with a cursor to the rest, once its jobs take this
+# many bytes. Every stored field is bounded, so one job is too (about 6 bytes per prompt
+# character, escaped, plus 24 KiB, plus a result that max_tokens bounds), and a response is
+# at most this plus one job whatever `limit` asks for.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
 
 @router.post(
     "", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
@@ -187,15 +195,35 @@ def list_jobs(
     )] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> JobList:
+) -> Response:
     if any(v is not None and "\x00" in v for v in (model, tenant, batch_id)):
-        return JobList(data=[], next_cursor=None)  # Postgres text cannot hold NUL
+        return _page_response(jobs_repo.Page(jobs=[], next_cursor=None))  # no NUL in Postgres
     with deps.reads() as session:
         page = jobs_repo.list_jobs(
             session, status=status, model=model, tenant_id=auth.principal.tenant_filter(tenant),
             batch_id=batch_id, limit=limit, cursor=cursor,
         )
-    return JobList(data=[JobOut.from_row(j) for j in page.jobs], next_cursor=page.next_cursor)
+    return _page_response(page)
+
+
+def _page_response(page: jobs_repo.Page) -> Response:
+    """The page as JSON, cut short past MAX_PAGE_BYTES with a cursor to the rest.
+
+    Serialised here, each job once: that is how the page's size is known as it grows.
+    """
+    items: list[bytes] = []
+    size = 0
+    next_cursor = page.next_cursor
+    for job in page.jobs:
+        if size >= MAX_PAGE_BYTES:
+            last = page.jobs[len(items) - 1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+            break
+        items.append(JobOut.from_row(job).model_dump_json().encode())
+        size += len(items[-1])
+    body = b'{"data":[%s],"next_cursor":%s}' % (b",".join(items),
+                                                 json.dumps(next_cursor).encode())
+    return Response(body, media_type="application/json")
 
 
 async def _from_multipart(request: Request) -> Submission:
@@ -207,7 +235,8 @@ async def _from_multipart(request: Request) -> Submission:
         ) from exc
     unknown = set(form.keys()) - _FORM_FIELDS
     if unknown:
-        raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}", code="unknown_field")
+        raise InvalidInput(f"unknown form fields: {quoted_list(sorted(unknown))}",
+                           code="unknown_field")
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise InvalidInput("multipart field `image` must be a file", code="missing_image")
@@ -218,10 +247,11 @@ async def _from_multipart(request: Request) -> Submission:
     options = JobOptions.model_validate({k: form.get(k) for k in _FORM_OPTIONS if k in form})
     webhook = WebhookOptions.model_validate(_webhook_form(form))
     prompt, model = form.get("prompt"), form.get("model")
+    model = ModelChoice.model_validate({"model": model or None}).model
     return Submission(
         image=await upload.read(),
         prompt=prompt if isinstance(prompt, str) else None,
-        model=model if isinstance(model, str) and model else None,
+        model=model,
         params=params,
         options=options,
         webhook=webhook,
@@ -273,7 +303,7 @@ def _json_error(exc: ValidationError) -> Exception:
     top_level = [e for e in errors if len(e["loc"]) == 1]
     unknown = sorted(str(e["loc"][0]) for e in top_level if e["type"] == "extra_forbidden")
     if unknown:
-        return InvalidInput(f"unknown fields: {', '.join(unknown)}", code="unknown_field")
+        return InvalidInput(f"unknown fields: {quoted_list(unknown)}", code="unknown_field")
     missing = {e["loc"][0] for e in top_level if e["type"] == "missing"}
     if "image" in missing:
         return InvalidInput('`image` ({"base64": ...}) is required', code="missing_image")

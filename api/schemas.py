@@ -7,9 +7,19 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.chat import MAX_MODEL_CHARS, MAX_STOP_SEQUENCES, StopString
 from shared.jobs.view import JobError, JobOut
 from shared.models import WebhookAttempt, WebhookDelivery
 from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
+from shared.webhooks.urls import MAX_URL_LENGTH
+
+# Every field a job stores is bounded, so a job object, and a page of them, is too. The
+# prompt's bound is a setting (VLMQ_MAX_PROMPT_CHARS), checked in api/submit.py.
+# More than there are events; a list only repeats them past that.
+MAX_WEBHOOK_EVENTS = 16
+# The stored `params` as JSON, worst case (every stop string at its bound, each character
+# escaped as \uXXXX): the field bounds keep it under this, tests/test_bounds.py checks it.
+MAX_PARAMS_BYTES = 16 * 1024
 
 
 class GenerationParams(BaseModel):
@@ -20,7 +30,7 @@ class GenerationParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=-1, ge=-1, le=1000, description="-1 disables top-k")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
 
     @model_validator(mode="after")
     def _no_empty_stop(self) -> GenerationParams:
@@ -63,9 +73,10 @@ class WebhookOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
     webhook_events: list[WebhookEvent] | None = Field(
-        default=None, min_length=1, description="default: every terminal event"
+        default=None, min_length=1, max_length=MAX_WEBHOOK_EVENTS,
+        description="default: every terminal event",
     )
 
     @model_validator(mode="after")
@@ -75,15 +86,23 @@ class WebhookOptions(BaseModel):
         return self
 
 
-class JobCreate(GenerationParams, JobOptions, WebhookOptions):
+class ModelChoice(BaseModel):
+    """Which model runs the job; whether it is served is checked on submission."""
+
+    model: str | None = Field(default=None, max_length=MAX_MODEL_CHARS)
+
+
+_PROMPT = "at most VLMQ_MAX_PROMPT_CHARS characters (16,000 unless the operator changed it)"
+
+
+class JobCreate(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
     """JSON form of POST /v1/jobs; generation and scheduling fields sit beside the prompt."""
 
     image: ImageSource
-    prompt: str
-    model: str | None = None
+    prompt: str = Field(description=_PROMPT)
 
 
-class JobCreateForm(GenerationParams, JobOptions, WebhookOptions):
+class JobCreateForm(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
     """Multipart form of POST /v1/jobs: the JSON form's fields, with the image as a file part.
 
     Documents the form; the route reads it field by field (repeated `stop` and
@@ -91,8 +110,7 @@ class JobCreateForm(GenerationParams, JobOptions, WebhookOptions):
     """
 
     image: bytes = Field(description="the image file (JPEG, PNG, WEBP, GIF, BMP or TIFF)")
-    prompt: str
-    model: str | None = None
+    prompt: str = Field(description=_PROMPT)
 
 
 class DeliveryAttemptOut(BaseModel):

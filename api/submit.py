@@ -25,7 +25,7 @@ from api.errors import unreachable
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import workers_repo
 from shared.chat import decode_data_url
-from shared.errors import Conflict, InvalidInput, Unavailable
+from shared.errors import Conflict, InvalidInput, Unavailable, quoted
 from shared.image_refs import check_image_url
 from shared.images import ImageInfo, inspect_image
 from shared.jobs import repo as jobs_repo
@@ -236,7 +236,7 @@ def _check_model(deps: ApiDeps, model: str) -> str:
         live = [m.model for m in workers_repo.live_models(session, settings.worker_ttl_seconds)]
     served = sorted({settings.model, *settings.accepted_models, *live})
     raise InvalidInput(
-        f"unknown model {model!r}; this server takes jobs for {served} (GET /v1/models)",
+        f"unknown model {quoted(model)}; this server takes jobs for {served} (GET /v1/models)",
         code="unknown_model",
     )
 

@@ -12,29 +12,49 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, clipped, quoted, quoted_list
+from shared.models import Job
 
 # Fields a chat-completions client may send that change nothing here; anything else
 # unknown is refused rather than silently ignored.
 _HARMLESS_FIELDS = {"user", "store", "metadata", "logprobs", "top_logprobs", "service_tier",
                     "parallel_tool_calls", "stream_options", "reasoning_effort", "modalities"}
 
+# Stop sequences, here and in a job's own params: OpenAI takes up to 4 and vLLM any number
+# of any length; each is stored with the job and repeated in every listing of it, so both
+# are bounded, generously for real use (a stop sequence is a few tokens).
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_CHARS = 256
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+# What one request can ask for is one image and a prompt; beyond these a body is abuse.
+MAX_MESSAGES = 64
+MAX_CONTENT_PARTS = 64
+MAX_MODEL_CHARS = Job.model.type.length
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=200)
-    messages: list[dict[str, Any]] = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = None
+    # One string or a list of them; validated as a list, so an error names the list's bound.
+    stop: Annotated[StopList | None, BeforeValidator(
+        _one_or_many, json_schema_input_type=StopString | StopList | None,
+    )] = None
     n: int | None = None
     stream: bool | None = None
     # vlmq's own: 0 runs first, 9 last.
@@ -60,12 +80,14 @@ def parse_chat_request(body: object) -> ChatJob:
         req = ChatRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ()))
+        # A location may hold the client's own dict keys: each part is cut short.
+        param = ".".join(clipped(str(p)) for p in first.get("loc", ()))
         raise InvalidInput(f"{param}: {first.get('msg', 'invalid')}",
                            code="invalid_request") from exc
     unknown = sorted(set(req.model_extra or {}) - _HARMLESS_FIELDS)
     if unknown:
-        raise InvalidInput(f"unsupported fields: {', '.join(unknown)}", code="unsupported_field")
+        raise InvalidInput(f"unsupported fields: {quoted_list(unknown)}",
+                           code="unsupported_field")
     if req.stream:
         raise InvalidInput("stream: streaming is not supported; poll a job instead",
                            code="unsupported_field")
@@ -83,7 +105,7 @@ def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
         role = message.get("role")
         if role not in ("system", "developer", "user"):
             raise InvalidInput(
-                f"messages[{i}].role: {role!r} is not supported; send system and user "
+                f"messages[{i}].role: {quoted(role)} is not supported; send system and user "
                 "messages only (one question about one image)", code="unsupported_message",
             )
         content = message.get("content")
@@ -92,6 +114,9 @@ def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
             continue
         if not isinstance(content, list):
             raise InvalidInput(f"messages[{i}].content: a string or a list of parts",
+                               code="invalid_request")
+        if len(content) > MAX_CONTENT_PARTS:
+            raise InvalidInput(f"messages[{i}].content: at most {MAX_CONTENT_PARTS} parts",
                                code="invalid_request")
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
@@ -130,7 +155,7 @@ def _params(req: ChatRequest) -> dict[str, Any]:
         if value is not None:
             params[name] = value
     if req.stop is not None:
-        params["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
+        params["stop"] = req.stop
     return params
 
 

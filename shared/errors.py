@@ -63,3 +63,31 @@ class Unavailable(VlmqError):
     code = "service_unavailable"
     http_status = 503
     retry_after = 1
+
+
+# How much of a client's value an error message quotes: enough to recognise it, never so
+# much that a refusal of a huge field is itself huge.
+QUOTE_CHARS = 64
+QUOTE_ITEMS = 8
+
+
+def clipped(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` cut to its first `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`value` for an error message: a string's or a scalar's repr, of at most about
+    `limit` characters of it, and only the kind of a container (whose repr could be huge,
+    or too deeply nested to make)."""
+    if isinstance(value, str):
+        return repr(clipped(value, limit))
+    if value is None or isinstance(value, bool | int | float):
+        return clipped(repr(value), limit)
+    return f"a {type(value).__name__}"
+
+
+def quoted_list(values: list[str], most: int = QUOTE_ITEMS) -> str:
+    """The first `most` of `values`, each quoted, and how many more there are."""
+    shown = ", ".join(quoted(v) for v in values[:most])
+    return shown if len(values) <= most else f"{shown} and {len(values) - most} more"

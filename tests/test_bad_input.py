@@ -231,7 +231,13 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         "invalid_json",
     ),
     ("unknown-model", lambda: multipart(good_png(), model="no-such-model"), 400, "unknown_model"),
-    ("model-name-too-long", lambda: as_json(good_png(), model="m" * 300), 400, "unknown_model"),
+    ("model-name-too-long", lambda: as_json(good_png(), model="m" * 300), 422, "validation_error"),
+    (
+        "form-model-name-too-long",
+        lambda: multipart(good_png(), model="m" * 300),
+        422,
+        "validation_error",
+    ),
     ("model-name-with-nul", lambda: as_json(good_png(), model="a\x00b"), 400, "unknown_model"),
     (
         "invalid-base64",
