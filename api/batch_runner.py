@@ -200,7 +200,7 @@ class BatchRunner:
             row.update(prompt=prompt, model=model, params=resolved)
             if chat.priority is not None:
                 row["priority"] = chat.priority
-            image = check_image(self.deps, None, chat.image_url)
+            image = check_image(self.deps, None, chat.image_url, batch.tenant_id)
             row.update(store_image(self.deps, row["id"], image))
         except InvalidInput as exc:
             row.update(status=JobStatus.failed, finished_at=now, error_code=exc.code,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
-from api.errors import documented
+from api.errors import RATE_LIMITED, documented
 from api.openai_schemas import BatchCreate, BatchList, BatchObject
 from api.schemas import WebhookOptions
 from api.submit import check_webhook
@@ -29,12 +29,14 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _MAX_WINDOW = timedelta(days=7)
 
 
-@router.post("", response_model=BatchObject, responses=documented(400, 404, 422))
+@router.post("", response_model=BatchObject,
+             responses={**documented(400, 404, 422), **RATE_LIMITED})
 def create_batch(
     body: BatchCreate,
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> BatchObject:
+    deps.limits.admit_batch(auth)  # the rate and the tenant's batch caps (api/quotas.py)
     if body.endpoint not in ENDPOINTS:
         raise InvalidInput(f"endpoint must be one of {', '.join(ENDPOINTS)}",
                            code="invalid_endpoint")

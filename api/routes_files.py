@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
-from api.errors import documented
+from api.errors import RATE_LIMITED, documented
 from api.openai_schemas import FileDeleted, FileList, FileObject
 from api.openapi import FILE_UPLOAD_BODY
 from shared.batches import repo as batches
@@ -28,12 +28,13 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 _PURPOSES = ("batch",)
 _STREAM_CHUNK = 256 * 1024
 @router.post("", response_model=FileObject, openapi_extra=FILE_UPLOAD_BODY,
-             responses=documented(400, 413))
+             responses={**documented(400, 413), **RATE_LIMITED})
 async def upload_file(
     request: Request,
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> FileObject:
+    await run_in_threadpool(deps.limits.admit_file, auth)  # the rate, before the body is read
     try:
         # Starlette spools each file part to disk past 1 MB: a large file never sits in memory.
         form = await request.form(max_files=1, max_fields=4)

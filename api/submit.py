@@ -4,7 +4,8 @@ The order means a queued job always has its image. Once the row is committed the
 accepted: workers claim queued jobs from Postgres and poll it on their own, so the broker
 message after the commit is only a wake-up, sent in the background (api/wakeups.py).
 Without an Idempotency-Key the happy path is one decode of the image, one object put and
-one autocommitted INSERT.
+one autocommitted INSERT. A tenant near its active-jobs quota has its insert counted under
+a per-tenant advisory lock instead (api/quotas.py), so no race takes it past the quota.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
 from api.errors import unreachable
+from api.quotas import Reservation
 from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared import workers_repo
 from shared.chat import decode_data_url
-from shared.errors import Conflict, InvalidInput, Unavailable, quoted
-from shared.image_refs import check_image_url
+from shared.db import is_sqlite
+from shared.errors import Conflict, InvalidInput, RateLimited, Unavailable, quoted
+from shared.image_refs import check_image_url, check_tenant_image_url
 from shared.images import ImageInfo, inspect_image
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
@@ -39,6 +43,10 @@ from shared.webhooks.urls import resolve_webhook_url
 log = logging.getLogger(__name__)
 
 _INSERT_JOB = insert(Job)
+# The first key of the quota's advisory locks (pg_advisory_xact_lock(int4, int4)): the
+# second is the tenant's hash, so two tenants' locks collide only by chance, and then they
+# merely wait for each other.
+_QUOTA_LOCK_SPACE = 0x766C6D71  # "vlmq"
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     settings = deps.settings
     prompt, model, params = check_fields(deps, sub.prompt, sub.model, sub.params)
     check_webhook(settings, sub.webhook)
-    image = check_image(deps, sub.image, sub.image_url)
+    image = check_image(deps, sub.image, sub.image_url, sub.tenant_id)
     fingerprint = None
     if sub.idempotency_key is not None:
         fingerprint = _fingerprint(image, prompt, model, params, sub.options, sub.webhook)
@@ -110,7 +118,8 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         ),
     )
     try:
-        _insert_row(deps, row)
+        with deps.limits.reserve(sub.tenant_id) as reservation:
+            _insert_row(deps, row, reservation)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key inserted first.
         earlier = _replay(deps, sub.tenant_id, sub.idempotency_key or "", fingerprint or "")
@@ -134,11 +143,18 @@ def check_fields(
     )
 
 
-def check_image(deps: ApiDeps, data: bytes | None, url: str | None) -> CheckedImage:
-    """Upload checks for bytes and data: URLs; the static checks for a reference."""
+def check_image(deps: ApiDeps, data: bytes | None, url: str | None,
+                tenant_id: str) -> CheckedImage:
+    """Upload checks for bytes and data: URLs; the static checks for a reference, which
+    for s3:// include the prefixes `tenant_id` may name (shared/image_refs.py)."""
     settings = deps.settings
     if url is not None and not url.startswith("data:"):
-        check_image_url(url, settings)
+        if settings.auth_disabled:  # development: one tenant, the server's bound alone
+            check_image_url(url, settings)
+        elif url[:5].lower() == "s3://":  # only these need the tenant's prefixes
+            check_tenant_image_url(url, settings, deps.limits.image_prefixes(tenant_id))
+        else:
+            check_image_url(url, settings)
         return CheckedImage(url=url)
     if url is not None:
         data = decode_data_url(url)
@@ -269,18 +285,23 @@ def _store_image(deps: ApiDeps, key: str, data: bytes, info: ImageInfo) -> None:
         raise Unavailable("the object store did not take the image; retry shortly") from exc
 
 
-def _insert_row(deps: ApiDeps, row: dict[str, Any]) -> None:
-    """One autocommitted INSERT: a single round trip, and the job exists once it returns."""
+def _insert_row(deps: ApiDeps, row: dict[str, Any], reservation: Reservation) -> None:
+    """One autocommitted INSERT: a single round trip, and the job exists once it returns.
+    Near the tenant's quota, a transaction that counts under the tenant's lock first."""
     key = row.get("image_key")  # None for an image given by reference: nothing to clean up
+    exact = reservation.limit is not None
     try:
-        conn = deps.autocommit.connect()
+        conn = (deps.engine if exact else deps.autocommit).connect()
     except Exception as exc:  # nothing was sent, so the image has no job
         _delete_quietly(deps, key)
         raise Unavailable("the database is unreachable; retry shortly") from exc
     with conn:
         try:
-            conn.execute(_INSERT_JOB, row)
-        except IntegrityError:
+            if exact:
+                _insert_counted(deps, conn, row, reservation)
+            else:
+                conn.execute(_INSERT_JOB, row)
+        except (IntegrityError, RateLimited):
             _delete_quietly(deps, key)
             raise
         except Exception as exc:
@@ -288,6 +309,36 @@ def _insert_row(deps: ApiDeps, row: dict[str, Any]) -> None:
             # (a stray object at worst), as a job may point at it.
             log.warning("inserting job %s failed (%s)", row["id"], exc.__class__.__name__)
             raise Unavailable("the database did not take the job; retry shortly") from exc
+
+
+def _insert_counted(deps: ApiDeps, conn: Connection, row: dict[str, Any],
+                    reservation: Reservation) -> None:
+    """Counts the tenant's active jobs and inserts this one in one transaction, holding the
+    tenant's advisory lock until it commits: the count and the insert of every other API
+    process wait for it, so together they never exceed the limit. RateLimited at it.
+
+    The count is its own statement after the lock: in READ COMMITTED each statement sees
+    what was committed when it began, so a count in the locking statement could miss the
+    insert of the transaction it waited for.
+    """
+    tenant, limit = row["tenant_id"], reservation.limit
+    assert limit is not None
+    with conn.begin():
+        if not is_sqlite(deps.settings):  # SQLite: one process, serialised by reserve()
+            conn.execute(select(func.pg_advisory_xact_lock(
+                _QUOTA_LOCK_SPACE, func.hashtext(tenant))))
+        counted = conn.execute(
+            select(func.count()).select_from(Job).where(
+                Job.tenant_id == tenant,
+                Job.status.in_((JobStatus.queued, JobStatus.running)),
+                Job.batch_id.is_(None),
+            )
+        ).scalar_one()
+        reservation.counted = counted
+        if counted >= limit:
+            deps.metrics.refused.labels(tenant, "quota_exceeded").inc()
+            raise deps.limits.quota_refusal(tenant, limit)
+        conn.execute(_INSERT_JOB, row)
 
 
 def _delete_quietly(deps: ApiDeps, key: str | None) -> None:

@@ -62,10 +62,12 @@ class Settings(BaseSettings):
     worker_max_pixels: int = 1024 * 1024
 
     # Images given by reference (image_url) are fetched by the worker that runs the job,
-    # then checked like uploads. s3:// references are read with the store's S3 settings and
-    # may name the store's own bucket (outside its prefix, which holds the server's own
-    # objects) or one of these; any other bucket is refused, as the server's credentials may
-    # reach buckets that clients must not read through it.
+    # then checked like uploads. s3:// references are read with the store's S3 settings, so
+    # a tenant may name only objects under the s3:// prefixes an operator allowed it
+    # (`vlmq keys limits --image-url-prefix`), and only within the server's outer bound:
+    # the store's own bucket (outside its prefix, which holds the server's own objects) or
+    # one of these; any other bucket is refused, as the server's credentials may reach
+    # buckets that clients must not read through it.
     image_fetch_allowed_buckets: list[str] = []
     # The whole fetch, connect to last byte, redirects included; a timeout is retried.
     image_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
@@ -108,6 +110,11 @@ class Settings(BaseSettings):
     # window shared by every API process (in Redis; per process with the filesystem broker).
     tenant_max_active_jobs: int = Field(default=10_000, ge=0)
     tenant_submits_per_second: float = Field(default=100.0, ge=0)
+    # Batch work a tenant may have at once: lines queued or running (a validated batch's
+    # lines count from validation, before they are expanded into jobs), and batches not
+    # yet ended. POST /v1/batches is refused with 429 at either; 0 = no limit.
+    tenant_max_queued_batch_lines: int = Field(default=100_000, ge=0)
+    tenant_max_active_batches: int = Field(default=10, ge=0)
 
     # Files and batches (the OpenAI-compatible bulk path). A batch's lines are jobs at
     # batch_priority, below interactive jobs' default of 5, so interactive work overtakes them.

@@ -102,6 +102,10 @@ def test_an_s3_prefix_is_sent_by_reference(
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"{prefix}2024/{i}.png", Body=png_bytes(20, 20, seed=i))
     s3.put_object(Bucket=bucket, Key=f"{prefix}README.md", Body=b"# not an image")
+    # A tenant names only the s3:// prefixes an operator allowed it.
+    subprocess.run([sys.executable, "-m", "shared.cli", "keys", "limits", "--tenant", "tests",
+                    "--image-url-prefix", f"s3://{bucket}/{prefix}"], env=stack.env,
+                   check=True, capture_output=True, timeout=60)
     out = tmp_path / "s3.jsonl"
     run = backfill(stack, api, f"s3://{bucket}/{prefix}", "--prompt", "What is it?",
                    "--out", str(out))

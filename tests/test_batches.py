@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -140,6 +142,10 @@ def test_a_batch_runs_to_completion_with_every_kind_of_image(bulk: Bulk,
                       aws_access_key_id="test", aws_secret_access_key="test")
     # Outside the store's prefix: objects under it are vlmq's own and cannot be named.
     s3.put_object(Bucket=bucket, Key="refs/dog.png", Body=png_bytes(80, 60, seed=5))
+    # A tenant names only the s3:// prefixes an operator allowed it.
+    subprocess.run([sys.executable, "-m", "shared.cli", "keys", "limits", "--tenant", "tests",
+                    "--image-url-prefix", f"s3://{bucket}/refs"], env=bulk.stack.env,
+                   check=True, capture_output=True, timeout=60)
     good = {
         "data-0": data_url(png_bytes(64, 48, seed=0)),
         "data-1": data_url(png_bytes(64, 48, seed=1)),

@@ -9,6 +9,14 @@ is bounded by image_fetch_timeout_seconds.
 Failures carry whether another attempt may succeed: a timeout, a network error, a host
 that does not resolve, 408, 429 and 5xx answers, and S3 server errors are transient; a
 refused URL, any other 4xx, a missing object, denied access and an oversized image are not.
+
+An s3:// reference is checked here against the server's outer bound (the store's bucket
+outside its prefix, VLMQ_IMAGE_FETCH_ALLOWED_BUCKETS), not against the tenant's own
+prefixes: those were checked when the job was submitted, by the API that authenticated
+the tenant, and a job's URL never changes after. Checking them again would cost a tenant
+read on the engine's process for each such job (a claim carries no tenant), to catch only
+a prefix withdrawn while the job waited; an operator withdrawing one cancels the tenant's
+queued jobs if that matters.
 """
 
 from __future__ import annotations

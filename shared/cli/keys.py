@@ -42,6 +42,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--tenant", required=True)
     limits.add_argument("--max-active-jobs", type=int)
     limits.add_argument("--submits-per-second", type=float)
+    limits.add_argument("--max-queued-batch-lines", type=int,
+                        help="batch lines queued or running at once")
+    limits.add_argument("--max-active-batches", type=int, help="batches not yet ended at once")
+    prefixes = limits.add_mutually_exclusive_group()
+    prefixes.add_argument(
+        "--image-url-prefix", action="append", metavar="s3://BUCKET/PREFIX",
+        help="an s3:// prefix whose objects the tenant may name as images (repeat for more; "
+             "the given list replaces the tenant's; the bucket must also be one the server "
+             "reads: the store's, or VLMQ_IMAGE_FETCH_ALLOWED_BUCKETS)")
+    prefixes.add_argument("--no-image-url-prefixes", action="store_true",
+                          help="the tenant may name no s3:// image (the default)")
     limits.set_defaults(run=_limits)
 
 
@@ -90,11 +101,21 @@ def _revoke(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _limits(args: argparse.Namespace, extra: list[str]) -> None:
+    prefixes = [] if args.no_image_url_prefixes else args.image_url_prefix
+
     def action(session: Session) -> None:
-        tenant = repo.set_limits(session, args.tenant, max_active_jobs=args.max_active_jobs,
-                                 submits_per_second=args.submits_per_second)
+        tenant = repo.set_limits(
+            session, args.tenant, max_active_jobs=args.max_active_jobs,
+            submits_per_second=args.submits_per_second,
+            max_queued_batch_lines=args.max_queued_batch_lines,
+            max_active_batches=args.max_active_batches, image_url_prefixes=prefixes,
+        )
         print(f"tenant {tenant.id}: max active jobs {tenant.max_active_jobs or 'default'}, "
-              f"submits per second {tenant.submits_per_second or 'default'}", file=sys.stderr)
+              f"submits per second {tenant.submits_per_second or 'default'}, "
+              f"max queued batch lines {tenant.max_queued_batch_lines or 'default'}, "
+              f"max active batches {tenant.max_active_batches or 'default'}, "
+              f"s3:// image prefixes {', '.join(tenant.image_url_prefixes or []) or 'none'}",
+              file=sys.stderr)
 
     _run(action)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -9,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput, NotFound
+from shared.image_refs import canonical_prefix
 from shared.models import ApiKey, Tenant
 from shared.tenancy import keys
 from shared.tenancy.principal import Principal
@@ -33,9 +35,12 @@ def ensure_tenant(session: Session, tenant_id: str) -> Tenant:
     return tenant
 
 
-def set_limits(session: Session, tenant_id: str, *, max_active_jobs: int | None,
-               submits_per_second: float | None) -> Tenant:
-    """Overrides the server's default limits for one tenant; a value <= 0 clears it."""
+def set_limits(session: Session, tenant_id: str, *, max_active_jobs: int | None = None,
+               submits_per_second: float | None = None,
+               max_queued_batch_lines: int | None = None, max_active_batches: int | None = None,
+               image_url_prefixes: Sequence[str] | None = None) -> Tenant:
+    """Overrides the server's default limits for one tenant; a value <= 0 clears it, None
+    leaves it. `image_url_prefixes` replaces the tenant's list (empty: it may name none)."""
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id!r}")
@@ -43,8 +48,37 @@ def set_limits(session: Session, tenant_id: str, *, max_active_jobs: int | None,
         tenant.max_active_jobs = max_active_jobs if max_active_jobs > 0 else None
     if submits_per_second is not None:
         tenant.submits_per_second = submits_per_second if submits_per_second > 0 else None
+    if max_queued_batch_lines is not None:
+        tenant.max_queued_batch_lines = (max_queued_batch_lines if max_queued_batch_lines > 0
+                                         else None)
+    if max_active_batches is not None:
+        tenant.max_active_batches = max_active_batches if max_active_batches > 0 else None
+    if image_url_prefixes is not None:
+        canonical = list(dict.fromkeys(canonical_prefix(p) for p in image_url_prefixes))
+        tenant.image_url_prefixes = canonical or None
     session.flush()
     return tenant
+
+
+@dataclass(frozen=True)
+class TenantRules:
+    """A tenant's own settings as the submit path reads them; None means the default."""
+
+    max_active_jobs: int | None = None
+    submits_per_second: float | None = None
+    image_url_prefixes: tuple[str, ...] = ()
+
+
+def tenant_rules(session: Session, tenant_id: str) -> TenantRules:
+    """One primary-key read; a tenant without a row (auth turned off) has the defaults."""
+    row = session.execute(
+        select(Tenant.max_active_jobs, Tenant.submits_per_second, Tenant.image_url_prefixes)
+        .where(Tenant.id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        return TenantRules()
+    return TenantRules(row.max_active_jobs, row.submits_per_second,
+                       tuple(row.image_url_prefixes or ()))
 
 
 def create_key(session: Session, tenant_id: str, name: str | None,
@@ -85,6 +119,9 @@ class Authenticated:
     principal: Principal
     max_active_jobs: int | None
     submits_per_second: float | None
+    # The tenant's own batch caps; None means the server's default.
+    max_queued_batch_lines: int | None = None
+    max_active_batches: int | None = None
 
 
 def authenticate(session: Session, presented: str) -> Authenticated | None:
@@ -106,6 +143,8 @@ def authenticate(session: Session, presented: str) -> Authenticated | None:
         principal=Principal(tenant_id=key.tenant_id, key_id=key.id, is_admin=key.is_admin),
         max_active_jobs=tenant.max_active_jobs,
         submits_per_second=tenant.submits_per_second,
+        max_queued_batch_lines=tenant.max_queued_batch_lines,
+        max_active_batches=tenant.max_active_batches,
     )
 
 
