@@ -22,6 +22,7 @@ from api.batch_runner import BatchRunner
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
+from api.http_limits import HeaderLimits
 from api.image_budget import release_freed_pixels
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import install_openapi
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Queue-based async inference for vision-language models.",
         lifespan=lifespan,
+        # Starlette builds the redirect for `/v1/jobs/` from the Host header, so anyone could
+        # make this API answer with a redirect to their own site; no route ends in a slash.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     install_openapi(app)
@@ -72,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD,
         larger={"/v1/files": settings.max_file_bytes + _BODY_OVERHEAD},
     )
-    # Outermost, so a body refused by the limit above is counted too.
+    app.add_middleware(HeaderLimits, max_headers=settings.api_max_headers,
+                       max_bytes=settings.api_max_header_bytes)
+    # Outermost, so a body refused by the limits above is counted too.
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -71,7 +71,7 @@ class ApiDeps:
 
     async def start(self) -> None:
         if self.settings.api_metrics_port:
-            self.metrics.serve(self.settings.api_metrics_port)
+            self.metrics.serve(self.settings.api_metrics_port, self.settings.metrics_host)
         self.wakeups.start()
         self.watch.start()
 

@@ -1,5 +1,6 @@
-"""API metrics in Prometheus format, served on VLMQ_API_METRICS_PORT (not the API's port,
-so tenant names in labels are not public wherever the API is)."""
+"""API metrics in Prometheus format, served on VLMQ_API_METRICS_PORT at VLMQ_METRICS_HOST (not
+the API's port, and loopback by default, so tenant names in labels are not public wherever the
+API is)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class ApiMetrics:
             ["status"], registry=self.registry,
         )
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
 
 
 class RequestMetrics:

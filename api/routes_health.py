@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -9,7 +14,13 @@ from sqlalchemy import text
 from api.deps import ApiDeps, get_deps
 from api.errors import RETRY_AFTER_SECONDS
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
+
+# Probes ask every few seconds; during an outage one line per dependency this often is enough.
+_LOG_EVERY_SECONDS = 60.0
+_last_logged: dict[str, float] = {}
+_log_lock = threading.Lock()
 
 
 @router.get("/healthz")
@@ -20,34 +31,46 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "not ready: `checks` says which dependency"}})
 def readyz(deps: ApiDeps = Depends(get_deps)) -> JSONResponse:
-    checks = {"database": _check_db(deps), "broker": _check_broker(deps), "store": _check_store(deps)}
+    # Unauthenticated, so each check says only ok or unavailable: driver errors name hosts,
+    # ports, roles and buckets. The reason goes to the log.
+    checks = {
+        "database": _check("database", lambda: _ping_db(deps)),
+        "broker": _check("broker", lambda: _ping_broker(deps)),
+        "store": _check("store", deps.store.check),
+    }
     ready = all(v == "ok" for v in checks.values())
     headers = None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse(status_code=200 if ready else 503, headers=headers,
                         content={"ready": ready, "checks": checks})
 
 
-def _check_db(deps: ApiDeps) -> str:
+def _check(name: str, probe: Callable[[], object]) -> str:
     try:
-        with deps.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return "ok"
+        probe()
     except Exception as exc:
-        return f"error: {exc.__class__.__name__}: {exc}"[:300]
+        _log_failure(name, exc)
+        return "unavailable"
+    if _last_logged.pop(name, None) is not None:
+        log.info("readiness: the %s is reachable again", name)
+    return "ok"
 
 
-def _check_broker(deps: ApiDeps) -> str:
-    try:
-        with deps.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return "ok"
-    except Exception as exc:
-        return f"error: {exc.__class__.__name__}: {exc}"[:300]
+def _log_failure(name: str, exc: Exception) -> None:
+    now = time.monotonic()
+    with _log_lock:
+        last = _last_logged.get(name)
+        if last is not None and now - last < _LOG_EVERY_SECONDS:
+            return
+        _last_logged[name] = now
+    detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
+    log.warning("readiness: the %s is unavailable (%s)", name, detail)
 
 
-def _check_store(deps: ApiDeps) -> str:
-    try:
-        deps.store.check()
-        return "ok"
-    except Exception as exc:
-        return f"error: {exc}"[:300]
+def _ping_db(deps: ApiDeps) -> None:
+    with deps.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _ping_broker(deps: ApiDeps) -> None:
+    with deps.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)

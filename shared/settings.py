@@ -180,8 +180,19 @@ class Settings(BaseSettings):
     api_key: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Slow or oversized requests hold a connection (and memory) each: a request's head must
+    # arrive whole within api_header_timeout_seconds of its first byte, and while its body
+    # is read, no gap between chunks may exceed api_body_timeout_seconds (408, then close).
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Request line and headers together, and the number of headers; over either is a 431.
+    api_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    api_max_headers: int = Field(default=100, ge=1)
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
     api_metrics_port: int = Field(default=0, description="API Prometheus port; 0 = off")
+    # Where every process serves its metrics. Labels carry tenant names, so loopback unless
+    # the scraper is elsewhere (docker-compose sets 0.0.0.0 inside its private network).
+    metrics_host: str = "127.0.0.1"
     # "user:password" entries. Flower's dashboard can revoke tasks and shut workers down, so
     # `vlmq flower` refuses to start without them unless told --no-auth.
     flower_basic_auth: list[str] = []

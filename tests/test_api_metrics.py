@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack, png_bytes
 from tests.services import bearer, create_api_key, free_port, start_api
+from tests.test_exposure import non_loopback_address, reachable
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,16 @@ def test_requests_submissions_and_refusals_are_counted(metered: tuple[str, int],
     assert value(port, "vlmq_api_rate_limited_total", tenant=tenant,
                  reason="quota_exceeded") == 1
     assert value(port, "vlmq_api_request_seconds_count", method="POST", route="/v1/jobs") >= 2
+
+
+def test_metrics_are_served_on_loopback_only_by_default(metered: tuple[str, int]) -> None:
+    # Labels carry tenant names; the API's own port may be public, the metrics' must not be.
+    _, port = metered
+    assert reachable("127.0.0.1", port)
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    assert not reachable(address, port)
 
 
 def test_auth_can_be_turned_off_for_development_with_a_warning(stack: Stack) -> None:

@@ -258,6 +258,23 @@ def test_flower_published_port_matches_its_port_flag(services: dict[str, dict[st
     assert args.port in published, f"flower listens on {args.port} but publishes {published}"
 
 
+def test_published_flower_and_scraped_metrics_listen_on_the_container_network(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # vlmq binds loopback by default; inside a container that would reach nothing.
+    flower_argv = vlmq_commands(services)["flower"]
+    args, _ = subcommands()["flower"].parse_known_args(flower_argv[1:])
+    assert args.host == "0.0.0.0", "flower's port is published, so it must listen on 0.0.0.0"
+    for name, svc in services.items():
+        env = environment(svc)
+        for port_var in ("VLMQ_METRICS_PORT", "VLMQ_API_METRICS_PORT"):
+            if env.get(port_var, "0") not in ("", "0"):
+                assert env.get("VLMQ_METRICS_HOST") == "0.0.0.0", (
+                    f"service {name!r} serves metrics for Prometheus on the compose network, "
+                    "so it needs VLMQ_METRICS_HOST: 0.0.0.0"
+                )
+
+
 def test_built_services_have_a_dockerfile(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         build = svc.get("build")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.services import REDIS_URL, Service, free_port, wait_http
+from tests.test_exposure import non_loopback_address, reachable
 
 AUTH = ("admin", "flower-test-password")
 
@@ -28,8 +29,8 @@ def flower(tmp_path: Path) -> Iterator[tuple[Service, str]]:
     env = _env()
     env["VLMQ_FLOWER_BASIC_AUTH"] = f'["{AUTH[0]}:{AUTH[1]}"]'
     port = free_port()
-    # Extra arguments pass through to Flower; loopback only, since this is a test.
-    svc = Service("flower", ["flower", "--port", str(port), "--address=127.0.0.1"], env, tmp_path)
+    # Listens where the API does (VLMQ_API_HOST, loopback by default), not on every interface.
+    svc = Service("flower", ["flower", "--port", str(port)], env, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthcheck", svc.proc, timeout=60)
@@ -47,6 +48,10 @@ def test_flower_serves_dashboard_and_healthcheck(flower: tuple[Service, str]) ->
     assert page.status_code == 200, svc.log_text()[-2000:]
     assert "Flower" in page.text
     assert "127.0.0.1:6379/0" in svc.log_text()  # the broker came from VLMQ_BROKER_URL
+    # Where the API listens (loopback by default), not on every interface.
+    address = non_loopback_address()
+    if address is not None:
+        assert not reachable(address, int(base.rsplit(":", 1)[1]))
 
 
 def test_flower_dashboard_needs_the_configured_credentials(flower: tuple[Service, str]) -> None:
@@ -54,6 +59,11 @@ def test_flower_dashboard_needs_the_configured_credentials(flower: tuple[Service
     assert httpx.get(f"{base}/", timeout=30).status_code == 401
     assert httpx.get(f"{base}/", auth=(AUTH[0], "wrong"), timeout=30).status_code == 401
     assert httpx.get(f"{base}/api/workers", timeout=30).status_code == 401
+    # Flower itself serves its metrics (every worker and task name) to anyone.
+    assert httpx.get(f"{base}/metrics", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/metrics", auth=(AUTH[0], "wrong"), timeout=30).status_code == 401
+    metrics = httpx.get(f"{base}/metrics", auth=AUTH, timeout=30)
+    assert metrics.status_code == 200 and "flower_" in metrics.text
 
 
 def test_flower_refuses_to_start_without_credentials() -> None:

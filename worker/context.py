@@ -35,7 +35,7 @@ class WorkerContext:
     def start(cls, settings: Settings) -> WorkerContext:
         metrics = WorkerMetrics(settings.model)
         if settings.metrics_port:
-            metrics.serve(settings.metrics_port)
+            metrics.serve(settings.metrics_port, settings.metrics_host)
         db = make_engine(settings)
         log.info("loading %s engine for model %s from %s", settings.engine, settings.model,
                  settings.model_path)

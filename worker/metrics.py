@@ -1,4 +1,4 @@
-"""Worker metrics in Prometheus format, served on the worker's metrics port."""
+"""Worker metrics in Prometheus format, served on VLMQ_METRICS_PORT at VLMQ_METRICS_HOST."""
 
 from __future__ import annotations
 
@@ -54,5 +54,5 @@ class WorkerMetrics:
         self.info = Gauge("vlmq_worker_info", "Worker identity", list(labels), registry=self.registry)
         self.info.labels(**labels).set(1)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     flower = sub.add_parser("flower", help="run the Flower dashboard on the same broker")
     flower.add_argument("--port", type=int, default=5555)
     flower.add_argument(
+        "--host", default=None,
+        help="address to listen on (default: VLMQ_API_HOST, i.e. where the API listens)",
+    )
+    flower.add_argument(
         "--no-auth", action="store_true",
         help="serve without basic auth when VLMQ_FLOWER_BASIC_AUTH is unset (local use only)",
     )
@@ -82,7 +86,11 @@ def _api(args: argparse.Namespace, extra: list[str]) -> None:
     _exec(["-m", "uvicorn", "api.app:create_app", "--factory", "--host", host,
            "--port", str(port), "--no-access-log",
            # Longer than uvicorn's 5 s so polling clients and load balancers reuse connections.
-           "--timeout-keep-alive", "65", *extra])
+           "--timeout-keep-alive", "65",
+           # h11 with timeouts on slow request heads and bodies (api/http_limits.py); h11
+           # also refuses to buffer a head longer than the limit.
+           "--http", "api.http_limits:LimitedH11Protocol",
+           "--h11-max-incomplete-event-size", str(settings.api_max_header_bytes), *extra])
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> None:
@@ -100,8 +108,10 @@ def _webhook_secret(args: argparse.Namespace, extra: list[str]) -> None:
 def _flower(args: argparse.Namespace, extra: list[str]) -> None:
     settings = Settings()
     auth = _flower_auth_args(settings.flower_basic_auth, no_auth=args.no_auth)
-    _exec(["-m", "celery", f"--broker={settings.broker_url}", "flower",
-           f"--port={args.port}", *auth, *extra])
+    # Not Flower's default of every interface: the dashboard is as private as the API.
+    host = args.host or settings.api_host
+    _exec(["-m", "shared.cli.flower_server", f"--broker={settings.broker_url}", "flower",
+           f"--address={host}", f"--port={args.port}", *auth, *extra])
 
 
 def _flower_auth_args(credentials: list[str], *, no_auth: bool) -> list[str]:

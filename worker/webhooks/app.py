@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     ctx = WebhookContext.start(settings)
     if settings.metrics_port:
-        ctx.metrics.serve(settings.metrics_port)
+        ctx.metrics.serve(settings.metrics_port, settings.metrics_host)
     app = ctx.celery
 
     @app.task(name=DELIVER_WEBHOOK_TASK)
