@@ -7,6 +7,11 @@ mid-expansion leaves its lease to lapse, and another (or the restarted one) resu
 Expansion is chunked: each chunk's jobs are inserted in the same transaction that
 advances `lines_expanded`, and a line can hold only one job (unique batch_id, batch_line),
 so a resumed expansion neither loses nor doubles a line.
+
+One batch's trouble stays its own: an unexpected exception while working a batch is
+counted on that batch, which backs off (`retry_at`, doubling) while the loop goes on to
+the others, and fails alone after `batch_work_tries` failures in a row. Only an outage of
+a dependency (database, broker, store) pauses the whole pass, since no batch could move.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from itertools import islice
 from typing import Any, BinaryIO
 
@@ -33,7 +39,7 @@ from shared.batches import repo as batches
 from shared.chat import parse_chat_request
 from shared.errors import InvalidInput
 from shared.jobs.status import JobStatus
-from shared.models import Batch, StoredFile
+from shared.models import Batch, Job, StoredFile
 from shared.queue import request_abort
 from shared.timeutil import as_utc, utcnow
 from shared.webhooks import repo as deliveries
@@ -42,6 +48,13 @@ log = logging.getLogger(__name__)
 
 CHUNK_LINES = 500
 _SPOOL_BYTES = 8 * 1024 * 1024
+_MAX_RETRY_SECONDS = 300.0
+# What a line that never ran is told, by how its batch ended.
+_NOT_RUN = {"expired": "batch_expired", "failed": "batch_failed"}
+
+
+class InputGone(Exception):
+    """The batch's input file is no longer there (its row or its stored object)."""
 
 
 class BatchRunner:
@@ -88,7 +101,7 @@ class BatchRunner:
             if not taken:
                 continue
             try:
-                self._work(batch_id)
+                self._work_alone(batch_id)
             finally:
                 with self.deps.sessions() as session:
                     batches.release_lease(session, batch_id)
@@ -96,12 +109,84 @@ class BatchRunner:
 
     # -- one batch ----------------------------------------------------------------------
 
+    def _work_alone(self, batch_id: str) -> None:
+        """One batch's work; an exception it raises holds back this batch only."""
+        try:
+            self._work(batch_id)
+        except InputGone:  # no retry brings it back
+            log.warning("batch %s: its input file was deleted while it ran", batch_id)
+            self._give_up(batch_id, batch_input.LineError(
+                "invalid_input_file", None, "the input file was deleted while the batch ran; "
+                "lines that had not run were stopped", "input_file_id"))
+        except Exception as exc:
+            if unreachable(exc) is not None:
+                raise  # an outage, not this batch's fault: the whole pass waits it out
+            self._work_failed(batch_id, exc)
+
+    def _work_failed(self, batch_id: str, exc: Exception) -> None:
+        """Counts the failure on the batch and backs it off; fails it after too many."""
+        settings = self.settings
+        with self.deps.sessions() as session:
+            batch = batches.get_batch(session, batch_id, None)
+            if batch is None:
+                return
+            tries = batch.work_failures + 1
+            delay = min(settings.batch_retry_seconds * 2 ** (tries - 1), _MAX_RETRY_SECONDS)
+            batches.work_failed(session, batch_id, tries, utcnow() + timedelta(seconds=delay))
+            session.commit()
+        if tries == 1:  # the traceback once; each retry that fails again is one line
+            log.error("batch %s: its work failed (try 1 of %d); trying again in %.1fs",
+                      batch_id, settings.batch_work_tries, delay, exc_info=exc)
+        else:
+            log.warning("batch %s: its work failed again (%s: %s; try %d of %d)", batch_id,
+                        exc.__class__.__name__, str(exc)[:200], tries,
+                        settings.batch_work_tries)
+        if tries >= settings.batch_work_tries:
+            log.error("batch %s fails after %d tries of its work", batch_id, tries)
+            self._give_up(batch_id, batch_input.LineError(
+                "batch_processing_error", None,
+                f"the batch could not be processed ({tries} tries); lines that had not run "
+                "were stopped"))
+
+    def _give_up(self, batch_id: str, error: batch_input.LineError) -> None:
+        """Ends a batch that cannot go on as `failed`, with `error`. Its lines not yet ended
+        are stopped, as a cancel stops them, and the output and error files hold what ran."""
+        with self.deps.sessions() as session:
+            batch = batches.get_batch(session, batch_id, None)
+            if batch is None or batch.status not in batches.ACTIVE:
+                return
+            session.expunge(batch)
+        if batch.status == "validating":
+            self._fail(batch, [error])
+            return
+        self._stop_lines(batch, JobStatus.cancelled, "batch_failed",
+                         "the batch failed before this line ran")
+        try:
+            self._finalize(batch, "failed", batches.ACTIVE, errors=[error.as_dict()])
+        except Exception as exc:
+            if unreachable(exc) is not None:
+                raise
+            log.warning("batch %s: its output could not be written (%s); it fails without "
+                        "output files", batch_id, exc.__class__.__name__)
+            with self.deps.sessions() as session:
+                if batches.move(session, batch_id, "failed", batches.ACTIVE,
+                                failed_at=utcnow(), errors=[error.as_dict()]):
+                    self._announce(session, batch_id, "failed")
+                session.commit()
+
     def _work(self, batch_id: str) -> None:
         with self.deps.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None:
                 return
             session.expunge(batch)
+        self._dispatch(batch)
+        if batch.work_failures:
+            with self.deps.sessions() as session:
+                batches.work_succeeded(session, batch.id)
+                session.commit()
+
+    def _dispatch(self, batch: Batch) -> None:
         if batch.status == "validating":
             self._validate(batch)
         elif batch.status == "in_progress":
@@ -121,14 +206,14 @@ class BatchRunner:
             self._finish_if_done(batch, "cancelled", ("cancelling",))
 
     def _validate(self, batch: Batch) -> None:
-        with self.deps.sessions() as session:
-            file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
-            object_key = file.object_key if file is not None else None
-        if object_key is None:
+        try:
+            with self.deps.sessions() as session:
+                source = self._input(session, batch)
+        except InputGone:
             self._fail(batch, [batch_input.LineError(
                 "invalid_input_file", None, "the input file was deleted", "input_file_id")])
             return
-        with self.deps.store.open(object_key) as source:
+        with source:
             result = batch_input.validate(source, batch.endpoint,
                                           max_lines=self.settings.batch_max_lines,
                                           max_line_bytes=self.max_line_bytes)
@@ -150,14 +235,11 @@ class BatchRunner:
         log.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
     def _expand(self, batch: Batch) -> None:
-        with self.deps.sessions() as session:
-            file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
-            object_key = file.object_key if file is not None else None
-        if object_key is None:
-            return
         done = batch.lines_expanded
         started = time.monotonic()
-        with self.deps.store.open(object_key) as source:
+        with self.deps.sessions() as session:
+            source = self._input(session, batch)
+        with source:
             pending = (r for r in batch_input.requests(source, batch.endpoint,
                                                        self.max_line_bytes)
                        if r.index >= done)
@@ -198,8 +280,12 @@ class BatchRunner:
             params = GenerationParams.model_validate(chat.params)
             prompt, model, resolved = check_fields(self.deps, chat.prompt, chat.model, params)
             row.update(prompt=prompt, model=model, params=resolved)
-            if chat.priority is not None:
-                row["priority"] = chat.priority
+            if chat.priority is not None:  # later than the batch class if asked, never sooner
+                row["priority"] = max(chat.priority, batch.priority)
+            if not all(_utf8(t) for t in (prompt, chat.image_url or "")):
+                # JSON's \u escapes can make a lone surrogate, which no text column holds.
+                raise InvalidInput("the request holds text that is not valid Unicode",
+                                   code="invalid_request")
             image = check_image(self.deps, None, chat.image_url, batch.tenant_id)
             row.update(store_image(self.deps, row["id"], image))
         except InvalidInput as exc:
@@ -234,8 +320,10 @@ class BatchRunner:
             allowed_from = ("finalizing",)
         self._finalize(batch, target, allowed_from)
 
-    def _finalize(self, batch: Batch, target: str, allowed_from: tuple[str, ...]) -> None:
-        """Writes the output and error files, then makes the batch `target`."""
+    def _finalize(self, batch: Batch, target: str, allowed_from: tuple[str, ...],
+                  **values: Any) -> None:
+        """Writes the output and error files, then makes the batch `target` (with `values`
+        set on it)."""
         outputs = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
         errors = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
         with outputs, errors:
@@ -253,7 +341,7 @@ class BatchRunner:
                 session, batch.id, target, allowed_from,
                 output_file_id=files["output"].id if "output" in files else None,
                 error_file_id=files["error"].id if "error" in files else None,
-                **{f"{target}_at": now},
+                **{f"{target}_at": now}, **values,
             )
             if not moved:
                 session.rollback()
@@ -278,18 +366,10 @@ class BatchRunner:
     def _write_lines(self, batch: Batch, target: str, outputs: BinaryIO,
                      errors: BinaryIO) -> tuple[int, int]:
         """One line per request, in input order; requests never expanded get error lines."""
-        code = "batch_expired" if target == "expired" else "batch_cancelled"
         n_out = n_err = 0
-        with self.deps.sessions() as session, self._input(session, batch) as source:
+        with self.deps.sessions() as session:
             jobs = batches.jobs_in_line_order(session, batch.id)
-            job = next(jobs, None)
-            for request in batch_input.requests(source, batch.endpoint, self.max_line_bytes):
-                if job is not None and job.batch_line == request.index:
-                    is_output, line = output.line_for_job(job)
-                    job = next(jobs, None)
-                else:
-                    is_output, line = False, output.missing_line(
-                        request.custom_id, code, uuid.uuid4().hex)
+            for is_output, line in self._lines(session, batch, target, jobs):
                 (outputs if is_output else errors).write(line.encode())
                 if is_output:
                     n_out += 1
@@ -297,10 +377,34 @@ class BatchRunner:
                     n_err += 1
         return n_out, n_err
 
+    def _lines(self, session: Session, batch: Batch, target: str,
+               jobs: Iterator[Job]) -> Iterator[tuple[bool, str]]:
+        code = _NOT_RUN.get(target, "batch_cancelled")
+        try:
+            source = self._input(session, batch)
+        except Exception as exc:
+            if target != "failed" or unreachable(exc) is not None:
+                raise
+            # A failing batch whose input is gone: its jobs' lines are all there is to write
+            # (the custom_ids of lines never expanded went with the file).
+            log.warning("batch %s: its input file cannot be read (%s); writing the lines of "
+                        "its jobs only", batch.id, exc.__class__.__name__)
+            yield from (output.line_for_job(job) for job in jobs)
+            return
+        with source:
+            job = next(jobs, None)
+            for request in batch_input.requests(source, batch.endpoint, self.max_line_bytes):
+                if job is not None and job.batch_line == request.index:
+                    yield output.line_for_job(job)
+                    job = next(jobs, None)
+                else:
+                    yield False, output.missing_line(request.custom_id, code, uuid.uuid4().hex)
+
     def _input(self, session: Session, batch: Batch) -> BinaryIO:
+        """The batch's input file, open; InputGone when its row was deleted."""
         file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
         if file is None:
-            raise InvalidInput(f"batch {batch.id}: its input file is gone")
+            raise InputGone(f"batch {batch.id}: its input file {batch.input_file_id} is gone")
         return self.deps.store.open(file.object_key)
 
     def _store_file(self, batch: Batch, kind: str, source: BinaryIO) -> StoredFile:
@@ -312,6 +416,14 @@ class BatchRunner:
         return StoredFile(id=file_id, tenant_id=batch.tenant_id, purpose="batch_output",
                           filename=f"{batch.id}_{kind}.jsonl", bytes=size, object_key=key,
                           created_at=utcnow())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chunks(items: Iterator[batch_input.Request], size: int) -> Iterator[list[Any]]:

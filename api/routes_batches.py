@@ -44,7 +44,8 @@ def create_batch(
     check_webhook(deps.settings, WebhookOptions(webhook_url=body.webhook_url))
     tenant = auth.principal.tenant_id
     with deps.sessions() as session:
-        file = batches.get_file(session, body.input_file_id, tenant)
+        # Shared row lock: a DELETE of the file waits for this batch, then refuses.
+        file = batches.get_file(session, body.input_file_id, tenant, lock="share")
         if file is None:
             raise NotFound(f"no file with id {body.input_file_id}")
         if file.purpose != "batch":

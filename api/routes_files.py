@@ -19,7 +19,7 @@ from api.errors import RATE_LIMITED, documented
 from api.openai_schemas import FileDeleted, FileList, FileObject
 from api.openapi import FILE_UPLOAD_BODY
 from shared.batches import repo as batches
-from shared.errors import InvalidInput, NotFound, quoted
+from shared.errors import Conflict, InvalidInput, NotFound, quoted
 from shared.models import StoredFile
 from shared.tenancy.repo import Authenticated
 
@@ -116,14 +116,21 @@ async def file_content(
                              media_type="application/octet-stream")
 
 
-@router.delete("/{file_id}", response_model=FileDeleted, responses=documented(404))
+@router.delete("/{file_id}", response_model=FileDeleted, responses=documented(404, 409))
 def delete_file(
     file_id: str,
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> FileDeleted:
+    """Refused while a batch not yet ended reads the file: its lines come from it until the
+    batch's output is written."""
     with deps.sessions() as session:
-        row = _file(session, file_id, auth)
+        # The row lock makes a batch being created on this file wait for the delete, or
+        # the delete wait for that batch (and then see it).
+        row = _file(session, file_id, auth, lock="update")
+        if batches.file_in_use(session, row.id):
+            raise Conflict(f"file {file_id} is the input of a batch that has not ended",
+                           code="file_in_use")
         key = row.object_key
         batches.delete_file(session, row)
         session.commit()
@@ -131,8 +138,9 @@ def delete_file(
     return FileDeleted(id=file_id, deleted=True)
 
 
-def _file(session: Session, file_id: str, auth: Authenticated) -> StoredFile:
-    row = batches.get_file(session, file_id, auth.principal.tenant_filter())
+def _file(session: Session, file_id: str, auth: Authenticated,
+          lock: str | None = None) -> StoredFile:
+    row = batches.get_file(session, file_id, auth.principal.tenant_filter(), lock)
     if row is None:
         raise NotFound(f"no file with id {file_id}")
     return row

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = Field(default=30.0, gt=0)
     # How often an API process looks for batch work (expansion, completion, expiry).
     batch_poll_seconds: float = Field(default=1.0, gt=0)
+    # A batch whose work raises unexpectedly is tried again after batch_retry_seconds,
+    # doubling each time (up to 5 minutes), while other batches go on; after
+    # batch_work_tries failures in a row it fails alone.
+    batch_work_tries: int = Field(default=5, ge=1)
+    batch_retry_seconds: float = Field(default=2.0, gt=0)
     # POST /v1/chat/completions waits this long for its job, then answers 504 with its id.
     chat_wait_seconds: float = Field(default=60.0, gt=0)
 

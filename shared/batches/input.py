@@ -4,6 +4,11 @@ The file is read twice, never held whole: once to validate every line (so a malf
 file fails before any job exists), then again to expand lines into jobs in chunks.
 Blank lines are skipped; a request's `index` counts requests, not file lines, so both
 passes and every resumed expansion agree on it. Errors name the file line (1-based).
+
+Every value a line gives that ends up in a column (custom_id, body.model) is checked here
+against that column, so a line can only ever fail validation, never the insert of its job;
+and an error quotes at most a short prefix of what the client sent, so a batch's `errors`
+stays small whatever the file holds.
 """
 
 from __future__ import annotations
@@ -13,8 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from shared.errors import quoted
+from shared.models import Batch, Job
+
 _READ_CHUNK = 1024 * 1024
 MAX_ERRORS = 100
+# The columns a line's values are stored in; a longer value would fail the insert.
+CUSTOM_ID_CHARS = Job.custom_id.type.length
+MODEL_CHARS = min(Job.model.type.length, Batch.model.type.length)
 
 
 @dataclass(frozen=True)
@@ -71,22 +82,43 @@ def parse_line(line: int, raw: bytes, endpoint: str) -> Request | LineError:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return LineError("invalid_json_line", line, "this line is not valid JSON")
+    except RecursionError:  # the parser recurses per level of nesting
+        return LineError("invalid_json_line", line, "this line is nested too deeply")
     if not isinstance(obj, dict):
         return LineError("invalid_json_line", line, "each line must be a JSON object")
     custom_id = obj.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
-        return LineError("missing_custom_id", line,
-                         "custom_id must be a string of 1 to 512 characters", "custom_id")
+    if not isinstance(custom_id, str) or not custom_id or not _storable(custom_id,
+                                                                       CUSTOM_ID_CHARS):
+        return LineError("invalid_custom_id", line,
+                         f"custom_id must be a string of 1 to {CUSTOM_ID_CHARS} characters "
+                         "without NUL", "custom_id")
     if obj.get("method") != "POST":
         return LineError("invalid_method", line, "method must be POST", "method")
     if obj.get("url") != endpoint:
         return LineError("invalid_url", line,
-                         f"url {obj.get('url')!r} does not match the batch's endpoint "
+                         f"url {quoted(obj.get('url'))} does not match the batch's endpoint "
                          f"{endpoint!r}", "url")
     body = obj.get("body")
     if not isinstance(body, dict):
         return LineError("invalid_body", line, "body must be a JSON object", "body")
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not _storable(model, MODEL_CHARS)):
+        return LineError("invalid_model", line,
+                         f"body.model must be a string of at most {MODEL_CHARS} characters "
+                         "without NUL", "body.model")
     return Request(index=-1, line=line, custom_id=custom_id, body=body)
+
+
+def _storable(text: str, max_chars: int) -> bool:
+    """Whether a Postgres text column of `max_chars` can hold `text`: it refuses NUL and
+    a lone surrogate (which JSON's \\u escapes can produce) is not UTF-8."""
+    if len(text) > max_chars or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def requests(source: BinaryIO, endpoint: str, max_line_bytes: int) -> Iterator[Request]:
@@ -131,7 +163,7 @@ def validate(source: BinaryIO, endpoint: str, *, max_lines: int,
             break
         if parsed.custom_id in seen:
             if error(LineError("duplicate_custom_id", line,
-                               f"custom_id {parsed.custom_id!r} is used more than once",
+                               f"custom_id {quoted(parsed.custom_id)} is used more than once",
                                "custom_id")):
                 break
         seen.add(parsed.custom_id)
@@ -141,8 +173,9 @@ def validate(source: BinaryIO, endpoint: str, *, max_lines: int,
                 result.model = model
             elif model != result.model:
                 if error(LineError("mixed_models", line,
-                                   f"model {model!r} differs from {result.model!r}; a batch "
-                                   "runs one model", "body.model")):
+                                   f"model {quoted(model)} differs from "
+                                   f"{quoted(result.model)}; a batch runs one model",
+                                   "body.model")):
                     break
     if result.total == 0 and not result.errors:
         result.errors.append(LineError("empty_file", None, "the input file has no requests"))

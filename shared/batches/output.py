@@ -3,7 +3,8 @@
 A succeeded line goes to the output file with its `chat.completion`; a failed line goes
 to the error file with the error POST /v1/jobs would give (status 400 for what the
 request got wrong, 500 for what went wrong here); a line that never ran because the
-batch was cancelled or expired has no response, only `batch_cancelled`/`batch_expired`.
+batch was cancelled, expired or failed has no response, only `batch_cancelled`,
+`batch_expired` or `batch_failed`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from shared.models import Job
 # Failures that are the service's, not the request's.
 _SERVER_SIDE = {"engine_error", "job_timeout", "storage_error", "internal_error", "worker_lost",
                 "worker_stopped"}
+# Why a line never ran: its batch ended first.
+_NOT_RUN = {
+    "batch_cancelled": "the batch was cancelled before this request ran",
+    "batch_expired": "the batch expired before this request ran",
+    "batch_failed": "the batch failed before this request ran",
+}
 
 
 def line_for_job(job: Job) -> tuple[bool, str]:
@@ -35,9 +42,9 @@ def line_for_job(job: Job) -> tuple[bool, str]:
                     error=None)
         return True, _dump(line)
     if status in (JobStatus.cancelled, JobStatus.expired):
-        return False, missing_line(job.custom_id or "", "batch_cancelled"
-                                   if status == JobStatus.cancelled else "batch_expired",
-                                   request_id)
+        code = job.error_code if job.error_code in _NOT_RUN else (
+            "batch_cancelled" if status == JobStatus.cancelled else "batch_expired")
+        return False, missing_line(job.custom_id or "", code, request_id)
     code = job.error_code or "internal_error"
     line.update(
         response={"status_code": status_code_for(code),
@@ -54,11 +61,9 @@ def status_code_for(error_code: str) -> int:
 
 
 def missing_line(custom_id: str, code: str, request_id: str) -> str:
-    """An error line for a request that did not run: the batch was cancelled or expired."""
-    message = ("the batch was cancelled before this request ran" if code == "batch_cancelled"
-               else "the batch expired before this request ran")
+    """An error line for a request that did not run: its batch ended first."""
     return _dump({"id": f"batch_req_{request_id}", "custom_id": custom_id, "response": None,
-                  "error": {"code": code, "message": message}})
+                  "error": {"code": code, "message": _NOT_RUN[code]}})
 
 
 def _dump(line: dict[str, Any]) -> str:

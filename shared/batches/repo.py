@@ -1,7 +1,7 @@
 """Repository functions for files and batches. They flush; callers commit.
 
 A batch moves validating -> in_progress -> finalizing -> completed, or to failed (its file
-did not validate), cancelling -> cancelled, or expired. Each move is one guarded UPDATE
+did not validate, or its work kept failing), cancelling -> cancelled, or expired. Each move is one guarded UPDATE
 naming the statuses it may leave, so two API processes never both make it.
 """
 
@@ -49,10 +49,14 @@ def add_file(session: Session, *, file_id: str, tenant_id: str, purpose: str, fi
     return row
 
 
-def get_file(session: Session, file_id: str, tenant_id: str | None) -> StoredFile | None:
+def get_file(session: Session, file_id: str, tenant_id: str | None,
+             lock: str | None = None) -> StoredFile | None:
+    """The file, if `tenant_id` may see it. `lock` ("share" or "update") holds its row until
+    the transaction ends: a batch naming the file and the file's deletion serialise on it."""
     if not _ID.match(file_id):
         return None
-    row = session.get(StoredFile, file_id)
+    row = session.get(StoredFile, file_id, with_for_update=(
+        None if lock is None else {"read": lock == "share"}))
     if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
         return None
     return row
@@ -64,6 +68,14 @@ def list_files(session: Session, tenant_id: str | None, purpose: str | None, lim
                        [StoredFile.purpose == purpose] if purpose else [])
 
 
+def file_in_use(session: Session, file_id: str) -> bool:
+    """Whether a batch not yet ended reads this file as its input."""
+    return session.scalar(
+        select(Batch.id).where(Batch.input_file_id == file_id, Batch.status.in_(ACTIVE))
+        .limit(1)
+    ) is not None
+
+
 def delete_file(session: Session, row: StoredFile) -> None:
     session.delete(row)
     session.flush()
@@ -71,12 +83,17 @@ def delete_file(session: Session, row: StoredFile) -> None:
 
 def _after_page(session: Session, entity: Any, tenant_id: str | None, limit: int,
                 after: str | None, conditions: list[Any]) -> tuple[list[Any], bool]:
-    """OpenAI's pagination: newest first, the page after the object with id `after`."""
+    """OpenAI's pagination: newest first, the page after the object with id `after`.
+
+    An `after` the caller cannot see (unknown, or another tenant's) is ignored alike, so
+    the answer does not tell whether such an id exists."""
     stmt = select(entity).where(*conditions)
     if tenant_id is not None:
         stmt = stmt.where(entity.tenant_id == tenant_id)
     if after and _ID.match(after):
         anchor = session.get(entity, after)
+        if anchor is not None and tenant_id is not None and anchor.tenant_id != tenant_id:
+            anchor = None
         if anchor is not None:
             stmt = stmt.where(or_(entity.created_at < anchor.created_at,
                                   and_(entity.created_at == anchor.created_at,
@@ -191,14 +208,34 @@ def release_lease(session: Session, batch_id: str) -> None:
 
 
 def needing_work(session: Session, now: datetime) -> list[str]:
-    """Active batches no live process holds."""
+    """Active batches no live process holds and none is backing off from."""
     return list(session.scalars(
         select(Batch.id)
         .where(Batch.status.in_(ACTIVE),
-               or_(Batch.lease_expires_at.is_(None), Batch.lease_expires_at < now))
+               or_(Batch.lease_expires_at.is_(None), Batch.lease_expires_at < now),
+               or_(Batch.retry_at.is_(None), Batch.retry_at <= now))
         .order_by(Batch.created_at)
         .limit(100)
     ))
+
+
+def work_failed(session: Session, batch_id: str, failures: int, retry_at: datetime) -> None:
+    """Records how often the batch's work has failed in a row, and holds it back until
+    `retry_at`."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id)
+        .values(work_failures=failures, retry_at=retry_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def work_succeeded(session: Session, batch_id: str) -> None:
+    """The batch's work went through: earlier failures no longer count toward failing it."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id, Batch.work_failures > 0)
+        .values(work_failures=0, retry_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def insert_lines(session: Session, rows: list[dict[str, Any]]) -> None:
