@@ -282,10 +282,6 @@ class BatchRunner:
             row.update(prompt=prompt, model=model, params=resolved)
             if chat.priority is not None:  # later than the batch class if asked, never sooner
                 row["priority"] = max(chat.priority, batch.priority)
-            if not all(_utf8(t) for t in (prompt, chat.image_url or "")):
-                # JSON's \u escapes can make a lone surrogate, which no text column holds.
-                raise InvalidInput("the request holds text that is not valid Unicode",
-                                   code="invalid_request")
             image = check_image(self.deps, None, chat.image_url, batch.tenant_id)
             row.update(store_image(self.deps, row["id"], image))
         except InvalidInput as exc:
@@ -416,14 +412,6 @@ class BatchRunner:
         return StoredFile(id=file_id, tenant_id=batch.tenant_id, purpose="batch_output",
                           filename=f"{batch.id}_{kind}.jsonl", bytes=size, object_key=key,
                           created_at=utcnow())
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _chunks(items: Iterator[batch_input.Request], size: int) -> Iterator[list[Any]]:

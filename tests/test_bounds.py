@@ -168,7 +168,7 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]], int, str, str]] = [
      lambda: chat(messages=[{"role": "r" * HUGE, "content": "hi"}]), 400,
      "unsupported_message", "r" * 64 + "…"),
     ("chat-nested-role", "/v1/chat/completions",
-     lambda: {"content": f'{{"model": "parked", "messages": [{{"role": {nested(500)},'
+     lambda: {"content": f'{{"model": "parked", "messages": [{{"role": {nested(150)},'
                          f' "content": "hi"}}]}}'.encode(),
               "headers": {"content-type": "application/json"}}, 400, "unsupported_message",
      "a list"),
@@ -180,6 +180,13 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]], int, str, str]] = [
     ("chat-prompt-too-long", "/v1/chat/completions",
      lambda: chat(messages=[{"role": "system", "content": "p" * 16_001},
                             *chat()["json"]["messages"]]), 400, "prompt_too_long", "16000"),
+    # A lone surrogate is valid to Python's json module but no text column can store it.
+    ("chat-lone-surrogate", "/v1/chat/completions",
+     lambda: {"content": b'{"model": "parked", "messages": [{"role": "user", "content": '
+                         b'[{"type": "text", "text": "a \\ud800 b"}, {"type": "image_url", '
+                         b'"image_url": {"url": "https://example.com/a.png"}}]}]}',
+              "headers": {"content-type": "application/json"}}, 400, "invalid_json",
+     "not valid JSON"),
     ("chat-deep-nesting", "/v1/chat/completions",
      lambda: {"content": DEEP, "headers": {"content-type": "application/json"}}, 400,
      "invalid_json", "nested"),

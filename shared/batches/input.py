@@ -13,10 +13,11 @@ stays small whatever the file holds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+
+from pydantic_core import from_json
 
 from shared.errors import quoted
 from shared.models import Batch, Job
@@ -79,11 +80,12 @@ def file_lines(source: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
 def parse_line(line: int, raw: bytes, endpoint: str) -> Request | LineError:
     """A request of the batch, or what is wrong with the line. `index` is set by the caller."""
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return LineError("invalid_json_line", line, "this line is not valid JSON")
-    except RecursionError:  # the parser recurses per level of nesting
-        return LineError("invalid_json_line", line, "this line is nested too deeply")
+        # The parser of every JSON body: it refuses nesting past 200 levels and lone
+        # surrogates (`\ud800`), which no text column can store.
+        obj = from_json(raw)
+    except ValueError:
+        return LineError("invalid_json_line", line,
+                         "this line is not valid JSON, or is nested too deeply")
     if not isinstance(obj, dict):
         return LineError("invalid_json_line", line, "each line must be a JSON object")
     custom_id = obj.get("custom_id")
@@ -110,15 +112,8 @@ def parse_line(line: int, raw: bytes, endpoint: str) -> Request | LineError:
 
 
 def _storable(text: str, max_chars: int) -> bool:
-    """Whether a Postgres text column of `max_chars` can hold `text`: it refuses NUL and
-    a lone surrogate (which JSON's \\u escapes can produce) is not UTF-8."""
-    if len(text) > max_chars or "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """Whether a Postgres text column of `max_chars` can hold `text` (it refuses NUL)."""
+    return len(text) <= max_chars and "\x00" not in text
 
 
 def requests(source: BinaryIO, endpoint: str, max_line_bytes: int) -> Iterator[Request]:
