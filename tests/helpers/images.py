@@ -1,0 +1,20 @@
+"""Small test images, made in memory."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageDraw
+
+
+def sample_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    img = Image.new("RGB", (width, height), (20 + seed * 37 % 200, 120, 200))
+    ImageDraw.Draw(img).ellipse((width // 8, height // 8, width // 2, height // 2),
+                                fill=(250, 220, 30))
+    return img
+
+
+def png_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    sample_image(width, height, seed).save(buf, format=fmt)
+    return buf.getvalue()
