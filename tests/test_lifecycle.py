@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from shared.jobs import repo as jobs_repo
+from shared.jobs import transitions as jobs_transitions
 from shared.models import Job
 from shared.timeutil import utcnow
 from tests.conftest import Stack, db_sessions, png_bytes
@@ -83,7 +84,7 @@ def test_a_job_not_started_in_time_expires_and_never_runs(
 
     # A worker that looks after the deadline does not claim the job ...
     with db_sessions(stack.settings)() as session:
-        assert jobs_repo.claim_batch(session, model, 10, lease_seconds=30) == []
+        assert jobs_transitions.claim_batch(session, model, 10, lease_seconds=30) == []
         session.rollback()
     # ... and the sweeper (in the running worker) expires it, whoever reads it or not.
     deadline = time.monotonic() + 30

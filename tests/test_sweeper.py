@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine, make_session_factory
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
+from shared.jobs import transitions as jobs_transitions
 from shared.jobs.lifecycle import Result, RetryPolicy, Succeeded
 from shared.jobs.status import JobStatus
 from shared.jobs.sweeper import SWEEPER_LOCK_KEY, Sweeper
@@ -223,7 +224,7 @@ def test_a_late_result_from_a_reaped_attempt_is_discarded(
     job_id = running(sessions, attempts=1, lease_in=-1)
     assert new_sweeper(engines).sweep() == (1, 0)
     with sessions() as session:
-        [claimed] = jobs_repo.claim_batch(session, "m", 10, lease_seconds=30)
+        [claimed] = jobs_transitions.claim_batch(session, "m", 10, lease_seconds=30)
         session.commit()
     assert (claimed.id, claimed.attempt) == (job_id, 2)
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 from shared.errors import InvalidInput
 from shared.images import decode_fetched_image, decode_stored_image
-from shared.jobs import repo as jobs_repo
+from shared.jobs import transitions as jobs_transitions
 from shared.jobs.lifecycle import Failed, Result, Succeeded
-from shared.jobs.repo import ClaimedJob
+from shared.jobs.transitions import ClaimedJob
 from shared.timeutil import as_utc, utcnow
 from worker.context import WorkerContext
 from worker.doorbell import Doorbell
@@ -93,7 +93,7 @@ class Intake:
     def _claim(self, room: int) -> list[ClaimedJob]:
         s = self.settings
         with self.ctx.sessions() as session:
-            claimed = jobs_repo.claim_batch(session, s.model, room, s.lease_seconds)
+            claimed = jobs_transitions.claim_batch(session, s.model, room, s.lease_seconds)
             session.commit()
         now = utcnow()
         for job in claimed:

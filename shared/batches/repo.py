@@ -19,6 +19,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.jobs import transitions as jobs_transitions
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile
 from shared.timeutil import utcnow
@@ -270,16 +271,9 @@ def stop_unfinished(session: Session, batch_id: str, target: JobStatus, code: st
                     message: str) -> list[uuid.UUID]:
     """Queued and running lines end as `target` (cancelled or expired); returns the ids of
     those that were running, whose workers are to drop them."""
-    rows = session.execute(
-        update(Job)
-        .where(Job.batch_id == batch_id,
-               Job.status.in_((JobStatus.queued, JobStatus.running)))
-        .values(status=target, finished_at=utcnow(), error_code=code, error_message=message,
-                lease_expires_at=None)
-        .returning(Job.id, Job.started_at)
-        .execution_options(synchronize_session=False)
-    ).all()
-    return [job_id for job_id, started_at in rows if started_at is not None]
+    stop = (jobs_transitions.expire_batch_lines if target == JobStatus.expired
+            else jobs_transitions.cancel_batch_lines)
+    return stop(session, batch_id, code, message)
 
 
 def jobs_in_line_order(session: Session, batch_id: str) -> Iterator[Job]:

@@ -1,5 +1,5 @@
 """The job lifecycle in one place: what each outcome does to a job, the retry policy, and
-fencing. The repository runs the SQL; this module decides which SQL runs.
+fencing. The transitions module runs the guarded moves; this module decides which runs.
 
 A worker's claim sets `attempts` to a new value, and that value is the claim's fencing
 token: every later change the worker makes names it, so a worker whose lease was reaped
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound
-from shared.jobs import repo
-from shared.jobs.status import ALLOWED_FROM, JobStatus
+from shared.jobs import repo, transitions
+from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.settings import Settings
 from shared.timeutil import utcnow
@@ -95,7 +94,7 @@ def record(session: Session, outcomes: Sequence[Outcome], policy: RetryPolicy) -
     """Writes a batch of attempt outcomes; the caller commits them in one transaction."""
     done = Recorded([], [], [], [])
     wins = [o for o in outcomes if isinstance(o, Succeeded)]
-    stored = set(_finish_succeeded(session, wins))
+    stored = set(transitions.succeed_many(session, wins))
     for outcome in wins:
         (done.succeeded if outcome.job_id in stored else done.discarded).append(outcome.job_id)
     for outcome in outcomes:
@@ -110,67 +109,17 @@ def _record_failure(session: Session, failure: Failed, policy: RetryPolicy) -> s
     message = failure.message[:2000]
     delay = 0.0 if failure.refund else policy.delay_after(failure.attempt)
     if failure.transient and delay is not None:
-        moved = repo.transition(
-            session, failure.job_id, JobStatus.queued, attempt=failure.attempt,
-            attempts=Job.attempts - 1 if failure.refund else Job.attempts,
-            engine_failures=Job.engine_failures + (1 if failure.suspect else 0),
-            runnable_at=now + timedelta(seconds=delay), lease_expires_at=None,
-            error_code=failure.code, error_message=message,
+        moved = transitions.retry(
+            session, failure.job_id, failure.attempt,
+            runnable_at=now + timedelta(seconds=delay), code=failure.code, message=message,
+            refund=failure.refund, suspect=failure.suspect,
         )
         return "retried" if moved else "discarded"
     if failure.transient:
         message = f"{message} (after {failure.attempt} attempts)"
-    moved = repo.transition(
-        session, failure.job_id, JobStatus.failed, attempt=failure.attempt,
-        finished_at=now, error_code=failure.code, error_message=message, lease_expires_at=None,
-    )
+    moved = transitions.fail(session, failure.job_id, failure.attempt, code=failure.code,
+                             message=message, now=now)
     return "failed" if moved else "discarded"
-
-
-_SUCCEED_MANY = text("""
-UPDATE jobs SET status = 'succeeded', finished_at = :now, lease_expires_at = NULL,
-       -- an earlier attempt's transient error no longer applies
-       error_code = NULL, error_message = NULL, result_text = r.text,
-       prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
-       finish_reason = r.finish_reason
-FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:texts AS text[]),
-            CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
-            CAST(:finish_reasons AS text[]))
-     AS r(id, attempt, text, prompt_tokens, completion_tokens, finish_reason)
-WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs.status = 'running'
-RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events
-""")
-
-
-def _finish_succeeded(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]:
-    """running -> succeeded for many jobs in one UPDATE (Postgres); one each elsewhere."""
-    if not wins:
-        return []
-    now = utcnow()
-    if session.get_bind().dialect.name != "postgresql":
-        return [
-            w.job_id for w in wins
-            if repo.transition(
-                session, w.job_id, JobStatus.succeeded, attempt=w.attempt, finished_at=now,
-                lease_expires_at=None, error_code=None, error_message=None,
-                result_text=w.result.text, prompt_tokens=w.result.prompt_tokens,
-                completion_tokens=w.result.completion_tokens,
-                finish_reason=w.result.finish_reason,
-            )
-        ]
-    # Arrays through unnest keep the SQL text fixed whatever the batch size, so it is
-    # prepared once instead of compiled per batch.
-    returned = session.execute(_SUCCEED_MANY, {
-        "now": now,
-        "ids": [w.job_id for w in wins],
-        "attempts": [w.attempt for w in wins],
-        "texts": [w.result.text for w in wins],
-        "prompt_tokens": [w.result.prompt_tokens for w in wins],
-        "completion_tokens": [w.result.completion_tokens for w in wins],
-        "finish_reasons": [w.result.finish_reason for w in wins],
-    }).all()
-    repo.add_deliveries(session, JobStatus.succeeded, returned)
-    return [row.id for row in returned]
 
 
 def cancel(
@@ -182,10 +131,8 @@ def cancel(
     if job is None:
         raise NotFound(f"no job with id {job_id}")
     previous = job.status
-    moved = previous in ALLOWED_FROM[JobStatus.cancelled] and repo.transition(
-        session, job_id, JobStatus.cancelled, finished_at=utcnow(), error_code="cancelled",
-        error_message="cancelled by the client", lease_expires_at=None,
-    )
+    moved = transitions.cancel(session, job_id, code="cancelled",
+                               message="cancelled by the client", now=utcnow())
     job = repo.get_job(session, job_id)
     if not moved or job is None:
         status = job.status if job else "gone"
@@ -195,7 +142,7 @@ def cancel(
 
 
 def expire_overdue(session: Session) -> int:
-    return repo.expire_overdue(session, utcnow(), EXPIRED_MESSAGE)
+    return transitions.expire_overdue(session, utcnow(), EXPIRED_MESSAGE)
 
 
 def reap_lapsed(session: Session, policy: RetryPolicy) -> int:

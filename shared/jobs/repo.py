@@ -1,34 +1,27 @@
 """Repository functions for jobs: SQL only, no decisions (those are in lifecycle.py).
 
-Every function flushes and leaves the commit to its caller, so one transaction can hold
-several steps (a terminal UPDATE and its webhook delivery row, say). Every status change
-is a guarded UPDATE: it names the statuses it may leave, and a worker's change also names
-the attempt it claimed (fencing), so a stale or duplicate actor changes nothing.
-Where work comes in many rows (claims, results, expiry, reaping) one statement serves them.
+Every function flushes and leaves the commit to its caller. Status changes are not here:
+each is a named, guarded verb in shared/jobs/transitions.py.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.cursor import newest_first_page
-from shared.jobs.status import ALLOWED_FROM, TERMINAL, JobStatus
+from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.timeutil import utcnow
-from shared.webhooks import repo as deliveries_repo
-
-# What a terminal UPDATE returns so the same transaction can add the webhook delivery.
-_WEBHOOK_COLUMNS = (Job.id, Job.webhook_url, Job.webhook_events)
 
 
 def insert_job(session: Session, job: Job) -> None:
+    """Inserts a job row as given: tests seed rows in any state with it."""
     session.add(job)
     session.flush()
 
@@ -60,106 +53,6 @@ def count_active(session: Session, tenant_id: str) -> int:
             Job.batch_id.is_(None),
         )
     ) or 0
-
-
-def add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]]) -> None:
-    """Webhook delivery rows for jobs that just reached the terminal `target`."""
-    if target not in TERMINAL:
-        return
-    for row in rows:
-        if row.webhook_url:
-            deliveries_repo.add_for_terminal_job(
-                session, row.id, target, row.webhook_url, row.webhook_events
-            )
-
-
-def transition(
-    session: Session,
-    job_id: uuid.UUID,
-    target: JobStatus,
-    *,
-    attempt: int | None = None,
-    **values: Any,
-) -> bool:
-    """Moves one job to `target` if its status allows it (and, given `attempt`, only while
-    that attempt is the job's current one); False when another actor won."""
-    conditions = [Job.id == job_id, Job.status.in_(ALLOWED_FROM[target])]
-    if attempt is not None:
-        conditions.append(Job.attempts == attempt)
-    stmt = (
-        update(Job)
-        .where(*conditions)
-        .values(status=target, **values)
-        .returning(*_WEBHOOK_COLUMNS)
-        .execution_options(synchronize_session=False)
-    )
-    rows = session.execute(stmt).all()
-    add_deliveries(session, target, rows)
-    return bool(rows)
-
-
-# -- claims -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: uuid.UUID
-    attempt: int  # the value of `attempts` this claim set: the fencing token
-    prompt: str
-    params: dict[str, Any]
-    priority: int
-    # An uploaded image (key and the hash it must match) or a reference to fetch.
-    image_key: str | None
-    image_sha256: str | None
-    image_url: str | None
-    created_at: datetime
-    engine_failures: int
-
-
-def claim_batch(
-    session: Session, model: str, limit: int, lease_seconds: float
-) -> list[ClaimedJob]:
-    """queued -> running for up to `limit` runnable jobs of `model`, in priority order.
-
-    One statement. SKIP LOCKED lets workers of the same model claim side by side without
-    waiting on each other; a job past its deadline is left for the sweeper to expire.
-    """
-    now = utcnow()
-    runnable = (
-        select(Job.id)
-        .where(
-            Job.model == model,
-            Job.status == JobStatus.queued,
-            or_(Job.runnable_at.is_(None), Job.runnable_at <= now),
-            or_(Job.expires_at.is_(None), Job.expires_at > now),
-        )
-        .order_by(Job.priority, Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        # Materialized, so the LIMIT and the row locks apply once; as a plain IN-subquery
-        # Postgres may run it again per row and claim far more than `limit`.
-        .cte("runnable")
-        .prefix_with("MATERIALIZED")
-    )
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(select(runnable.c.id)), Job.status == JobStatus.queued)
-        .values(
-            status=JobStatus.running,
-            attempts=Job.attempts + 1,
-            started_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-        )
-        .returning(
-            Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
-            Job.image_sha256, Job.image_url, Job.created_at, Job.engine_failures,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    rows = session.execute(stmt).all()
-    claimed = [ClaimedJob(*row) for row in rows]
-    claimed.sort(key=lambda job: (job.priority, job.created_at))
-    return claimed
 
 
 def renew_leases(session: Session, claims: Sequence[tuple[uuid.UUID, int]],
@@ -250,26 +143,6 @@ def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> Q
 
 
 # -- sweeps (many rows, one statement each) ---------------------------------------------
-
-
-def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1000) -> int:
-    """queued -> expired for every job past its deadline."""
-    overdue = (
-        select(Job.id)
-        .where(Job.status == JobStatus.queued, Job.expires_at < now)
-        .limit(limit)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        update(Job)
-        .where(Job.id.in_(overdue), Job.status == JobStatus.queued)
-        .values(status=JobStatus.expired, finished_at=now, error_code="expired",
-                error_message=message)
-        .returning(*_WEBHOOK_COLUMNS)
-        .execution_options(synchronize_session=False)
-    ).all()
-    add_deliveries(session, JobStatus.expired, rows)
-    return len(rows)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Job status values and the transitions between them that the system allows."""
+"""Job status values and the moves between them that the system allows.
+
+Every write of a job's status is a named verb in shared/jobs/transitions.py; each verb's
+guarded statement names the source states this table allows for its target, and nothing
+else writes the column (tests/unit/test_status_writes.py checks both).
+"""
 
 from __future__ import annotations
 
@@ -21,16 +26,19 @@ TERMINAL: frozenset[JobStatus] = frozenset(
 # Postgres NOTIFY channel (see migration 0005): the payload is the id of a job that just ended.
 TERMINAL_CHANNEL = "vlmq_job_terminal"
 
+# The states a job row is inserted in: queued, or failed for a batch line that cannot run.
+CREATED_AS: frozenset[JobStatus] = frozenset({JobStatus.queued, JobStatus.failed})
+
 # target status -> statuses it may be entered from
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.running: frozenset({JobStatus.queued}),
     JobStatus.succeeded: frozenset({JobStatus.running}),
+    # queued: the attempt's worker reports a permanent failure after the reaper requeued
+    # the same attempt (fencing lets it through; the failure would recur anyway).
     JobStatus.failed: frozenset({JobStatus.queued, JobStatus.running}),
     JobStatus.cancelled: frozenset({JobStatus.queued, JobStatus.running}),
-    JobStatus.expired: frozenset({JobStatus.queued}),
+    # running: only when the job's batch expires (its lines end as OpenAI's do); a job's
+    # own deadline applies to queued jobs alone.
+    JobStatus.expired: frozenset({JobStatus.queued, JobStatus.running}),
     JobStatus.queued: frozenset({JobStatus.running}),
 }
-
-
-def can_transition(current: JobStatus, target: JobStatus) -> bool:
-    return current in ALLOWED_FROM[target]

@@ -1,0 +1,308 @@
+"""Every write of a job's status, one named verb each (procrastinate's and river's way).
+
+Each verb is one guarded statement: its WHERE names the source states that VERBS gives it
+(a subset of the table in status.py), and a worker's verb also names the attempt it
+claimed (fencing, `attempts = :claimed`), so a stale or duplicate actor changes nothing and
+the verb says so (False, or fewer rows). Work that comes in many rows (claims, results,
+expiry, a batch's lines) is one statement for all of them. Verbs flush and leave the
+commit to their caller, so one transaction can hold a move and its webhook delivery row.
+
+Nothing else writes `jobs.status`: tests/unit/test_status_writes.py scans for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, Row, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from shared.jobs.status import ALLOWED_FROM, CREATED_AS, TERMINAL, JobStatus
+from shared.models import Job
+from shared.timeutil import utcnow
+from shared.webhooks import repo as deliveries_repo
+
+if TYPE_CHECKING:
+    from shared.jobs.lifecycle import Succeeded
+
+Q, R = JobStatus.queued, JobStatus.running
+
+
+@dataclass(frozen=True)
+class Move:
+    sources: frozenset[JobStatus]
+    target: JobStatus
+
+
+# verb -> the states it may leave and the one it enters.
+VERBS: dict[str, Move] = {
+    "claim_batch": Move(frozenset({Q}), R),
+    "succeed_many": Move(frozenset({R}), JobStatus.succeeded),
+    "retry": Move(frozenset({R}), Q),
+    "fail": Move(frozenset({Q, R}), JobStatus.failed),
+    "cancel": Move(frozenset({Q, R}), JobStatus.cancelled),
+    "expire_overdue": Move(frozenset({Q}), JobStatus.expired),
+    "cancel_batch_lines": Move(frozenset({Q, R}), JobStatus.cancelled),
+    "expire_batch_lines": Move(frozenset({Q, R}), JobStatus.expired),
+}
+for _verb, _move in VERBS.items():
+    assert _move.sources <= ALLOWED_FROM[_move.target], f"{_verb} leaves the table"
+
+# What a terminal UPDATE returns so the same transaction can add the webhook delivery.
+_WEBHOOK_COLUMNS = (Job.id, Job.webhook_url, Job.webhook_events)
+
+
+def _from(verb: str) -> ColumnElement[bool]:
+    sources = VERBS[verb].sources
+    if len(sources) == 1:
+        return Job.status == next(iter(sources))
+    return Job.status.in_(sorted(sources))
+
+
+def _add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]]) -> None:
+    """Webhook delivery rows for jobs that just reached the terminal `target`."""
+    if target not in TERMINAL:
+        return
+    for row in rows:
+        if row.webhook_url:
+            deliveries_repo.add_for_terminal_job(
+                session, row.id, target, row.webhook_url, row.webhook_events
+            )
+
+
+def _move_one(session: Session, verb: str, job_id: uuid.UUID, attempt: int | None,
+              **values: Any) -> bool:
+    target = VERBS[verb].target
+    conditions = [Job.id == job_id, _from(verb)]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
+    rows = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(status=target, **values)
+        .returning(*_WEBHOOK_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _add_deliveries(session, target, rows)
+    return bool(rows)
+
+
+# -- creation ---------------------------------------------------------------------------
+
+
+def created(**columns: Any) -> dict[str, Any]:
+    """The row of a new job, queued: what intake inserts."""
+    row = dict(columns, status=JobStatus.queued)
+    assert row["status"] in CREATED_AS
+    return row
+
+
+def created_failed(row: dict[str, Any], code: str, message: str,
+                   now: datetime) -> dict[str, Any]:
+    """A new job's row made failed before it is inserted: a batch line that cannot run
+    (bad parameters, a refused image) still becomes a job, so its output line says why."""
+    row.update(status=JobStatus.failed, finished_at=now, error_code=code,
+               error_message=message)
+    return row
+
+
+# -- the worker's verbs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    attempt: int  # the value of `attempts` this claim set: the fencing token
+    prompt: str
+    params: dict[str, Any]
+    priority: int
+    # An uploaded image (key and the hash it must match) or a reference to fetch.
+    image_key: str | None
+    image_sha256: str | None
+    image_url: str | None
+    created_at: datetime
+    engine_failures: int
+
+
+def claim_batch(
+    session: Session, model: str, limit: int, lease_seconds: float
+) -> list[ClaimedJob]:
+    """queued -> running for up to `limit` runnable jobs of `model`, in priority order.
+
+    One statement. SKIP LOCKED lets workers of the same model claim side by side without
+    waiting on each other; a job past its deadline is left for the sweeper to expire.
+    """
+    now = utcnow()
+    runnable = (
+        select(Job.id)
+        .where(
+            Job.model == model,
+            _from("claim_batch"),
+            or_(Job.runnable_at.is_(None), Job.runnable_at <= now),
+            or_(Job.expires_at.is_(None), Job.expires_at > now),
+        )
+        .order_by(Job.priority, Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        # Materialized, so the LIMIT and the row locks apply once; as a plain IN-subquery
+        # Postgres may run it again per row and claim far more than `limit`.
+        .cte("runnable")
+        .prefix_with("MATERIALIZED")
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(select(runnable.c.id)), _from("claim_batch"))
+        .values(
+            status=VERBS["claim_batch"].target,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
+            Job.image_sha256, Job.image_url, Job.created_at, Job.engine_failures,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(stmt).all()
+    claimed = [ClaimedJob(*row) for row in rows]
+    claimed.sort(key=lambda job: (job.priority, job.created_at))
+    return claimed
+
+
+def _sql_in(verb: str) -> str:
+    sources = sorted(VERBS[verb].sources)
+    if len(sources) == 1:
+        return f"= '{sources[0]}'"
+    return "IN (" + ", ".join(f"'{s}'" for s in sources) + ")"
+
+
+_SUCCEED_MANY = text(f"""
+UPDATE jobs SET status = '{VERBS["succeed_many"].target}', finished_at = :now,
+       lease_expires_at = NULL,
+       -- an earlier attempt's transient error no longer applies
+       error_code = NULL, error_message = NULL, result_text = r.text,
+       prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
+       finish_reason = r.finish_reason
+FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:texts AS text[]),
+            CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
+            CAST(:finish_reasons AS text[]))
+     AS r(id, attempt, text, prompt_tokens, completion_tokens, finish_reason)
+WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs.status {_sql_in("succeed_many")}
+RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events
+""")
+
+
+def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]:
+    """running -> succeeded with the result, for many attempts in one UPDATE (Postgres; one
+    each elsewhere), each fenced by its attempt; returns the jobs that moved."""
+    if not wins:
+        return []
+    now = utcnow()
+    if session.get_bind().dialect.name != "postgresql":
+        return [
+            w.job_id for w in wins
+            if _move_one(
+                session, "succeed_many", w.job_id, w.attempt, finished_at=now,
+                lease_expires_at=None, error_code=None, error_message=None,
+                result_text=w.result.text, prompt_tokens=w.result.prompt_tokens,
+                completion_tokens=w.result.completion_tokens,
+                finish_reason=w.result.finish_reason,
+            )
+        ]
+    # Arrays through unnest keep the SQL text fixed whatever the batch size, so it is
+    # prepared once instead of compiled per batch.
+    returned = session.execute(_SUCCEED_MANY, {
+        "now": now,
+        "ids": [w.job_id for w in wins],
+        "attempts": [w.attempt for w in wins],
+        "texts": [w.result.text for w in wins],
+        "prompt_tokens": [w.result.prompt_tokens for w in wins],
+        "completion_tokens": [w.result.completion_tokens for w in wins],
+        "finish_reasons": [w.result.finish_reason for w in wins],
+    }).all()
+    _add_deliveries(session, VERBS["succeed_many"].target, returned)
+    return [row.id for row in returned]
+
+
+def retry(session: Session, job_id: uuid.UUID, attempt: int, *, runnable_at: datetime,
+          code: str, message: str, refund: bool = False, suspect: bool = False) -> bool:
+    """running -> queued, runnable again at `runnable_at`, fenced by `attempt`. A refunded
+    attempt is not counted; a suspect one counts towards running the job alone."""
+    return _move_one(
+        session, "retry", job_id, attempt,
+        attempts=Job.attempts - 1 if refund else Job.attempts,
+        engine_failures=Job.engine_failures + (1 if suspect else 0),
+        runnable_at=runnable_at, lease_expires_at=None, error_code=code, error_message=message,
+    )
+
+
+def fail(session: Session, job_id: uuid.UUID, attempt: int, *, code: str, message: str,
+         now: datetime) -> bool:
+    """-> failed for good, fenced by `attempt`."""
+    return _move_one(session, "fail", job_id, attempt, finished_at=now, error_code=code,
+                     error_message=message, lease_expires_at=None)
+
+
+# -- the client's and the sweeper's verbs ----------------------------------------------
+
+
+def cancel(session: Session, job_id: uuid.UUID, *, code: str, message: str,
+           now: datetime) -> bool:
+    """queued or running -> cancelled (a running job's worker drops it on its next check)."""
+    return _move_one(session, "cancel", job_id, None, finished_at=now, error_code=code,
+                     error_message=message, lease_expires_at=None)
+
+
+def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1000) -> int:
+    """queued -> expired for every job past its deadline."""
+    target = VERBS["expire_overdue"].target
+    overdue = (
+        select(Job.id)
+        .where(_from("expire_overdue"), Job.expires_at < now)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(overdue), _from("expire_overdue"))
+        .values(status=target, finished_at=now, error_code="expired", error_message=message)
+        .returning(*_WEBHOOK_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _add_deliveries(session, target, rows)
+    return len(rows)
+
+
+# -- a batch's lines --------------------------------------------------------------------
+
+
+def _stop_batch_lines(session: Session, verb: str, batch_id: str, code: str,
+                      message: str) -> list[uuid.UUID]:
+    rows = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, _from(verb))
+        .values(status=VERBS[verb].target, finished_at=utcnow(), error_code=code,
+                error_message=message, lease_expires_at=None)
+        .returning(Job.id, Job.started_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [job_id for job_id, started_at in rows if started_at is not None]
+
+
+def cancel_batch_lines(session: Session, batch_id: str, code: str,
+                       message: str) -> list[uuid.UUID]:
+    """The batch's queued and running lines end as cancelled (its cancellation or its
+    failure); returns those that were running, whose workers are to drop them."""
+    return _stop_batch_lines(session, "cancel_batch_lines", batch_id, code, message)
+
+
+def expire_batch_lines(session: Session, batch_id: str, code: str,
+                       message: str) -> list[uuid.UUID]:
+    """The batch's completion window ended: its queued and running lines end as expired,
+    as OpenAI's do; returns those that were running, whose workers are to drop them."""
+    return _stop_batch_lines(session, "expire_batch_lines", batch_id, code, message)
