@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench soak soak-backfill lint
+.PHONY: install demo test test-fast bench soak soak-backfill lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
@@ -14,6 +14,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# The unit tier alone: no Postgres, Redis, S3 or subprocesses; well under a minute.
+test-fast: install
+	$(VENV)/bin/python -m pytest -q --durations=5 tests/unit $(PYTEST_ARGS)
 
 bench: install
 	$(VENV)/bin/python -m tests.bench
