@@ -1,10 +1,13 @@
-"""Webhook event types and the states of one event's delivery."""
+"""Webhook event types (the states of one event's delivery are in status.py)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
 from shared.jobs.status import JobStatus
+from shared.webhooks.status import DeliveryStatus
+
+__all__ = ["BatchEvent", "DeliveryStatus", "EVENT_FOR_STATUS", "WebhookEvent"]
 
 
 class WebhookEvent(StrEnum):
@@ -27,10 +30,3 @@ EVENT_FOR_STATUS: dict[JobStatus, WebhookEvent] = {
     JobStatus.cancelled: WebhookEvent.cancelled,
     JobStatus.expired: WebhookEvent.expired,
 }
-
-
-class DeliveryStatus(StrEnum):
-    pending = "pending"  # an attempt is due now or scheduled
-    succeeded = "succeeded"  # the endpoint answered 2xx
-    disabled = "disabled"  # the endpoint answered 410 Gone: no more attempts for this job
-    dead_lettered = "dead_lettered"  # every scheduled attempt failed; replayable

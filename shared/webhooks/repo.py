@@ -20,6 +20,7 @@ from shared.errors import NotFound
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, WebhookAttempt, WebhookDelivery
 from shared.timeutil import utcnow
+from shared.webhooks import transitions
 from shared.webhooks.events import EVENT_FOR_STATUS, DeliveryStatus
 
 
@@ -47,17 +48,7 @@ def add_for_batch(session: Session, batch_id: str, event: str, url: str,
 
 
 def _pending(event: str, url: str, **owner_and_payload: object) -> WebhookDelivery:
-    """A new delivery, due now; the webhook-id is minted here and never changes."""
-    return WebhookDelivery(
-        event=event,
-        url=url,
-        message_id=f"msg_{uuid.uuid4().hex}",
-        status=DeliveryStatus.pending,
-        attempts=0,
-        round_attempts=0,
-        next_attempt_at=utcnow(),
-        **owner_and_payload,
-    )
+    return transitions.created(event, url, **owner_and_payload)
 
 
 def _attemptable(now: datetime) -> list[ColumnElement[bool]]:
@@ -223,23 +214,10 @@ def finish(
         )
         .execution_options(synchronize_session=False)
     )
-    moved = session.execute(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == claimed.delivery_id,
-            WebhookDelivery.status == DeliveryStatus.pending,
-            WebhookDelivery.attempts == claimed.number,
-        )
-        .values(
-            status=status,
-            next_attempt_at=next_attempt_at,
-            lease_expires_at=None,
-            delivered_at=now if status == DeliveryStatus.succeeded else None,
-            last_status_code=record.status_code,
-            last_error=record.error,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    moved = transitions.settle(
+        session, claimed.delivery_id, claimed.number, status, now=now,
+        next_attempt_at=next_attempt_at, status_code=record.status_code, error=record.error,
+    )
     return moved
 
 
@@ -250,17 +228,7 @@ def redeliver(
     Given `tenant_id`, another tenant's delivery is not found."""
     if get_delivery(session, delivery_id, tenant_id) is None:
         raise NotFound(f"no webhook delivery with id {delivery_id}")
-    changed = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id)
-        .values(
-            status=DeliveryStatus.pending,
-            next_attempt_at=utcnow(),
-            round_attempts=0,
-            dispatched_at=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    changed = transitions.redeliver(session, delivery_id)
     if not changed:
         raise NotFound(f"no webhook delivery with id {delivery_id}")
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
