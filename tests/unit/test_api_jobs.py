@@ -6,6 +6,7 @@ jobs stay queued, which is all these routes need."""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,6 +114,22 @@ def test_multipart_submit_stores_the_image_and_queues_the_job(
     assert read.status_code == 200
     assert read.json()["id"] == job["id"] and read.json()["status"] == "queued"
     assert read.json()["queue_position"] is not None
+
+
+def test_a_submit_wakes_the_models_workers_through_the_folder_broker(
+    settings: Settings, state_root: Path,
+) -> None:
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {make_key(settings, 'alpha')}"
+        job_id = submit(client).json()["id"]
+    # Wake-ups are sent from a background thread; the app's shutdown sends what is pending.
+    messages = [json.loads(p.read_text()) for p in (state_root / "broker").glob("*.msg")]
+    assert len(messages) == 1
+    message = messages[0]
+    assert message["headers"]["task"] == "vlmq.run_job"
+    assert message["properties"]["delivery_info"]["routing_key"] == settings.queue_name
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([job_id], {})
 
 
 def test_json_submit_with_a_base64_image(client: TestClient) -> None:
