@@ -1,8 +1,8 @@
 """Repository functions for files and batches. They flush; callers commit.
 
 A batch moves validating -> in_progress -> finalizing -> completed, or to failed (its file
-did not validate, or its work kept failing), cancelling -> cancelled, or expired. Each move is one guarded UPDATE
-naming the statuses it may leave, so two API processes never both make it.
+did not validate, or its work kept failing), cancelling -> cancelled, or expired: the
+table is in status.py, and each move is a named, guarded verb in transitions.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.batches import status as batch_status
+from shared.batches import transitions as batch_transitions
+from shared.batches.status import BatchStatus
 from shared.jobs import transitions as jobs_transitions
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile
@@ -26,8 +29,9 @@ from shared.timeutil import utcnow
 
 # Ids are ours (`file-<hex>`, `batch_<hex>`); anything else cannot name a row.
 _ID = re.compile(r"^(file-|batch_)[0-9a-f]{24}$")
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-TERMINAL = ("completed", "failed", "expired", "cancelled")
+# Not yet ended, and ended (see status.py), as tuples for IN lists.
+ACTIVE: tuple[BatchStatus, ...] = tuple(sorted(batch_status.ACTIVE))
+TERMINAL: tuple[BatchStatus, ...] = tuple(sorted(batch_status.TERMINAL))
 
 
 def new_file_id() -> str:
@@ -113,9 +117,9 @@ def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id:
               metadata: dict[str, str] | None, webhook_url: str | None = None,
               webhook_events: list[str] | None = None) -> Batch:
     now = utcnow()
-    batch = Batch(
+    batch = batch_transitions.created(
         id=new_batch_id(), tenant_id=tenant_id, endpoint=endpoint, input_file_id=input_file_id,
-        completion_window=window_text, status="validating", priority=priority,
+        completion_window=window_text, priority=priority,
         metadata_=metadata, webhook_url=webhook_url, webhook_events=webhook_events,
         lines_expanded=0, total=0, created_at=now,
         expires_at=now + completion_window,

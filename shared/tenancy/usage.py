@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.batches.repo import ACTIVE
+from shared.batches.status import BatchStatus
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job
 
@@ -33,6 +34,6 @@ def queued_batch_lines(session: Session, tenant_id: str) -> int:
     ) or 0
     unexpanded = session.scalar(
         select(func.coalesce(func.sum(Batch.total - Batch.lines_expanded), 0))
-        .where(Batch.tenant_id == tenant_id, Batch.status == "in_progress")
+        .where(Batch.tenant_id == tenant_id, Batch.status == BatchStatus.in_progress)
     ) or 0
     return int(as_jobs) + int(unexpanded)
