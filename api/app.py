@@ -18,7 +18,6 @@ from api import (
     routes_models,
 )
 from api.auth import authenticate
-from api.batch_runner import BatchRunner
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
@@ -46,12 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "API acts as an admin of tenant 'default'; for local development only")
         deps = app.state.deps = ApiDeps.build(settings, metrics)
         await deps.start()
-        runner = BatchRunner(deps)
-        runner.start()
         try:
             yield
         finally:
-            runner.stop()
             await deps.close()
 
     app = FastAPI(

@@ -14,11 +14,12 @@ from api.key_cache import KeyCache
 from api.metrics import ApiMetrics
 from api.quotas import SubmitLimits
 from api.terminal_watch import TerminalWatch
-from api.wakeups import WakeupSender
 from shared.db import make_engine, make_session_factory
+from shared.jobs.intake import Intake
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.storage import ObjectStore, make_store
+from shared.wakeups import WakeupSender
 
 
 @dataclass
@@ -38,6 +39,8 @@ class ApiDeps:
     limits: SubmitLimits
     metrics: ApiMetrics
     image_memory: ImageMemoryBudget
+    # The checks and the image store every new job passes (shared/jobs/intake.py).
+    intake: Intake
 
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> ApiDeps:
@@ -51,22 +54,27 @@ class ApiDeps:
         # Built lazily by Celery on the first send; when many requests race to build it
         # they serialise on the import lock, so build it before serving.
         _ = celery.producer_pool
+        store = make_store(settings)
+        limits = SubmitLimits(settings, reads)
+        image_memory = ImageMemoryBudget(
+            settings.api_image_memory_bytes, settings.api_image_memory_wait_seconds
+        )
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
             autocommit=direct,
             reads=reads,
-            store=make_store(settings),
+            store=store,
             celery=celery,
             wakeups=WakeupSender(celery, settings),
             watch=TerminalWatch(settings, direct),
             keys=KeyCache(),
-            limits=SubmitLimits(settings, reads),
+            limits=limits,
             metrics=metrics,
-            image_memory=ImageMemoryBudget(
-                settings.api_image_memory_bytes, settings.api_image_memory_wait_seconds
-            ),
+            image_memory=image_memory,
+            intake=Intake(settings, store, reads, image_prefixes=limits.image_prefixes,
+                          reserve=image_memory.reserve),
         )
 
     async def start(self) -> None:

@@ -10,12 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import kombu.exceptions
-import psycopg
-import redis.exceptions
-import sqlalchemy.exc
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from api.schemas import ErrorBody
 from shared.errors import Unavailable, VlmqError, clipped
+from shared.outages import CLIENT_ERRORS, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +28,6 @@ RETRY_AFTER_SECONDS = Unavailable.retry_after
 # client's dict keys, and one list can fail item by item.
 _MAX_ERRORS_DESCRIBED = 5
 _MAX_MESSAGE_CHARS = 200
-
-# Exception types raised by the clients of our dependencies; which of them mean "down" is
-# decided by `unreachable` below.
-_CLIENT_ERRORS: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.SQLAlchemyError,
-    psycopg.Error,
-    redis.exceptions.RedisError,
-    kombu.exceptions.KombuError,
-    BotoCoreError,
-    ClientError,
-)
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -98,42 +82,6 @@ def unavailable_response(message: str, retry_after: int = RETRY_AFTER_SECONDS) -
     return error_response(503, Unavailable.code, message, {"Retry-After": str(retry_after)})
 
 
-def unreachable(exc: BaseException) -> str | None:
-    """Which dependency `exc` (or an exception it was raised from) says is unreachable."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        what = _unreachable_one(current)
-        if what is not None:
-            return what
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _unreachable_one(exc: BaseException) -> str | None:
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(
-            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
-        ):
-            return "database"
-        return None
-    if isinstance(exc, sqlalchemy.exc.TimeoutError):  # every pooled connection is busy
-        return "database"
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return "database"
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return "broker"
-    if isinstance(exc, kombu.exceptions.OperationalError):
-        return "broker"
-    if isinstance(exc, BotoConnectionError | HTTPClientError):  # refused, reset, timed out
-        return "object store"
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return "object store" if status >= 500 else None
-    return None
-
-
 def describe_validation(exc: ValidationError | RequestValidationError) -> str:
     """Where and what, for the first few errors; never the input itself, which may be huge."""
     errors = exc.errors()
@@ -185,7 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     # Handled here rather than by the catch-all below, which Starlette runs outside the
     # app and follows by re-raising (a traceback per request during an outage).
-    for error_type in _CLIENT_ERRORS:
+    for error_type in CLIENT_ERRORS:
         app.add_exception_handler(error_type, _dependency)
 
     @app.exception_handler(Exception)

@@ -32,15 +32,6 @@ class ApiMetrics:
             ["tenant", "reason"], registry=self.registry,
         )
 
-        self.batch_lines = Counter(
-            "vlmq_batch_lines_expanded", "Batch lines turned into jobs, by tenant",
-            ["tenant"], registry=self.registry,
-        )
-        self.batches = Counter(
-            "vlmq_batches_finished", "Batches that reached a final status, by status",
-            ["status"], registry=self.registry,
-        )
-
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
 

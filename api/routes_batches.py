@@ -1,4 +1,5 @@
-"""/v1/batches: OpenAI's Batch API on vlmq's queue. The work is api/batch_runner.py's."""
+"""/v1/batches: OpenAI's Batch API on vlmq's queue. The API creates, reads and cancels
+batches; the work is the control process's (worker/control/batches.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from api.openai_schemas import BatchCreate, BatchList, BatchObject
 from api.schemas import WebhookOptions
 from api.submit import check_webhook
 from shared.batches import repo as batches
+from shared.batches import transitions as batch_transitions
+from shared.batches.status import BatchStatus
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Batch
 from shared.tenancy.repo import Authenticated
@@ -95,11 +98,10 @@ def cancel_batch(
     """Queued lines end as cancelled; lines already running finish; then output is written."""
     with deps.sessions() as session:
         batch = _batch(session, batch_id, auth)
-        moved = batches.move(session, batch.id, "cancelling", ("validating", "in_progress"),
-                             cancelling_at=utcnow())
+        moved = batch_transitions.cancel(session, batch.id, now=utcnow())
         session.commit()
         batch = _batch(session, batch_id, auth)
-        if not moved and batch.status not in ("cancelling", "cancelled"):
+        if not moved and batch.status not in (BatchStatus.cancelling, BatchStatus.cancelled):
             raise Conflict(f"batch {batch_id} is already {batch.status}", code="batch_finished")
         return _out(session, batch)
 

@@ -7,7 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.chat import MAX_MODEL_CHARS, MAX_STOP_SEQUENCES, StopString
+from shared.chat import MAX_MODEL_CHARS
+from shared.jobs.params import GenerationParams
 from shared.jobs.view import JobError, JobOut
 from shared.models import WebhookAttempt, WebhookDelivery
 from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
@@ -20,23 +21,6 @@ MAX_WEBHOOK_EVENTS = 16
 # The stored `params` as JSON, worst case (every stop string at its bound, each character
 # escaped as \uXXXX): the field bounds keep it under this, tests/test_bounds.py checks it.
 MAX_PARAMS_BYTES = 16 * 1024
-
-
-class GenerationParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=-1, ge=-1, le=1000, description="-1 disables top-k")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
-
-    @model_validator(mode="after")
-    def _no_empty_stop(self) -> GenerationParams:
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
-        return self
 
 
 class ImageSource(BaseModel):

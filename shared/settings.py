@@ -122,9 +122,9 @@ class Settings(BaseSettings):
     batch_max_lines: int = Field(default=50_000, ge=1)
     batch_priority: int = Field(default=7, ge=0, le=9)
     # The process expanding or finalizing a batch holds it this long between renewals;
-    # a batch whose holder died is taken up by another API process after it lapses.
+    # a batch whose holder died is taken up by another control process after it lapses.
     batch_lease_seconds: float = Field(default=30.0, gt=0)
-    # How often an API process looks for batch work (expansion, completion, expiry).
+    # How often a control process looks for batch work (expansion, completion, expiry).
     batch_poll_seconds: float = Field(default=1.0, gt=0)
     # A batch whose work raises unexpectedly is tried again after batch_retry_seconds,
     # doubling each time (up to 5 minutes), while other batches go on; after

@@ -27,6 +27,7 @@ from tests.services import (
     fresh_database,
     moto_server,
     start_api,
+    start_control,
     start_worker,
 )
 
@@ -131,6 +132,15 @@ def api(stack: Stack) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> Iterator[Service]:
     svc = start_worker(stack.env, stack.log_dir)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def control(stack: Stack) -> Iterator[Service]:
+    """A control process (`vlmq control`) on the session's stack: batch work and the
+    sweeper; webhook delivery is off, as the stack has no signing secret."""
+    svc = start_control(stack.env, stack.log_dir)
     yield svc
     svc.stop()
 

@@ -1,5 +1,5 @@
 """Real services for the tests: a fresh Postgres database, Redis, a moto S3 server, and
-`vlmq` processes (API, worker) started as subprocesses exactly as a user starts them."""
+`vlmq` processes (API, worker, control) started as subprocesses exactly as a user starts them."""
 
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ class RedisServer:
         self.proc.wait()
 
 
-def start_webhooks(env: dict[str, str], log_dir: Path, name: str = "webhooks") -> Service:
-    svc = Service(name, ["webhooks"], env, log_dir)
+def start_control(env: dict[str, str], log_dir: Path, name: str = "control") -> Service:
+    """`vlmq control`: sweeper, batch work and (with a signing secret) webhook delivery."""
+    svc = Service(name, ["control"], env, log_dir)
     svc.wait_for_log(" ready.", timeout=60)
     return svc

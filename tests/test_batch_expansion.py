@@ -1,5 +1,5 @@
-"""A 10,000-line batch whose API process is killed (SIGKILL) mid-expansion: a new API
-process resumes it, and every line ends exactly once, in the output file."""
+"""A 10,000-line batch whose control process is killed (SIGKILL) mid-expansion: a new
+control process resumes it, and every line ends exactly once, in the output file."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from sqlalchemy import func, select
 
 from shared.models import Batch, Job
 from tests.conftest import Stack, db_sessions, png_bytes
-from tests.services import fresh_database, start_api, start_worker
+from tests.services import fresh_database, start_api, start_control, start_worker
 
 LINES = 10_000
 ENDPOINT = "/v1/chat/completions"
 
 
-def test_killing_the_api_mid_expansion_loses_and_doubles_no_line(
+def test_killing_the_control_process_mid_expansion_loses_and_doubles_no_line(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     tag = uuid.uuid4().hex[:6]
@@ -40,13 +40,13 @@ def test_killing_the_api_mid_expansion_loses_and_doubles_no_line(
                 {"type": "image_url", "image_url": {"url": image}}]}]},
         }) for i in range(LINES)).encode()
 
-        first, base = start_api(st.env, st.log_dir, name="api-expansion-1")
+        api, base = start_api(st.env, st.log_dir, name="api-expansion")
+        first = start_control(st.env, st.log_dir, name="control-expansion-1")
         client = OpenAI(base_url=f"{base}/v1", api_key=st.api_key, max_retries=0,
                         _strict_response_validation=True, timeout=120)
         file_id = client.files.create(file=("big.jsonl", content), purpose="batch").id
         batch_id = client.batches.create(input_file_id=file_id, endpoint=ENDPOINT,
                                          completion_window="24h").id
-        client.close()
 
         def expanded() -> int:
             with sessions() as session:
@@ -60,21 +60,19 @@ def test_killing_the_api_mid_expansion_loses_and_doubles_no_line(
             time.sleep(0.02)
         first.kill()
         at_kill = expanded()
-        print(f"killed the API with {at_kill} of {LINES} lines expanded "
+        print(f"killed the control process with {at_kill} of {LINES} lines expanded "
               f"({at_kill / (time.monotonic() - created):.0f} lines/s, validation included)")
         assert at_kill < LINES, "expansion finished before the kill; make the file larger"
 
         started = time.monotonic()
-        second, base = start_api(st.env, st.log_dir, name="api-expansion-2")
+        second = start_control(st.env, st.log_dir, name="control-expansion-2")
         worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
-        client = OpenAI(base_url=f"{base}/v1", api_key=st.api_key, max_retries=0,
-                        _strict_response_validation=True, timeout=120)
         try:
             deadline = time.monotonic() + 300
             while expanded() < LINES:
                 assert time.monotonic() < deadline, "expansion did not resume"
                 time.sleep(0.05)
-            print(f"the new API process expanded the other {LINES - at_kill} lines in "
+            print(f"the new control process expanded the other {LINES - at_kill} lines in "
                   f"{time.monotonic() - started:.1f}s from its start (lease expiry included)")
             while (batch := client.batches.retrieve(batch_id)).status != "completed":
                 assert batch.status in ("in_progress", "finalizing"), batch
@@ -98,3 +96,4 @@ def test_killing_the_api_mid_expansion_loses_and_doubles_no_line(
             client.close()
             worker.stop()
             second.stop()
+            api.stop()

@@ -22,7 +22,14 @@ from sqlalchemy import select
 
 from shared.models import Batch
 from tests.conftest import Stack, db_sessions, png_bytes
-from tests.services import Service, create_api_key, fresh_database, start_api, start_worker
+from tests.services import (
+    Service,
+    create_api_key,
+    fresh_database,
+    start_api,
+    start_control,
+    start_worker,
+)
 
 ENDPOINT = "/v1/chat/completions"
 TRIES = 3
@@ -32,6 +39,7 @@ TRIES = 3
 class Tenants:
     stack: Stack
     api: Service
+    control: Service  # where batch work happens, and its log
     base: str
     a: OpenAI
     b: OpenAI
@@ -53,12 +61,14 @@ def tenants(stack: Stack) -> Iterator[Tenants]:
         ).migrate()
         api, base = start_api(st.env, st.log_dir, name="api-batch-poison")
         worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
+        control = start_control(st.env, st.log_dir, name="control-batch-poison")
         b_key = create_api_key(db_url, "tenant-b")
         a, b = (OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=60,
                        _strict_response_validation=True) for key in (st.api_key, b_key))
-        yield Tenants(st, api, base, a, b, b_key, model, parked)
+        yield Tenants(st, api, control, base, a, b, b_key, model, parked)
         a.close()
         b.close()
+        control.stop()
         worker.stop()
         api.stop()
 
@@ -174,7 +184,7 @@ def test_a_batch_whose_work_keeps_failing_backs_off_then_fails_alone(tenants: Te
     with db_sessions(t.stack.settings)() as session:
         assert session.scalar(select(Batch.work_failures)
                               .where(Batch.id == b_batch)) == TRIES
-    log = t.api.log_text()
+    log = t.control.log_text()
     assert log.count(f"batch {b_batch}: its work failed (try 1") == 1
     assert log.count(f"batch {b_batch}: its work failed again") == TRIES - 1
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible Files, Batches and chat-completions API, through the official
-`openai` client in strict validation mode, against a real API process and echo worker."""
+`openai` client in strict validation mode, against a real API process, echo worker and
+control process (which does the batch work)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.services import (
     create_api_key,
     fresh_database,
     start_api,
-    start_webhooks,
+    start_control,
     start_worker,
 )
 from tests.webhook_receiver import receiver
@@ -61,12 +62,12 @@ def bulk(stack: Stack) -> Iterator[Bulk]:
         ).migrate()
         api, base = start_api(st.env, st.log_dir, name="api-batches")
         worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
-        hooks = start_webhooks(st.env, st.log_dir, name="webhooks-batches")
+        control = start_control(st.env, st.log_dir, name="control-batches")
         client = OpenAI(base_url=f"{base}/v1", api_key=st.api_key,
                         _strict_response_validation=True, max_retries=0, timeout=60)
         yield Bulk(st, base, client, model, parked)
         client.close()
-        hooks.stop()
+        control.stop()
         worker.stop()
         api.stop()
 

@@ -40,7 +40,7 @@ def test_api_side_processes_do_not_import_the_inference_stack() -> None:
     # A fresh interpreter: this test process may already hold torch from other tests.
     code = (
         "import sys\n"
-        "import api.app, shared.cli, shared.migrate, worker.webhooks.app\n"
+        "import api.app, shared.cli, shared.migrate, worker.control.app\n"
         f"loaded = sorted({INFERENCE!r} & {{m.split('.')[0] for m in sys.modules}})\n"
         "print(loaded)\n"
         "sys.exit(1 if loaded else 0)\n"

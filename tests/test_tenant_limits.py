@@ -33,7 +33,14 @@ from shared.image_refs import (
 from shared.models import Job, StoredFile
 from shared.settings import Settings
 from tests.conftest import Stack, db_sessions, png_bytes
-from tests.services import bearer, create_api_key, start_api, start_worker, wait_terminal
+from tests.services import (
+    Service,
+    bearer,
+    create_api_key,
+    start_api,
+    start_worker,
+    wait_terminal,
+)
 
 PARKED = "parked"  # accepted by the session's API, served by no worker: jobs stay queued
 
@@ -156,7 +163,7 @@ def test_concurrent_submits_through_two_apis_take_exactly_the_quota(
 # -- batches: caps and the submission rate -----------------------------------------------
 
 
-def test_active_batches_are_capped(api: str, stack: Stack) -> None:
+def test_active_batches_are_capped(api: str, stack: Stack, control: Service) -> None:
     tenant, (key,) = new_tenant(stack, "--max-active-batches=1")
     first = create_batch(api, key, 1)
     assert first.status_code == 200, first.text
@@ -172,7 +179,8 @@ def test_active_batches_are_capped(api: str, stack: Stack) -> None:
     assert retry.status_code == 200, retry.text
 
 
-def test_queued_batch_lines_are_capped_once_validated(api: str, stack: Stack) -> None:
+def test_queued_batch_lines_are_capped_once_validated(api: str, stack: Stack,
+                                                     control: Service) -> None:
     tenant, (key,) = new_tenant(stack, "--max-queued-batch-lines=3")
     first = create_batch(api, key, 3)
     assert first.status_code == 200, first.text

@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Stack, png_bytes
-from tests.services import Service, free_port, start_api, start_webhooks, wait_terminal
+from tests.services import Service, free_port, start_api, start_control, wait_terminal
 from tests.webhook_receiver import Received, Reply, receiver
 
 NEW_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
@@ -32,8 +32,8 @@ class Hooks:
     api: str
     webhooks: Service
 
-    def restart_webhooks(self) -> None:
-        self.webhooks = start_webhooks(self.stack.env, self.stack.log_dir, name="webhooks-2")
+    def restart_control(self) -> None:
+        self.webhooks = start_control(self.stack.env, self.stack.log_dir, name="control-2")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def hooks(stack: Stack) -> Iterator[Hooks]:
         metrics_port=str(free_port()),
     )
     api_svc, base = start_api(env.env, env.log_dir, name="api-webhooks")
-    result = Hooks(env, base, start_webhooks(env.env, env.log_dir))
+    result = Hooks(env, base, start_control(env.env, env.log_dir))
     yield result
     result.webhooks.stop()
     api_svc.stop()
@@ -344,7 +344,7 @@ def test_killing_the_webhook_worker_mid_delivery_loses_no_event(
         assert r.arrived.wait(30)
         hooks.webhooks.kill()
         in_flight = len(r.received)
-        hooks.restart_webhooks()
+        hooks.restart_control()
         done = [wait_delivery(hc, job_id, "succeeded", timeout=60) for job_id in job_ids]
         delivered = {h.headers["webhook-id"] for h in r.received}
     assert delivered == {d["webhook_id"] for d in done}

@@ -22,6 +22,7 @@ from shared.images import decode_fetched_image, decode_stored_image
 from shared.jobs import transitions as jobs_transitions
 from shared.jobs.lifecycle import Failed, Result, Succeeded
 from shared.jobs.transitions import ClaimedJob
+from shared.outages import log_failure
 from shared.timeutil import as_utc, utcnow
 from worker.context import WorkerContext
 from worker.doorbell import Doorbell
@@ -81,8 +82,8 @@ class Intake:
                 if self.stopping.is_set():
                     break
                 claimed = self._claim(room)
-            except Exception:
-                log.warning("claiming jobs failed; retrying in 1s", exc_info=True)
+            except Exception as exc:
+                log_failure(log, "claiming jobs failed; retrying in 1s", exc)
                 self.stopping.wait(1.0)
                 continue
             drained = len(claimed) < room

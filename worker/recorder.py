@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.jobs import lifecycle
 from shared.jobs.lifecycle import Outcome, RetryPolicy
+from shared.outages import log_failure
 from worker.inflight import InFlight
 from worker.metrics import WorkerMetrics
 
@@ -79,9 +80,9 @@ class Recorder:
                     session.commit()
                 self._count(recorded)
                 break
-            except Exception:
-                log.warning("writing %d job outcomes failed; retrying in %.1fs", len(outcomes),
-                            delay, exc_info=True)
+            except Exception as exc:
+                log_failure(log, "writing %d job outcomes failed; retrying in %.1fs", exc,
+                            len(outcomes), delay)
                 if self._stop.wait(delay) and delay >= 5:
                     log.error("giving up on %d job outcomes at shutdown; their leases will "
                               "lapse and the jobs run again", len(outcomes))

@@ -22,6 +22,7 @@ import redis
 from shared import workers_repo
 from shared.jobs import repo as jobs_repo
 from shared.models import Worker
+from shared.outages import log_failure
 from shared.queue import is_redis
 from worker.context import WorkerContext
 from worker.inflight import InFlight
@@ -72,9 +73,9 @@ class Upkeep:
         while not self._stop.wait(period):
             try:
                 self._beat()
-            except Exception:
+            except Exception as exc:
                 # A database hiccup must not kill the worker; the next beat retries.
-                log.warning("upkeep beat failed", exc_info=True)
+                log_failure(log, "upkeep beat failed", exc)
 
     def _announce(self, event: str) -> None:
         if not is_redis(self.settings.broker_url):

@@ -37,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker: resident engine + Celery consumer")
     worker.set_defaults(run=_worker)
 
-    webhooks = sub.add_parser(
-        "webhooks", help="deliver signed webhooks (CPU-only Celery worker on the webhook queue)"
+    control = sub.add_parser(
+        "control", aliases=["webhooks"],
+        help="run the CPU control process: sweeper, batch work, webhook dispatch and delivery "
+        "(`webhooks` is an alias)",
     )
-    webhooks.set_defaults(run=_webhooks)
+    control.set_defaults(run=_control)
 
     secret = sub.add_parser("webhook-secret", help="print a new whsec_ webhook signing secret")
     secret.set_defaults(run=_webhook_secret)
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     migrate.set_defaults(run=_migrate)
 
-    demo = sub.add_parser("demo", help="run API + worker locally and push sample images through")
+    demo = sub.add_parser("demo", help="run API + worker + control process locally and push sample images through")
     demo.add_argument("--images", type=int, default=16, help="how many sample images to submit")
     demo.set_defaults(run=_demo)
 
@@ -97,8 +99,8 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> None:
     _exec(["-m", "worker", *extra])
 
 
-def _webhooks(args: argparse.Namespace, extra: list[str]) -> None:
-    _exec(["-m", "worker.webhooks.app", *extra])
+def _control(args: argparse.Namespace, extra: list[str]) -> None:
+    _exec(["-m", "worker.control.app", *extra])
 
 
 def _webhook_secret(args: argparse.Namespace, extra: list[str]) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.jobs import lifecycle
 from shared.jobs.lifecycle import RetryPolicy
+from shared.outages import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,16 @@ class Sweeper:
         try:
             if not self._acquire():
                 return False
-        except Exception:
+        except Exception as exc:
             # Postgres is unreachable: the lock (if it was ours) is gone with the session.
-            log.warning("sweeper lock unavailable; retrying in %.1fs", self.period,
-                        exc_info=True)
+            log_failure(log, "sweeper lock unavailable; retrying in %.1fs", exc, self.period)
             self._release()
             return False
         try:
             self.sweep()
-        except Exception:
+        except Exception as exc:
             # The lock is kept: the next period checks whether its connection survived.
-            log.warning("sweep failed; retrying in %.1fs", self.period, exc_info=True)
+            log_failure(log, "sweep failed; retrying in %.1fs", exc, self.period)
             return False
         return True
 

@@ -1,1 +1,2 @@
-"""The webhook worker: dispatch, signed delivery, retry policy."""
+"""Webhooks: dispatch, signed delivery, retry policy; run by the control process
+(worker/control/app.py)."""

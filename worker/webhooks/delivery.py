@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WebhookContext:
-    """What a webhook worker process holds: no engine, only the database and the broker."""
+    """What the control process holds for webhooks: no engine, only the database and the
+    broker."""
 
     settings: Settings
     db: DbEngine
@@ -40,7 +41,7 @@ class WebhookContext:
     metrics: WebhookMetrics
 
     @classmethod
-    def start(cls, settings: Settings) -> WebhookContext:
+    def start(cls, settings: Settings, metrics: WebhookMetrics | None = None) -> WebhookContext:
         db = make_engine(settings)
         return cls(
             settings=settings,
@@ -52,7 +53,7 @@ class WebhookContext:
                 jitter=settings.webhook_retry_jitter,
                 retry_after_max=settings.webhook_retry_after_max_seconds,
             ),
-            metrics=WebhookMetrics(),
+            metrics=metrics or WebhookMetrics(),
         )
 
     @property

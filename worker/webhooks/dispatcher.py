@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from shared.outages import log_failure
 from shared.queue import enqueue_delivery
 from shared.webhooks import repo as deliveries_repo
 from worker.webhooks.delivery import WebhookContext
@@ -33,8 +34,8 @@ class Dispatcher:
                 session.commit()
             if released:
                 log.info("%d due deliveries will be dispatched again", released)
-        except Exception:  # without it they are dispatched again after the usual period
-            log.warning("could not release earlier dispatches", exc_info=True)
+        except Exception as exc:  # without it they are dispatched again after the usual period
+            log_failure(log, "could not release earlier dispatches", exc)
         self._thread.start()
 
     def stop(self) -> None:
@@ -45,8 +46,8 @@ class Dispatcher:
         while not self._stop.wait(self._ctx.settings.webhook_poll_seconds):
             try:
                 self.tick()
-            except Exception:  # the database or broker is down; the next tick tries again
-                log.warning("webhook dispatch failed; retrying", exc_info=True)
+            except Exception as exc:  # the database or broker is down; the next tick tries again
+                log_failure(log, "webhook dispatch failed; retrying", exc)
 
     def tick(self) -> int:
         with self._ctx.sessions() as session:

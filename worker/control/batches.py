@@ -1,9 +1,14 @@
 """Moves batches along: validate the input file, expand its lines into jobs, and write the
 output and error files once every line has ended (or the batch was cancelled or expired).
 
-Runs on a thread in every API process. A process works on a batch only while it holds
-the batch's lease, so two processes never expand the same batch; a process killed
-mid-expansion leaves its lease to lapse, and another (or the restarted one) resumes.
+Runs on a thread of the control process (`vlmq control`), never in the API: decoding and
+storing each line's image, writing output files and building webhook payloads take CPU and
+memory that the HTTP process keeps for requests. A process works on a batch only while it
+holds the batch's lease, so any number of control processes can run together and never
+expand the same batch; a process killed mid-expansion leaves its lease to lapse, and
+another (or the restarted one) resumes.
+
+Each line passes the intake that `POST /v1/jobs` does (shared/jobs/intake.py).
 Expansion is chunked: each chunk's jobs are inserted in the same transaction that
 advances `lines_expanded`, and a line can hold only one job (unique batch_id, batch_line),
 so a resumed expansion neither loses nor doubles a line.
@@ -26,23 +31,27 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any, BinaryIO
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import ApiDeps
-from api.errors import unreachable
-from api.openai_schemas import BatchObject, batch_event_payload
-from api.schemas import GenerationParams
-from api.submit import check_fields, check_image, store_image
 from shared.batches import input as batch_input
 from shared.batches import output
 from shared.batches import repo as batches
+from shared.batches.view import BatchObject, batch_event_payload
 from shared.chat import parse_chat_request
 from shared.errors import InvalidInput
+from shared.jobs.intake import Intake
+from shared.jobs.params import GenerationParams
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile
+from shared.outages import unreachable
 from shared.queue import request_abort
+from shared.settings import Settings
+from shared.storage import ObjectStore
+from shared.tenancy.repo import tenant_rules
 from shared.timeutil import as_utc, utcnow
+from shared.wakeups import WakeupSender
 from shared.webhooks import repo as deliveries
+from worker.control.metrics import ControlMetrics
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +60,45 @@ _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_SECONDS = 300.0
 # What a line that never ran is told, by how its batch ended.
 _NOT_RUN = {"expired": "batch_expired", "failed": "batch_failed"}
+# How long a tenant's allowed image prefixes are used before they are read again.
+_RULES_FRESH_SECONDS = 1.0
 
 
 class InputGone(Exception):
     """The batch's input file is no longer there (its row or its stored object)."""
 
 
+class TenantPrefixes:
+    """The `s3://` prefixes each tenant may name as images, read at most once a second per
+    tenant, so a batch of many lines asks the database once, not once per line."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[str, ...], float]] = {}
+
+    def __call__(self, tenant: str) -> tuple[str, ...]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(tenant)
+        if cached is not None and now - cached[1] < _RULES_FRESH_SECONDS:
+            return cached[0]
+        with self._sessions() as session:
+            prefixes = tenant_rules(session, tenant).image_url_prefixes
+        with self._lock:
+            self._cache[tenant] = (prefixes, now)
+        return prefixes
+
+
 class BatchRunner:
-    def __init__(self, deps: ApiDeps) -> None:
-        self.deps = deps
-        self.settings = deps.settings
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: ObjectStore,
+                 wakeups: WakeupSender, metrics: ControlMetrics) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.wakeups = wakeups
+        self.metrics = metrics
+        self.intake = Intake(settings, store, sessions, image_prefixes=TenantPrefixes(sessions))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batch-runner", daemon=True)
 
@@ -90,12 +128,12 @@ class BatchRunner:
                                 exc.__class__.__name__)
 
     def run_once(self) -> None:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             ids = batches.needing_work(session, utcnow())
         for batch_id in ids:
             if self._stop.is_set():
                 return
-            with self.deps.sessions() as session:
+            with self.sessions() as session:
                 taken = batches.take_lease(session, batch_id, self.settings.batch_lease_seconds)
                 session.commit()
             if not taken:
@@ -103,7 +141,7 @@ class BatchRunner:
             try:
                 self._work_alone(batch_id)
             finally:
-                with self.deps.sessions() as session:
+                with self.sessions() as session:
                     batches.release_lease(session, batch_id)
                     session.commit()
 
@@ -126,7 +164,7 @@ class BatchRunner:
     def _work_failed(self, batch_id: str, exc: Exception) -> None:
         """Counts the failure on the batch and backs it off; fails it after too many."""
         settings = self.settings
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None:
                 return
@@ -151,7 +189,7 @@ class BatchRunner:
     def _give_up(self, batch_id: str, error: batch_input.LineError) -> None:
         """Ends a batch that cannot go on as `failed`, with `error`. Its lines not yet ended
         are stopped, as a cancel stops them, and the output and error files hold what ran."""
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None or batch.status not in batches.ACTIVE:
                 return
@@ -168,21 +206,21 @@ class BatchRunner:
                 raise
             log.warning("batch %s: its output could not be written (%s); it fails without "
                         "output files", batch_id, exc.__class__.__name__)
-            with self.deps.sessions() as session:
+            with self.sessions() as session:
                 if batches.move(session, batch_id, "failed", batches.ACTIVE,
                                 failed_at=utcnow(), errors=[error.as_dict()]):
                     self._announce(session, batch_id, "failed")
                 session.commit()
 
     def _work(self, batch_id: str) -> None:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None:
                 return
             session.expunge(batch)
         self._dispatch(batch)
         if batch.work_failures:
-            with self.deps.sessions() as session:
+            with self.sessions() as session:
                 batches.work_succeeded(session, batch.id)
                 session.commit()
 
@@ -207,7 +245,7 @@ class BatchRunner:
 
     def _validate(self, batch: Batch) -> None:
         try:
-            with self.deps.sessions() as session:
+            with self.sessions() as session:
                 source = self._input(session, batch)
         except InputGone:
             self._fail(batch, [batch_input.LineError(
@@ -220,14 +258,14 @@ class BatchRunner:
         if result.errors:
             self._fail(batch, result.errors)
             return
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             batches.move(session, batch.id, "in_progress", ("validating",),
                          in_progress_at=utcnow(), total=result.total, model=result.model)
             session.commit()
         log.info("batch %s: %d requests valid; expanding", batch.id, result.total)
 
     def _fail(self, batch: Batch, errors: list[batch_input.LineError]) -> None:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             if batches.move(session, batch.id, "failed", ("validating",), failed_at=utcnow(),
                             errors=[e.as_dict() for e in errors]):
                 self._announce(session, batch.id, "failed")
@@ -237,7 +275,7 @@ class BatchRunner:
     def _expand(self, batch: Batch) -> None:
         done = batch.lines_expanded
         started = time.monotonic()
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             source = self._input(session, batch)
         with source:
             pending = (r for r in batch_input.requests(source, batch.endpoint,
@@ -247,7 +285,7 @@ class BatchRunner:
                 if self._stop.is_set() or not self._still(batch.id, "in_progress"):
                     return
                 rows = [self._row(batch, request) for request in chunk]
-                with self.deps.sessions() as session:
+                with self.sessions() as session:
                     batches.insert_lines(session, rows)
                     advanced = batches.advance(session, batch.id, done, done + len(rows))
                     batches.renew_lease(session, batch.id, self.settings.batch_lease_seconds)
@@ -256,10 +294,10 @@ class BatchRunner:
                         return
                     session.commit()
                 done += len(rows)
-                self.deps.metrics.batch_lines.labels(batch.tenant_id).inc(len(rows))
+                self.metrics.batch_lines.labels(batch.tenant_id).inc(len(rows))
                 queued = [r for r in rows if r["status"] == JobStatus.queued]
                 if queued:
-                    self.deps.wakeups.job_accepted(queued[-1]["id"], queued[-1]["model"],
+                    self.wakeups.job_accepted(queued[-1]["id"], queued[-1]["model"],
                                                    queued[-1]["priority"])
         rate = (done - batch.lines_expanded) / max(time.monotonic() - started, 1e-6)
         log.info("batch %s: %d of %d lines expanded (%.0f lines/s)", batch.id, done,
@@ -278,12 +316,12 @@ class BatchRunner:
         try:
             chat = parse_chat_request(request.body)
             params = GenerationParams.model_validate(chat.params)
-            prompt, model, resolved = check_fields(self.deps, chat.prompt, chat.model, params)
+            prompt, model, resolved = self.intake.check_fields(chat.prompt, chat.model, params)
             row.update(prompt=prompt, model=model, params=resolved)
             if chat.priority is not None:  # later than the batch class if asked, never sooner
                 row["priority"] = max(chat.priority, batch.priority)
-            image = check_image(self.deps, None, chat.image_url, batch.tenant_id)
-            row.update(store_image(self.deps, row["id"], image))
+            image = self.intake.check_image(None, chat.image_url, batch.tenant_id)
+            row.update(self.intake.store_image(row["id"], image))
         except InvalidInput as exc:
             row.update(status=JobStatus.failed, finished_at=now, error_code=exc.code,
                        error_message=exc.message)
@@ -293,23 +331,23 @@ class BatchRunner:
         return row
 
     def _still(self, batch_id: str, status: str) -> bool:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             return batch is not None and batch.status == status
 
     def _stop_lines(self, batch: Batch, target: JobStatus, code: str, message: str) -> None:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             running = batches.stop_unfinished(session, batch.id, target, code, message)
             session.commit()
         for job_id in running:  # their workers drop them from the engine
             request_abort(self.settings, job_id)
 
     def _finish_if_done(self, batch: Batch, target: str, allowed_from: tuple[str, ...]) -> None:
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             if batches.unfinished(session, batch.id):
                 return
         if target == "completed" and batch.status == "in_progress":
-            with self.deps.sessions() as session:
+            with self.sessions() as session:
                 batches.move(session, batch.id, "finalizing", ("in_progress",),
                              finalizing_at=utcnow())
                 session.commit()
@@ -330,7 +368,7 @@ class BatchRunner:
                     spool.seek(0)
                     files[kind] = self._store_file(batch, kind, spool)
         now = utcnow()
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             for file in files.values():
                 session.add(file)
             moved = batches.move(
@@ -344,7 +382,7 @@ class BatchRunner:
                 return
             self._announce(session, batch.id, target)
             session.commit()
-        self.deps.metrics.batches.labels(target).inc()
+        self.metrics.batches.labels(target).inc()
         log.info("batch %s %s: %d output lines, %d error lines", batch.id, target, n_out, n_err)
 
     def _announce(self, session: Session, batch_id: str, status: str) -> None:
@@ -363,7 +401,7 @@ class BatchRunner:
                      errors: BinaryIO) -> tuple[int, int]:
         """One line per request, in input order; requests never expanded get error lines."""
         n_out = n_err = 0
-        with self.deps.sessions() as session:
+        with self.sessions() as session:
             jobs = batches.jobs_in_line_order(session, batch.id)
             for is_output, line in self._lines(session, batch, target, jobs):
                 (outputs if is_output else errors).write(line.encode())
@@ -401,14 +439,14 @@ class BatchRunner:
         file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
         if file is None:
             raise InputGone(f"batch {batch.id}: its input file {batch.input_file_id} is gone")
-        return self.deps.store.open(file.object_key)
+        return self.store.open(file.object_key)
 
     def _store_file(self, batch: Batch, kind: str, source: BinaryIO) -> StoredFile:
         file_id = batches.new_file_id()
         key = f"files/{file_id}"
         size = source.seek(0, 2)
         source.seek(0)
-        self.deps.store.put_file(key, source, "application/jsonl")
+        self.store.put_file(key, source, "application/jsonl")
         return StoredFile(id=file_id, tenant_id=batch.tenant_id, purpose="batch_output",
                           filename=f"{batch.id}_{kind}.jsonl", bytes=size, object_key=key,
                           created_at=utcnow())

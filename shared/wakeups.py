@@ -1,4 +1,5 @@
-"""Broker wake-ups for accepted jobs, sent from one background thread and coalesced.
+"""Broker wake-ups for accepted jobs, sent from one background thread and coalesced: by the
+API for each accepted job, by the control process for each chunk of expanded batch lines.
 
 A wake-up only tells a worker of the model that queued jobs wait in Postgres; the woken
 worker claims as many as it has room for, in priority order. So one message can stand for
