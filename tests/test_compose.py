@@ -141,8 +141,9 @@ def test_compose_file_parses(compose: dict[str, Any]) -> None:
 
 def test_vlmq_commands_use_real_subcommands_and_flags(services: dict[str, dict[str, Any]]) -> None:
     commands = vlmq_commands(services)
-    # api, worker, flower and migrate all run the vlmq CLI; make sure the scan found them.
-    assert {"api", "worker", "flower", "migrate"} <= commands.keys()
+    # api, worker, control, flower and migrate all run the vlmq CLI; make sure the scan
+    # found them.
+    assert {"api", "worker", "control", "flower", "migrate"} <= commands.keys()
     choices = subcommands()
     for name, argv in commands.items():
         assert argv, f"service {name!r} runs `vlmq` with no sub-command"
@@ -205,10 +206,19 @@ def test_depends_on_targets_exist_and_are_ready_when_waited_on(
 
 def test_servers_wait_for_migrations(services: dict[str, dict[str, Any]]) -> None:
     migrate = next(n for n, argv in vlmq_commands(services).items() if argv[:1] == ["migrate"])
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "control"):
         assert depends_on(services[name]).get(migrate) == "service_completed_successfully", (
             f"{name!r} must wait for {migrate!r} with service_completed_successfully"
         )
+
+
+def test_the_control_process_runs_batches_and_webhooks(
+        services: dict[str, dict[str, Any]]) -> None:
+    # Batch work runs only there (the API has no batch thread), so compose must run it.
+    assert vlmq_commands(services)["control"][:1] == ["control"]
+    assert not any(argv[:1] == ["webhooks"] for argv in vlmq_commands(services).values()), (
+        "`vlmq webhooks` is the old name of `vlmq control`; run one control service"
+    )
 
 
 def test_worker_reserves_a_gpu_and_runs_vllm(services: dict[str, dict[str, Any]]) -> None:

@@ -1,4 +1,5 @@
-"""`vlmq demo`: start API + worker, push sample images through over HTTP, print results.
+"""`vlmq demo`: start API + worker + control process, push sample images through over HTTP,
+print results.
 
 With no `VLMQ_*` URLs set it needs no servers: SQLite, a local object folder and a
 folder-based broker. With them set it uses Postgres/Redis/S3 exactly the same way. The
@@ -106,6 +107,10 @@ def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
     with ExitStack() as stack:
         stack.enter_context(_service("api", ["api", "--port", str(port)], logs, env))
         stack.enter_context(_service("worker", ["worker"], logs, env))
+        # Sweeper and batch work (/v1/batches); its metrics stay off, as the worker's
+        # port is the one the summary reads.
+        stack.enter_context(_service("control", ["control"], logs,
+                                     {**env, "VLMQ_METRICS_PORT": "0"}))
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
@@ -380,6 +385,6 @@ def _print_next_steps() -> None:
         "  Postgres:     VLMQ_DATABASE_URL=postgresql://user:pass@host:5432/vlmq\n"
         "  Redis broker: VLMQ_BROKER_URL=redis://host:6379/0\n"
         "  S3 / MinIO:   VLMQ_STORE_URL=s3://bucket/prefix VLMQ_S3_ENDPOINT_URL=http://minio:9000\n"
-        "  then run `vlmq migrate` once, and `vlmq api`, `vlmq worker`, `vlmq flower` as\n"
-        "  services (or: docker compose up)\n"
+        "  then run `vlmq migrate` once, and `vlmq api`, `vlmq worker`, `vlmq control`,\n"
+        "  and `vlmq flower` as services (or: docker compose up)\n"
     )
