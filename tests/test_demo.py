@@ -96,7 +96,7 @@ def test_demo_embedded_default_path(workdir: Path, reap: dict[str, int]) -> None
     worker_log = (workdir / ".vlmq" / "logs" / "worker.log").read_text(errors="replace")
     assert "(vllm engine, queue" in worker_log
 
-    assert set(reap) == {"api", "worker"}
+    assert set(reap) == {"api", "worker", "control"}
     assert "API is ready" in out and "worker is ready" in out
     results = out.split("\nresults:\n", 1)[1]
     assert len(RESULT_LINE.findall(results)) == 8, out
@@ -140,7 +140,7 @@ def test_demo_stops_services_on_sigterm(workdir: Path, reap: dict[str, int]) -> 
             reap.update(child_pids(line))
             if "loading the vllm engine" in line:
                 break
-        assert set(reap) == {"api", "worker"}, "".join(lines)
+        assert set(reap) == {"api", "worker", "control"}, "".join(lines)
         deadline = time.monotonic() + 120
         while not descendants(reap["worker"]) and time.monotonic() < deadline:
             time.sleep(0.5)
