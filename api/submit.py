@@ -29,6 +29,7 @@ from api.schemas import GenerationParams, JobOptions, WebhookOptions
 from shared.db import is_sqlite
 from shared.errors import Conflict, InvalidInput, RateLimited, Unavailable
 from shared.jobs import repo as jobs_repo
+from shared.jobs import transitions as jobs_transitions
 from shared.jobs.intake import CheckedImage
 from shared.jobs.status import JobStatus
 from shared.models import Job
@@ -81,10 +82,9 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     job_id = uuid.uuid4()
     columns = intake.store_image(job_id, image)
     now = utcnow()
-    row: dict[str, Any] = dict(
+    row: dict[str, Any] = jobs_transitions.created(
         id=job_id,
         tenant_id=sub.tenant_id,
-        status=JobStatus.queued,
         model=model,
         prompt=prompt,
         params=params,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +21,6 @@ from sqlalchemy.orm import Session
 from shared.batches import status as batch_status
 from shared.batches import transitions as batch_transitions
 from shared.batches.status import BatchStatus
-from shared.jobs import transitions as jobs_transitions
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile
 from shared.timeutil import utcnow
@@ -173,18 +171,6 @@ def counts(session: Session, batches: Sequence[Batch]) -> dict[str, Counts]:
     return out
 
 
-def move(session: Session, batch_id: str, target: str, allowed_from: Sequence[str],
-         **values: Any) -> bool:
-    """target if the batch is in one of `allowed_from`; False when it was not."""
-    moved = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.status.in_(allowed_from))
-        .values(status=target, **values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return bool(moved)
-
-
 def take_lease(session: Session, batch_id: str, seconds: float) -> bool:
     """Holds the batch for this process's work unless another live process holds it."""
     now = utcnow()
@@ -269,15 +255,6 @@ def unfinished(session: Session, batch_id: str) -> int:
         .where(Job.batch_id == batch_id,
                Job.status.in_((JobStatus.queued, JobStatus.running)))
     ) or 0
-
-
-def stop_unfinished(session: Session, batch_id: str, target: JobStatus, code: str,
-                    message: str) -> list[uuid.UUID]:
-    """Queued and running lines end as `target` (cancelled or expired); returns the ids of
-    those that were running, whose workers are to drop them."""
-    stop = (jobs_transitions.expire_batch_lines if target == JobStatus.expired
-            else jobs_transitions.cancel_batch_lines)
-    return stop(session, batch_id, code, message)
 
 
 def jobs_in_line_order(session: Session, batch_id: str) -> Iterator[Job]:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from itertools import islice
 from typing import Any, BinaryIO
@@ -36,9 +36,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.batches import input as batch_input
 from shared.batches import output
 from shared.batches import repo as batches
+from shared.batches import transitions as batch_transitions
+from shared.batches.status import BatchStatus
 from shared.batches.view import BatchObject, batch_event_payload
 from shared.chat import parse_chat_request
 from shared.errors import InvalidInput
+from shared.jobs import transitions as jobs_transitions
 from shared.jobs.intake import Intake
 from shared.jobs.params import GenerationParams
 from shared.jobs.status import JobStatus
@@ -59,7 +62,14 @@ CHUNK_LINES = 500
 _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_SECONDS = 300.0
 # What a line that never ran is told, by how its batch ended.
-_NOT_RUN = {"expired": "batch_expired", "failed": "batch_failed"}
+_NOT_RUN = {BatchStatus.expired: "batch_expired", BatchStatus.failed: "batch_failed"}
+# The verb that ends a batch as each final status, once its files are written.
+_END = {
+    BatchStatus.completed: batch_transitions.complete,
+    BatchStatus.failed: batch_transitions.fail,
+    BatchStatus.expired: batch_transitions.expire,
+    BatchStatus.cancelled: batch_transitions.finish_cancel,
+}
 # How long a tenant's allowed image prefixes are used before they are read again.
 _RULES_FRESH_SECONDS = 1.0
 
@@ -194,22 +204,22 @@ class BatchRunner:
             if batch is None or batch.status not in batches.ACTIVE:
                 return
             session.expunge(batch)
-        if batch.status == "validating":
+        if batch.status == BatchStatus.validating:
             self._fail(batch, [error])
             return
-        self._stop_lines(batch, JobStatus.cancelled, "batch_failed",
+        self._stop_lines(batch, jobs_transitions.cancel_batch_lines, "batch_failed",
                          "the batch failed before this line ran")
         try:
-            self._finalize(batch, "failed", batches.ACTIVE, errors=[error.as_dict()])
+            self._finalize(batch, BatchStatus.failed, errors=[error.as_dict()])
         except Exception as exc:
             if unreachable(exc) is not None:
                 raise
             log.warning("batch %s: its output could not be written (%s); it fails without "
                         "output files", batch_id, exc.__class__.__name__)
             with self.sessions() as session:
-                if batches.move(session, batch_id, "failed", batches.ACTIVE,
-                                failed_at=utcnow(), errors=[error.as_dict()]):
-                    self._announce(session, batch_id, "failed")
+                if batch_transitions.fail(session, batch_id, now=utcnow(),
+                                          errors=[error.as_dict()]):
+                    self._announce(session, batch_id, BatchStatus.failed)
                 session.commit()
 
     def _work(self, batch_id: str) -> None:
@@ -225,23 +235,25 @@ class BatchRunner:
                 session.commit()
 
     def _dispatch(self, batch: Batch) -> None:
-        if batch.status == "validating":
+        if batch.status == BatchStatus.validating:
             self._validate(batch)
-        elif batch.status == "in_progress":
+        elif batch.status == BatchStatus.in_progress:
             if as_utc(batch.expires_at) <= utcnow():
-                self._stop_lines(batch, JobStatus.expired, "batch_expired",
+                # As OpenAI's: lines not finished when the window ends are expired, the
+                # running ones too (a move the job table allows for this verb alone).
+                self._stop_lines(batch, jobs_transitions.expire_batch_lines, "batch_expired",
                                  "the batch's completion window ended before this line ran")
-                self._finish_if_done(batch, "expired", ("in_progress",))
+                self._finish_if_done(batch, BatchStatus.expired)
             elif batch.lines_expanded < batch.total:
                 self._expand(batch)
             else:
-                self._finish_if_done(batch, "completed", ("in_progress", "finalizing"))
-        elif batch.status == "finalizing":
-            self._finish_if_done(batch, "completed", ("finalizing",))
-        elif batch.status == "cancelling":
-            self._stop_lines(batch, JobStatus.cancelled, "batch_cancelled",
+                self._finish_if_done(batch, BatchStatus.completed)
+        elif batch.status == BatchStatus.finalizing:
+            self._finish_if_done(batch, BatchStatus.completed)
+        elif batch.status == BatchStatus.cancelling:
+            self._stop_lines(batch, jobs_transitions.cancel_batch_lines, "batch_cancelled",
                              "the batch was cancelled before this line ran")
-            self._finish_if_done(batch, "cancelled", ("cancelling",))
+            self._finish_if_done(batch, BatchStatus.cancelled)
 
     def _validate(self, batch: Batch) -> None:
         try:
@@ -259,16 +271,16 @@ class BatchRunner:
             self._fail(batch, result.errors)
             return
         with self.sessions() as session:
-            batches.move(session, batch.id, "in_progress", ("validating",),
-                         in_progress_at=utcnow(), total=result.total, model=result.model)
+            batch_transitions.start(session, batch.id, total=result.total, model=result.model,
+                                    now=utcnow())
             session.commit()
         log.info("batch %s: %d requests valid; expanding", batch.id, result.total)
 
     def _fail(self, batch: Batch, errors: list[batch_input.LineError]) -> None:
         with self.sessions() as session:
-            if batches.move(session, batch.id, "failed", ("validating",), failed_at=utcnow(),
-                            errors=[e.as_dict() for e in errors]):
-                self._announce(session, batch.id, "failed")
+            if batch_transitions.fail_validation(session, batch.id, now=utcnow(),
+                                                 errors=[e.as_dict() for e in errors]):
+                self._announce(session, batch.id, BatchStatus.failed)
             session.commit()
         log.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
@@ -282,7 +294,7 @@ class BatchRunner:
                                                        self.max_line_bytes)
                        if r.index >= done)
             for chunk in _chunks(pending, CHUNK_LINES):
-                if self._stop.is_set() or not self._still(batch.id, "in_progress"):
+                if self._stop.is_set() or not self._still(batch.id, BatchStatus.in_progress):
                     return
                 rows = [self._row(batch, request) for request in chunk]
                 with self.sessions() as session:
@@ -306,12 +318,12 @@ class BatchRunner:
     def _row(self, batch: Batch, request: batch_input.Request) -> dict[str, Any]:
         """The job for one line; a line the pipeline cannot run becomes a failed job."""
         now = utcnow()
-        row: dict[str, Any] = dict(
+        row: dict[str, Any] = jobs_transitions.created(
             id=uuid.uuid4(), tenant_id=batch.tenant_id, batch_id=batch.id,
             batch_line=request.index, custom_id=request.custom_id, attempts=0,
             engine_failures=0, priority=batch.priority, created_at=now, runnable_at=now,
             expires_at=batch.expires_at, model=batch.model or self.settings.model,
-            prompt="", params={}, status=JobStatus.queued,
+            prompt="", params={},
         )
         try:
             chat = parse_chat_request(request.body)
@@ -323,11 +335,10 @@ class BatchRunner:
             image = self.intake.check_image(None, chat.image_url, batch.tenant_id)
             row.update(self.intake.store_image(row["id"], image))
         except InvalidInput as exc:
-            row.update(status=JobStatus.failed, finished_at=now, error_code=exc.code,
-                       error_message=exc.message)
+            jobs_transitions.created_failed(row, exc.code, exc.message, now)
         except ValueError as exc:  # GenerationParams out of range
-            row.update(status=JobStatus.failed, finished_at=now, error_code="invalid_request",
-                       error_message=str(exc).splitlines()[0])
+            jobs_transitions.created_failed(row, "invalid_request", str(exc).splitlines()[0],
+                                            now)
         return row
 
     def _still(self, batch_id: str, status: str) -> bool:
@@ -335,27 +346,26 @@ class BatchRunner:
             batch = batches.get_batch(session, batch_id, None)
             return batch is not None and batch.status == status
 
-    def _stop_lines(self, batch: Batch, target: JobStatus, code: str, message: str) -> None:
+    def _stop_lines(self, batch: Batch, stop: Callable[[Session, str, str, str], list[uuid.UUID]],
+                    code: str, message: str) -> None:
+        """Ends the batch's unfinished lines with `stop` (a jobs transitions verb)."""
         with self.sessions() as session:
-            running = batches.stop_unfinished(session, batch.id, target, code, message)
+            running = stop(session, batch.id, code, message)
             session.commit()
         for job_id in running:  # their workers drop them from the engine
             request_abort(self.settings, job_id)
 
-    def _finish_if_done(self, batch: Batch, target: str, allowed_from: tuple[str, ...]) -> None:
+    def _finish_if_done(self, batch: Batch, target: BatchStatus) -> None:
         with self.sessions() as session:
             if batches.unfinished(session, batch.id):
                 return
-        if target == "completed" and batch.status == "in_progress":
+        if target == BatchStatus.completed and batch.status == BatchStatus.in_progress:
             with self.sessions() as session:
-                batches.move(session, batch.id, "finalizing", ("in_progress",),
-                             finalizing_at=utcnow())
+                batch_transitions.finalize(session, batch.id, now=utcnow())
                 session.commit()
-            allowed_from = ("finalizing",)
-        self._finalize(batch, target, allowed_from)
+        self._finalize(batch, target)
 
-    def _finalize(self, batch: Batch, target: str, allowed_from: tuple[str, ...],
-                  **values: Any) -> None:
+    def _finalize(self, batch: Batch, target: BatchStatus, **values: Any) -> None:
         """Writes the output and error files, then makes the batch `target` (with `values`
         set on it)."""
         outputs = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
@@ -371,11 +381,11 @@ class BatchRunner:
         with self.sessions() as session:
             for file in files.values():
                 session.add(file)
-            moved = batches.move(
-                session, batch.id, target, allowed_from,
+            moved = _END[target](
+                session, batch.id, now=now,
                 output_file_id=files["output"].id if "output" in files else None,
                 error_file_id=files["error"].id if "error" in files else None,
-                **{f"{target}_at": now}, **values,
+                **values,
             )
             if not moved:
                 session.rollback()
@@ -417,7 +427,7 @@ class BatchRunner:
         try:
             source = self._input(session, batch)
         except Exception as exc:
-            if target != "failed" or unreachable(exc) is not None:
+            if target != BatchStatus.failed or unreachable(exc) is not None:
                 raise
             # A failing batch whose input is gone: its jobs' lines are all there is to write
             # (the custom_ids of lines never expanded went with the file).
