@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from shared.settings import Settings
 from shared.webhooks.events import DeliveryStatus
+from tests.conftest import Stack
+from tests.services import start_control
 from worker.webhooks.policy import RetryPolicy
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -79,7 +81,15 @@ def test_webhook_secret_command_prints_a_usable_secret() -> None:
     assert first != second
 
 
-def test_webhook_worker_without_a_secret_says_what_to_set() -> None:
-    proc = vlmq("webhooks")
-    assert proc.returncode != 0
-    assert "VLMQ_WEBHOOK_SECRETS" in proc.stderr and "vlmq webhook-secret" in proc.stderr
+def test_control_without_a_secret_runs_and_says_what_to_set(stack: Stack) -> None:
+    """Batches and the sweeper do not need webhooks: the control process keeps running, and
+    says once how to turn delivery on."""
+    env = {k: v for k, v in stack.env.items() if k != "VLMQ_WEBHOOK_SECRETS"}
+    control = start_control(env, stack.log_dir, name="control-no-secret")
+    try:
+        log = control.log_text()
+        assert "webhook delivery is off" in log
+        assert "VLMQ_WEBHOOK_SECRETS" in log and "vlmq webhook-secret" in log
+        assert control.proc.poll() is None
+    finally:
+        control.stop()
