@@ -101,9 +101,6 @@ class SubmitLimits:
         self._check_rate(tenant, auth.submits_per_second)
         self._check_quota(tenant, auth.max_active_jobs)
 
-    def accepted(self, tenant: str) -> None:
-        """Kept for callers: `reserve` now advances the count as the insert commits."""
-
     def admit_file(self, auth: Authenticated) -> None:
         """A file upload counts against the submission rate; RateLimited otherwise."""
         self._check_rate(auth.principal.tenant_id, auth.submits_per_second)

@@ -163,7 +163,6 @@ async def admit(deps: ApiDeps, auth: Authenticated) -> None:
 async def accept(deps: ApiDeps, sub: Submission) -> Accepted:
     accepted = await run_in_threadpool(submit_job, deps, sub)
     if not accepted.replayed:
-        deps.limits.accepted(sub.tenant_id)
         deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
     return accepted
 
