@@ -95,7 +95,8 @@ def cancel_batch(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> BatchObject:
-    """Queued lines end as cancelled; lines already running finish; then output is written."""
+    """The batch becomes cancelling; the control process then ends its queued and running
+    lines as cancelled (running ones are aborted in the engine) and writes the output."""
     with deps.sessions() as session:
         batch = _batch(session, batch_id, auth)
         moved = batch_transitions.cancel(session, batch.id, now=utcnow())

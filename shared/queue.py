@@ -1,8 +1,9 @@
 """The Celery app both sides share.
 
-The API sends one Celery message per job to its model's queue. GPU workers take those
-messages many at a time as wake-ups and claim jobs from Postgres in priority order
-(worker/intake.py); the webhook worker is an ordinary Celery worker on its own queue.
+The API and the control process send wake-ups (shared/wakeups.py, coalesced) to a model's
+queue. GPU workers take those messages many at a time and claim jobs from Postgres in
+priority order (worker/intake.py); the control process is an ordinary Celery worker on the
+webhook queue.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _transport_options(settings: Settings) -> dict[str, object]:
         return {
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
-            # Only the webhook worker acknowledges messages; one it took and died with comes
+            # Only the control process acknowledges messages; one it took and died with comes
             # back after this (its delivery is re-dispatched from Postgres sooner anyway).
             "visibility_timeout": WEBHOOK_VISIBILITY_SECONDS,
             "unacked_restore_interval": WEBHOOK_VISIBILITY_SECONDS // 5,
@@ -97,7 +98,7 @@ def enqueue_for_model(
 
 
 def enqueue_delivery(app: Celery, settings: Settings, delivery_id: uuid.UUID) -> None:
-    """Asks a webhook worker to make the delivery's due attempt; CPU-only, off the GPU queues."""
+    """Asks a control process to make the delivery's due attempt; CPU-only, off the GPU queues."""
     app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=settings.webhook_queue)
 
 

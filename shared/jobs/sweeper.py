@@ -1,6 +1,6 @@
 """The one sweeper: reaps lapsed leases and expires overdue jobs, for every model.
 
-Every worker process (GPU and webhook) starts one, but only the holder of a Postgres
+Every GPU worker and control process starts one, but only the holder of a Postgres
 advisory lock sweeps, so exactly one process does it at a time; when that process dies
 its connection closes, the lock is released and another process takes over at its next
 try. On SQLite (the embedded setup, one worker) the sweeper simply runs.
