@@ -8,15 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import (
-    routes_batches,
-    routes_chat,
-    routes_deliveries,
-    routes_files,
-    routes_health,
-    routes_jobs,
-    routes_models,
-)
 from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
@@ -25,6 +16,7 @@ from api.http_limits import HeaderLimits
 from api.image_budget import release_freed_pixels
 from api.metrics import ApiMetrics, RequestMetrics
 from api.openapi import install_openapi
+from api.routes import batches, chat, deliveries, files, health, jobs, models
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,9 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app)
-    app.include_router(routes_health.router)
-    for router in (routes_jobs.router, routes_models.router, routes_deliveries.router,
-                   routes_files.router, routes_batches.router, routes_chat.router):
+    app.include_router(health.router)
+    for router in (jobs.router, models.router, deliveries.router,
+                   files.router, batches.router, chat.router):
         # At the router, so no /v1 route can be added without a key check.
         app.include_router(router, responses={**UNAUTHENTICATED, **OUTAGE},
                            dependencies=[Depends(authenticate)])

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from api.schemas import ErrorBody
+from api.schemas.native import ErrorBody
 from shared.errors import Unavailable, VlmqError, clipped
 from shared.outages import CLIENT_ERRORS, unreachable
 

@@ -15,8 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from api.openai_schemas import FileUpload
-from api.schemas import JobCreate, JobCreateForm
+from api.schemas.native import JobCreate, JobCreateForm
+from api.schemas.openai import FileUpload
 from shared.chat import ChatRequest
 
 _SCHEMAS = "#/components/schemas/"

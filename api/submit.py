@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
 from api.quotas import Reservation
-from api.schemas import GenerationParams, JobOptions, WebhookOptions
+from api.schemas.native import GenerationParams, JobOptions, WebhookOptions
 from shared.db import is_sqlite
 from shared.errors import Conflict, InvalidInput, RateLimited, Unavailable
 from shared.jobs import repo as jobs_repo

@@ -1,4 +1,4 @@
-"""SQLAlchemy models. API schemas live apart, in api/schemas.py."""
+"""SQLAlchemy models. API schemas live apart, in api/schemas/."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from api.routes_jobs import MAX_PAGE_BYTES
-from api.schemas import MAX_PARAMS_BYTES, GenerationParams
+from api.routes.jobs import MAX_PAGE_BYTES
+from api.schemas.native import MAX_PARAMS_BYTES, GenerationParams
 from shared.chat import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 from shared.db import make_engine
 from shared.models import Batch, Job, StoredFile

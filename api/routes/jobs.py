@@ -1,19 +1,16 @@
-"""/v1/jobs routes: thin, they parse, call submit or the repository, and return schemas."""
+"""/v1/jobs routes: thin, they parse, call a service (api/services/jobs.py, submit) or the
+repository, and return schemas."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import json
-import time
 import uuid
 from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -22,7 +19,7 @@ from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
 from api.openapi import SUBMIT_BODY
-from api.schemas import (
+from api.schemas.native import (
     GenerationParams,
     JobCreate,
     JobList,
@@ -31,12 +28,13 @@ from api.schemas import (
     ModelChoice,
     WebhookOptions,
 )
-from api.submit import Accepted, Submission, submit_job
+from api.services.jobs import accept, admit, idempotency_key, wait_for_end
+from api.submit import Submission
 from shared.cursor import encode_cursor
-from shared.errors import InvalidInput, NotFound, RateLimited, UnsupportedMediaType, quoted_list
+from shared.errors import InvalidInput, UnsupportedMediaType, quoted_list
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
-from shared.jobs.status import TERMINAL, JobStatus
+from shared.jobs.status import JobStatus
 from shared.queue import request_abort
 from shared.tenancy.repo import Authenticated
 
@@ -46,7 +44,6 @@ _FORM_PARAMS = set(GenerationParams.model_fields)
 _FORM_OPTIONS = set(JobOptions.model_fields)
 _FORM_WEBHOOK = set(WebhookOptions.model_fields)
 _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
-_MAX_IDEMPOTENCY_KEY = 200
 # A page of GET /v1/jobs stops early, with a cursor to the rest, once its jobs take this
 # many bytes. Every stored field is bounded, so one job is too (about 6 bytes per prompt
 # character, escaped, plus 24 KiB, plus a result that max_tokens bounds), and a response is
@@ -103,25 +100,6 @@ async def read_job(
     return await wait_for_end(deps, job_id, auth.principal.tenant_filter(), wait)
 
 
-async def wait_for_end(deps: ApiDeps, job_id: uuid.UUID, tenant: str | None,
-                       wait: float) -> JobOut:
-    """The job once it ends, or as it stands after `wait` seconds."""
-    if wait <= 0:
-        return await run_in_threadpool(_read, deps, job_id, tenant, True)
-    deadline = time.monotonic() + wait
-    # Watching starts before the first read, so an end in between still wakes us.
-    with deps.watch.watch(job_id) as woken:
-        while True:
-            last = time.monotonic() >= deadline
-            woken.clear()
-            out = await run_in_threadpool(_read, deps, job_id, tenant, last)
-            if out.status in TERMINAL or last:
-                return out
-            # Holds no thread and no connection: the watch sets `woken` when the job ends.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), deadline - time.monotonic())
-
-
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))
 def cancel_job(
     job_id: uuid.UUID,
@@ -134,50 +112,6 @@ def cancel_job(
     if previous == JobStatus.running:
         request_abort(deps.settings, job_id)
     return JobOut.from_row(job)
-
-
-def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: bool) -> JobOut:
-    """The job as stored; with `estimate`, a queued job's place in line too."""
-    with deps.reads() as session:
-        job = jobs_repo.get_job(session, job_id, tenant_id)
-        if job is None:
-            raise NotFound(f"no job with id {job_id}")
-        out = JobOut.from_row(job)
-        if estimate and job.status == JobStatus.queued:
-            place = jobs_repo.queue_estimate(session, job)
-            out.queue_position, out.eta_seconds = place.position, place.eta_seconds
-        return out
-
-
-async def admit(deps: ApiDeps, auth: Authenticated) -> None:
-    """The tenant's rate and quota, checked before the body is read: a refused submission
-    costs no upload work."""
-    if deps.limits.apply_to(auth):
-        try:
-            await run_in_threadpool(deps.limits.admit, auth)
-        except RateLimited as exc:
-            deps.metrics.refused.labels(auth.principal.tenant_id, exc.code).inc()
-            raise
-
-
-async def accept(deps: ApiDeps, sub: Submission) -> Accepted:
-    accepted = await run_in_threadpool(submit_job, deps, sub)
-    if not accepted.replayed:
-        deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
-    return accepted
-
-
-def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    key = key.strip()
-    if not key or len(key) > _MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise InvalidInput(
-            f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters",
-            code="invalid_idempotency_key",
-        )
-    return key
 
 
 @router.get("", response_model=JobList, responses=documented(400))

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import documented
-from api.schemas import DeliveryList, DeliveryOut
+from api.schemas.native import DeliveryList, DeliveryOut
 from shared.errors import NotFound
 from shared.jobs import repo as jobs_repo
 from shared.models import WebhookDelivery

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from api.deps import ApiDeps, get_deps
-from api.schemas import ModelList, ModelOut
+from api.schemas.native import ModelList, ModelOut
 from shared import workers_repo
 
 router = APIRouter(prefix="/v1", tags=["models"])

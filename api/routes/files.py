@@ -16,8 +16,8 @@ from starlette.responses import StreamingResponse
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
-from api.openai_schemas import FileDeleted, FileList, FileObject
 from api.openapi import FILE_UPLOAD_BODY
+from api.schemas.openai import FileDeleted, FileList, FileObject
 from shared.batches import repo as batches
 from shared.errors import Conflict, InvalidInput, NotFound, quoted
 from shared.models import StoredFile

@@ -22,8 +22,8 @@ from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
 from api.openapi import CHAT_BODY
-from api.routes_jobs import accept, admit, idempotency_key, wait_for_end
-from api.schemas import GenerationParams, JobOptions
+from api.schemas.native import GenerationParams, JobOptions
+from api.services.jobs import accept, admit, idempotency_key, wait_for_end
 from api.submit import Submission
 from shared.batches.output import status_code_for
 from shared.chat import completion_object, error_object, parse_chat_request

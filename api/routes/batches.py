@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
-from api.openai_schemas import BatchCreate, BatchList, BatchObject
-from api.schemas import WebhookOptions
+from api.schemas.native import WebhookOptions
+from api.schemas.openai import BatchCreate, BatchList, BatchObject
 from api.submit import check_webhook
 from shared.batches import repo as batches
 from shared.batches import transitions as batch_transitions

@@ -1,0 +1,1 @@
+"""What several routes share, apart from the route modules themselves."""

@@ -1,0 +1,85 @@
+"""Job admission, acceptance and long polling: what the /v1/jobs and chat completion
+routes share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import ApiDeps
+from api.schemas.native import JobOut
+from api.submit import Accepted, Submission, submit_job
+from shared.errors import InvalidInput, NotFound, RateLimited
+from shared.jobs import repo as jobs_repo
+from shared.jobs.status import TERMINAL, JobStatus
+from shared.tenancy.repo import Authenticated
+
+_MAX_IDEMPOTENCY_KEY = 200
+
+
+async def wait_for_end(deps: ApiDeps, job_id: uuid.UUID, tenant: str | None,
+                       wait: float) -> JobOut:
+    """The job once it ends, or as it stands after `wait` seconds."""
+    if wait <= 0:
+        return await run_in_threadpool(_read, deps, job_id, tenant, True)
+    deadline = time.monotonic() + wait
+    # Watching starts before the first read, so an end in between still wakes us.
+    with deps.watch.watch(job_id) as woken:
+        while True:
+            last = time.monotonic() >= deadline
+            woken.clear()
+            out = await run_in_threadpool(_read, deps, job_id, tenant, last)
+            if out.status in TERMINAL or last:
+                return out
+            # Holds no thread and no connection: the watch sets `woken` when the job ends.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), deadline - time.monotonic())
+
+
+def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: bool) -> JobOut:
+    """The job as stored; with `estimate`, a queued job's place in line too."""
+    with deps.reads() as session:
+        job = jobs_repo.get_job(session, job_id, tenant_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        out = JobOut.from_row(job)
+        if estimate and job.status == JobStatus.queued:
+            place = jobs_repo.queue_estimate(session, job)
+            out.queue_position, out.eta_seconds = place.position, place.eta_seconds
+        return out
+
+
+async def admit(deps: ApiDeps, auth: Authenticated) -> None:
+    """The tenant's rate and quota, checked before the body is read: a refused submission
+    costs no upload work."""
+    if deps.limits.apply_to(auth):
+        try:
+            await run_in_threadpool(deps.limits.admit, auth)
+        except RateLimited as exc:
+            deps.metrics.refused.labels(auth.principal.tenant_id, exc.code).inc()
+            raise
+
+
+async def accept(deps: ApiDeps, sub: Submission) -> Accepted:
+    accepted = await run_in_threadpool(submit_job, deps, sub)
+    if not accepted.replayed:
+        deps.metrics.submissions.labels(sub.tenant_id, accepted.job.model).inc()
+    return accepted
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > _MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters",
+            code="invalid_idempotency_key",
+        )
+    return key
