@@ -33,10 +33,10 @@ from shared.jobs import transitions as jobs_transitions
 from shared.jobs.intake import CheckedImage
 from shared.jobs.status import JobStatus
 from shared.models import Job
+from shared.net.urls import resolve_webhook_url
 from shared.settings import Settings
 from shared.tenancy.principal import DEFAULT_TENANT
 from shared.timeutil import utcnow
-from shared.webhooks.urls import resolve_webhook_url
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,16 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from shared.image_refs import (
+from shared.jobs import repo as jobs_repo
+from shared.jobs.status import JobStatus
+from shared.jobs.view import JobOut
+from shared.models import Job
+from shared.net.image_refs import (
     HttpImageRef,
     ImageUrlRefused,
     S3ImageRef,
     check_image_url,
 )
-from shared.jobs import repo as jobs_repo
-from shared.jobs.status import JobStatus
-from shared.jobs.view import JobOut
-from shared.models import Job
 from shared.settings import Settings
 from shared.timeutil import utcnow
 from tests.conftest import Stack, db_sessions, png_bytes

@@ -24,13 +24,13 @@ import pytest
 from sqlalchemy import func, select
 
 from shared.errors import InvalidInput
-from shared.image_refs import (
+from shared.models import Job, StoredFile
+from shared.net.image_refs import (
     ImageUrlRefused,
     S3ImageRef,
     canonical_prefix,
     check_tenant_image_url,
 )
-from shared.models import Job, StoredFile
 from shared.settings import Settings
 from tests.conftest import Stack, db_sessions, png_bytes
 from tests.services import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.webhooks.urls import (
+from shared.net.urls import (
     ResolvedUrl,
     WebhookUrlRefused,
     forbidden_reason,

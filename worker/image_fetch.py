@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from shared.image_refs import (
+from shared.net.image_refs import (
     IMAGE_URL,
     HttpImageRef,
     ImageHostUnresolved,
@@ -38,10 +38,7 @@ from shared.image_refs import (
     S3ImageRef,
     check_image_url,
 )
-from shared.settings import Settings
-from shared.storage import s3_client
-from shared.webhooks.urls import ResolvedUrl, resolve_public_url
-from worker.pinned_http import (
+from shared.net.pinned import (
     NETWORK_ERRORS,
     Deadline,
     describe_failure,
@@ -52,6 +49,9 @@ from worker.pinned_http import (
     request_extensions,
     timed_out,
 )
+from shared.net.urls import ResolvedUrl, resolve_public_url
+from shared.settings import Settings
+from shared.storage import s3_client
 
 USER_AGENT = "vlmq-images/1"
 MAX_REDIRECTS = 5

@@ -11,8 +11,8 @@ from shared.chat import MAX_MODEL_CHARS
 from shared.jobs.params import GenerationParams
 from shared.jobs.view import JobError, JobOut
 from shared.models import WebhookAttempt, WebhookDelivery
+from shared.net.urls import MAX_URL_LENGTH
 from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
-from shared.webhooks.urls import MAX_URL_LENGTH
 
 # Every field a job stores is bounded, so a job object, and a page of them, is too. The
 # prompt's bound is a setting (VLMQ_MAX_PROMPT_CHARS), checked in api/submit.py.

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.batches.view import BatchObject
 from shared.models import StoredFile
+from shared.net.urls import MAX_URL_LENGTH
 from shared.webhooks.events import BatchEvent
-from shared.webhooks.urls import MAX_URL_LENGTH
 
 # A batch's metadata, as at OpenAI: at most 16 pairs, keys of at most 64 characters and
 # values of at most 512.

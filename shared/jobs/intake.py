@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import workers_repo
 from shared.chat import decode_data_url
 from shared.errors import InvalidInput, Unavailable, quoted
-from shared.image_refs import check_image_url, check_tenant_image_url
 from shared.images import ImageInfo, inspect_image
 from shared.jobs.params import GenerationParams
 from shared.models import Job
+from shared.net.image_refs import check_image_url, check_tenant_image_url
 from shared.outages import unreachable
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -79,7 +79,7 @@ class Intake:
 
     def check_image(self, data: bytes | None, url: str | None, tenant_id: str) -> CheckedImage:
         """Upload checks for bytes and data: URLs; the static checks for a reference, which
-        for s3:// include the prefixes `tenant_id` may name (shared/image_refs.py)."""
+        for s3:// include the prefixes `tenant_id` may name (shared/net/image_refs.py)."""
         settings = self.settings
         if url is not None and not url.startswith("data:"):
             if settings.auth_disabled:  # development: one tenant, the server's bound alone

@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput, NotFound
-from shared.image_refs import canonical_prefix
 from shared.models import ApiKey, Tenant
+from shared.net.image_refs import canonical_prefix
 from shared.tenancy import keys
 from shared.tenancy.principal import Principal
 from shared.timeutil import as_utc, utcnow

@@ -1,1 +1,1 @@
-"""Webhooks: URL guard, events, payload and the delivery ledger repository."""
+"""Webhooks: events, payload and the delivery ledger (URL guard: shared/net/urls.py)."""

@@ -1,4 +1,4 @@
-"""The URL guard (shared/webhooks/urls.py) as pure logic: literal IPs, and host names
+"""The URL guard (shared/net/urls.py) as pure logic: literal IPs, and host names
 answered by a resolver function of the test's own, so nothing touches DNS or the network.
 
 tests/test_webhook_guard.py checks the same guard in front of real servers (nothing
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import InvalidInput
-from shared.image_refs import IMAGE_URL, ImageHostUnresolved, ImageUrlRefused
-from shared.webhooks.urls import (
+from shared.net.image_refs import IMAGE_URL, ImageHostUnresolved, ImageUrlRefused
+from shared.net.urls import (
     WEBHOOK_URL,
     ResolvedUrl,
     UrlKind,

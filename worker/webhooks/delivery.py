@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_session_factory
 from shared.jobs import repo as jobs_repo
+from shared.net.urls import WebhookUrlRefused, resolve_webhook_url
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.timeutil import utcnow
 from shared.webhooks import repo as deliveries_repo
 from shared.webhooks.events import DeliveryStatus
 from shared.webhooks.payload import build_payload
-from shared.webhooks.urls import WebhookUrlRefused, resolve_webhook_url
 from worker.webhooks.metrics import WebhookMetrics
 from worker.webhooks.policy import RetryPolicy
 from worker.webhooks.sender import AttemptResult, post_webhook

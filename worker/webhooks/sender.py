@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from shared.webhooks.urls import ResolvedUrl
-from worker.pinned_http import (
+from shared.net.pinned import (
     NETWORK_ERRORS,
     Deadline,
     describe_failure,
@@ -29,6 +28,7 @@ from worker.pinned_http import (
     request_extensions,
     timed_out,
 )
+from shared.net.urls import ResolvedUrl
 
 USER_AGENT = "vlmq-webhooks/1"
 EXCERPT_CHARS = 512

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from shared.webhooks.urls import DEFAULT_PORTS, ResolvedUrl
+from shared.net.urls import DEFAULT_PORTS, ResolvedUrl
 
 _MAX_ERROR_CHARS = 300
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from shared.errors import InvalidInput
+from shared.net.urls import MAX_URL_LENGTH, UrlKind, check_public_url
 from shared.settings import Settings
-from shared.webhooks.urls import MAX_URL_LENGTH, UrlKind, check_public_url
 
 # S3's rules for bucket names (lower case, digits, dots, hyphens; 3 to 63 characters).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
