@@ -259,11 +259,16 @@ def cancel(session: Session, job_id: uuid.UUID, *, code: str, message: str,
 
 
 def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1000) -> int:
-    """queued -> expired for every job past its deadline."""
+    """queued -> expired for every job past its deadline.
+
+    Not a batch's lines: their deadline is the batch's window, and the control process
+    ends them with the batch (`expire_batch_lines`, code batch_expired), so their error
+    lines say the batch expired rather than the sweeper's `expired`.
+    """
     target = VERBS["expire_overdue"].target
     overdue = (
         select(Job.id)
-        .where(_from("expire_overdue"), Job.expires_at < now)
+        .where(_from("expire_overdue"), Job.expires_at < now, Job.batch_id.is_(None))
         .limit(limit)
         .scalar_subquery()
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,14 @@ def seed(sessions: sessionmaker[Session]) -> None:
         session.commit()
 
 
-def insert(sessions: sessionmaker[Session], status: JobStatus, attempts: int = 1) -> uuid.UUID:
+def insert(sessions: sessionmaker[Session], status: JobStatus, attempts: int = 1,
+           batch_id: str | None = BATCH, expires_at: datetime | None = None) -> uuid.UUID:
     job_id = uuid.uuid4()
     with sessions() as session:
         session.add(Job(id=job_id, tenant_id="t", status=status, model="m", prompt="p",
-                        params={}, attempts=attempts, batch_id=BATCH,
-                        batch_line=job_id.int % 2**31, expires_at=None,
-                        started_at=utcnow(), runnable_at=None))
+                        params={}, attempts=attempts, batch_id=batch_id,
+                        batch_line=job_id.int % 2**31 if batch_id else None,
+                        expires_at=expires_at, started_at=utcnow(), runnable_at=None))
         session.commit()
     return job_id
 
@@ -79,11 +80,12 @@ def walk(sessions: sessionmaker[Session]) -> None:
     seed(sessions)
     for verb, move in transitions.VERBS.items():
         for source in JobStatus:
-            job_id = insert(sessions, source)
-            if verb == "expire_overdue":  # only a job past its deadline (claims skip those)
-                with sessions() as session:
-                    session.get(Job, job_id).expires_at = utcnow() - timedelta(seconds=1)
-                    session.commit()
+            if verb == "expire_overdue":  # a job of its own past its deadline (claims skip
+                # those); a batch's lines expire with their batch
+                job_id = insert(sessions, source, batch_id=None,
+                                expires_at=utcnow() - timedelta(seconds=1))
+            else:
+                job_id = insert(sessions, source)
             with sessions() as session:
                 _verb_call(verb, job_id, attempt=1)(session)
                 session.commit()
@@ -128,6 +130,20 @@ def test_each_verb_moves_from_its_states_and_refuses_the_others(
 
 def test_worker_verbs_are_fenced_by_the_attempt(sessions: sessionmaker[Session]) -> None:
     walk_fencing(sessions)
+
+
+def test_the_sweeper_leaves_a_batchs_overdue_lines_to_the_batch(
+    sessions: sessionmaker[Session],
+) -> None:
+    seed(sessions)
+    past = utcnow() - timedelta(seconds=1)
+    line = insert(sessions, JobStatus.queued, expires_at=past)
+    own = insert(sessions, JobStatus.queued, batch_id=None, expires_at=past)
+    with sessions() as session:
+        assert transitions.expire_overdue(session, utcnow(), "late") == 1
+        session.commit()
+    assert (status_of(sessions, line), status_of(sessions, own)) == (
+        JobStatus.queued, JobStatus.expired)
 
 
 def test_creation_verbs_make_queued_and_failed_rows() -> None:
