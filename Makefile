@@ -26,7 +26,7 @@ soak: install
 	$(VENV)/bin/python -m tests.soak
 
 soak-backfill: install
-	$(VENV)/bin/python -m tests.soak_backfill
+	$(VENV)/bin/python -m tests.soak.backfill
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

@@ -23,7 +23,7 @@ from tests.bench.preload import preload, wait_drained
 from tests.bench.procwatch import CpuSampler
 from tests.bench.stack import TENANT, alive, stack
 from tests.bench.workload import Workload
-from tests.services import Service
+from tests.helpers.services import Service
 
 
 def wait_first_claim(settings: Settings, worker: Service, timeout: float = 300) -> None:

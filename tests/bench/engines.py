@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from tests.bench.workload import Workload
-from tests.parity_probe import drain
+from tests.helpers.parity_probe import drain
 from worker.engines.base import GenerationRequest
 from worker.prompting import render_chat_prompt
 

@@ -18,7 +18,7 @@ import redis
 from shared.migrate import upgrade_head
 from shared.settings import Settings
 from tests.bench.workload import Workload
-from tests.services import (
+from tests.helpers.services import (
     REDIS_URL,
     Service,
     bearer,

@@ -14,7 +14,8 @@ def sample_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Imag
     return img
 
 
-def png_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG") -> bytes:
+# The default is the size of a small photo after the worker's resize: several patches.
+def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     sample_image(width, height, seed).save(buf, format=fmt)
     return buf.getvalue()

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine, make_session_factory
 from shared.migrate import upgrade_head
 from shared.settings import Settings
-from tests.services import fresh_database
+from tests.helpers.services import fresh_database
 from tests.unit.test_job_transitions import walk, walk_fencing
 
 

@@ -1,0 +1,81 @@
+"""`vlmq flower` must come up on the real Redis broker, since docker-compose runs it that way,
+and behind the basic auth compose gives it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.net import non_loopback_address, reachable
+from tests.helpers.services import REDIS_URL, Service, free_port, wait_http
+
+AUTH = ("admin", "flower-test-password")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    env["VLMQ_BROKER_URL"] = REDIS_URL
+    return env
+
+
+@pytest.fixture()
+def flower(tmp_path: Path) -> Iterator[tuple[Service, str]]:
+    env = _env()
+    env["VLMQ_FLOWER_BASIC_AUTH"] = f'["{AUTH[0]}:{AUTH[1]}"]'
+    port = free_port()
+    # Listens where the API does (VLMQ_API_HOST, loopback by default), not on every interface.
+    svc = Service("flower", ["flower", "--port", str(port)], env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthcheck", svc.proc, timeout=60)
+        yield svc, base
+    finally:
+        svc.stop()
+
+
+def test_flower_serves_dashboard_and_healthcheck(flower: tuple[Service, str]) -> None:
+    svc, base = flower
+    health = httpx.get(f"{base}/healthcheck", timeout=10)
+    assert health.status_code == 200, svc.log_text()[-2000:]
+    assert health.text == "OK"
+    page = httpx.get(f"{base}/", auth=AUTH, timeout=30)
+    assert page.status_code == 200, svc.log_text()[-2000:]
+    assert "Flower" in page.text
+    assert "127.0.0.1:6379/0" in svc.log_text()  # the broker came from VLMQ_BROKER_URL
+    # Where the API listens (loopback by default), not on every interface.
+    address = non_loopback_address()
+    if address is not None:
+        assert not reachable(address, int(base.rsplit(":", 1)[1]))
+
+
+def test_flower_dashboard_needs_the_configured_credentials(flower: tuple[Service, str]) -> None:
+    _, base = flower
+    assert httpx.get(f"{base}/", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/", auth=(AUTH[0], "wrong"), timeout=30).status_code == 401
+    assert httpx.get(f"{base}/api/workers", timeout=30).status_code == 401
+    # Flower itself serves its metrics (every worker and task name) to anyone.
+    assert httpx.get(f"{base}/metrics", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/metrics", auth=(AUTH[0], "wrong"), timeout=30).status_code == 401
+    metrics = httpx.get(f"{base}/metrics", auth=AUTH, timeout=30)
+    assert metrics.status_code == 200 and "flower_" in metrics.text
+
+
+def test_flower_refuses_to_start_without_credentials() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "flower", "--port", str(free_port())],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "VLMQ_FLOWER_BASIC_AUTH" in proc.stderr and "--no-auth" in proc.stderr
+
+
+def test_flower_stops_on_terminate(flower: tuple[Service, str]) -> None:
+    svc, _ = flower
+    svc.proc.terminate()
+    assert svc.proc.wait(timeout=30) is not None
