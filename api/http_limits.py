@@ -22,7 +22,7 @@ import h11
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-from shared.settings import Settings
+from shared.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ _REQUEST_TIMEOUT = (
 @functools.cache
 def _timeouts() -> tuple[float, float]:
     # Read once per process: uvicorn builds a protocol object per connection.
-    settings = Settings()
-    return settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+    api = ApiSettings()
+    return api.api_header_timeout_seconds, api.api_body_timeout_seconds
 
 
 class LimitedH11Protocol(H11Protocol):

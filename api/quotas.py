@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.errors import RateLimited
 from shared.jobs import repo as jobs_repo
 from shared.queue import is_redis
-from shared.settings import Settings
+from shared.settings import BrokerSettings, LimitsSettings, Settings
 from shared.tenancy import usage
 from shared.tenancy.repo import Authenticated, TenantRules, tenant_rules
 
@@ -75,7 +75,8 @@ class Reservation:
 
 class SubmitLimits:
     def __init__(self, settings: Settings, reads: sessionmaker[Session]) -> None:
-        self._settings = settings
+        # The broker only names and holds the rate windows; after this, limits alone are read.
+        self._limits: LimitsSettings = settings
         self._reads = reads
         self._namespace = settings.queue_prefix
         self._limiter = SlidingWindowCounterRateLimiter(_storage(settings))
@@ -91,9 +92,9 @@ class SubmitLimits:
 
     def apply_to(self, auth: Authenticated) -> bool:
         """Whether any limit applies; without one a submission skips the check entirely."""
-        settings = self._settings
-        return bool(auth.submits_per_second or settings.tenant_submits_per_second
-                    or auth.max_active_jobs or settings.tenant_max_active_jobs)
+        limits = self._limits
+        return bool(auth.submits_per_second or limits.tenant_submits_per_second
+                    or auth.max_active_jobs or limits.tenant_max_active_jobs)
 
     def admit(self, auth: Authenticated) -> None:
         """Raises RateLimited (429, with headers) when the tenant is over either limit."""
@@ -115,10 +116,10 @@ class SubmitLimits:
         at the same moment, which the cap on active batches bounds.
         """
         tenant = auth.principal.tenant_id
-        settings = self._settings
+        limits = self._limits
         self._check_rate(tenant, auth.submits_per_second)
-        max_batches = auth.max_active_batches or settings.tenant_max_active_batches
-        max_lines = auth.max_queued_batch_lines or settings.tenant_max_queued_batch_lines
+        max_batches = auth.max_active_batches or limits.tenant_max_active_batches
+        max_lines = auth.max_queued_batch_lines or limits.tenant_max_queued_batch_lines
         if not (max_batches or max_lines):
             return
         with self._reads() as session:
@@ -153,12 +154,12 @@ class SubmitLimits:
         """Wraps one job's insert: says whether it must be counted under the tenant's lock,
         and keeps this process's count of the tenant's active jobs up to date."""
         rules = self.rules(tenant)
-        settings = self._settings
-        limit = rules.max_active_jobs or settings.tenant_max_active_jobs
+        limits = self._limits
+        limit = rules.max_active_jobs or limits.tenant_max_active_jobs
         if not limit:
             yield Reservation(None)
             return
-        rate = rules.submits_per_second or settings.tenant_submits_per_second
+        rate = rules.submits_per_second or limits.tenant_submits_per_second
         headroom = math.ceil(rate * _HEADROOM_SECONDS) if rate else limit
         if self._active(tenant, fresh=False) + self._pending_of(tenant) + headroom < limit:
             yield from self._fast(tenant)
@@ -197,7 +198,7 @@ class SubmitLimits:
             return self._tenant_locks.setdefault(tenant, threading.Lock())
 
     def _check_rate(self, tenant: str, own_rate: float | None) -> None:
-        rate = own_rate or self._settings.tenant_submits_per_second
+        rate = own_rate or self._limits.tenant_submits_per_second
         if not rate:
             return
         item = _per_window(rate)
@@ -222,7 +223,7 @@ class SubmitLimits:
         )
 
     def _check_quota(self, tenant: str, own_limit: int | None) -> None:
-        limit = own_limit or self._settings.tenant_max_active_jobs
+        limit = own_limit or self._limits.tenant_max_active_jobs
         if not limit:
             return
         pending = self._pending_of(tenant)
@@ -271,8 +272,8 @@ def _per_window(rate: float) -> RateLimitItem:
     return RateLimitItemPerSecond(1, max(1, round(1 / rate)))
 
 
-def _storage(settings: Settings) -> Storage:
-    if is_redis(settings.broker_url):
-        return storage_from_string(settings.broker_url, socket_timeout=_REDIS_TIMEOUT,
+def _storage(broker: BrokerSettings) -> Storage:
+    if is_redis(broker.broker_url):
+        return storage_from_string(broker.broker_url, socket_timeout=_REDIS_TIMEOUT,
                                    socket_connect_timeout=_REDIS_TIMEOUT)
     return storage_from_string("memory://")

@@ -34,7 +34,7 @@ from shared.jobs.intake import CheckedImage
 from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.net.urls import resolve_webhook_url
-from shared.settings import Settings
+from shared.settings import WebhookSettings
 from shared.tenancy.principal import DEFAULT_TENANT
 from shared.timeutil import utcnow
 
@@ -146,11 +146,11 @@ def _deadline(now: datetime, seconds: int | None) -> datetime | None:
     return now + timedelta(seconds=seconds) if seconds else None
 
 
-def check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
+def check_webhook(webhook_settings: WebhookSettings, webhook: WebhookOptions) -> None:
     """Refuses, before anything is stored, a URL the sender would refuse to connect to."""
     if webhook.webhook_url is None:
         return
-    if not settings.webhook_secrets:
+    if not webhook_settings.webhook_secrets:
         raise InvalidInput(
             "this server has no webhook signing secret, so it cannot send webhooks; poll "
             "GET /v1/jobs/{id} or ask the operator to set VLMQ_WEBHOOK_SECRETS",
@@ -158,8 +158,8 @@ def check_webhook(settings: Settings, webhook: WebhookOptions) -> None:
         )
     resolve_webhook_url(
         webhook.webhook_url,
-        allow_http=settings.webhook_allow_http,
-        allowed_networks=settings.webhook_allowed_networks,
+        allow_http=webhook_settings.webhook_allow_http,
+        allowed_networks=webhook_settings.webhook_allowed_networks,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import Settings
+from shared.settings import DatabaseSettings
 
 # Connections older than this are replaced at checkout, so ones a firewall or proxy dropped
 # silently while idle are not reused forever. A server restart is handled without this:
@@ -16,31 +16,31 @@ POOL_RECYCLE_SECONDS = 1800
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-def sqlalchemy_url(settings: Settings) -> str:
+def sqlalchemy_url(database: DatabaseSettings) -> str:
     """Plain `postgresql://` URLs (what most tools print) get the psycopg 3 driver."""
-    url = settings.database_url
+    url = database.database_url
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
 
-def libpq_url(settings: Settings) -> str:
+def libpq_url(database: DatabaseSettings) -> str:
     """The database URL as psycopg itself takes it (for LISTEN, outside SQLAlchemy)."""
-    scheme, rest = settings.database_url.split("://", 1)
-    return "postgresql://" + rest if scheme.startswith("postgres") else settings.database_url
+    scheme, rest = database.database_url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else database.database_url
 
 
-def is_sqlite(settings: Settings) -> bool:
-    return settings.database_url.startswith("sqlite")
+def is_sqlite(database: DatabaseSettings) -> bool:
+    return database.database_url.startswith("sqlite")
 
 
 def make_engine(
-    settings: Settings, *, autocommit: bool = False, pool_size: int = 10, max_overflow: int = 20
+    database: DatabaseSettings, *, autocommit: bool = False, pool_size: int = 10, max_overflow: int = 20
 ) -> Engine:
     """`autocommit`: each statement is its own transaction, so a single-statement write or
     a plain read is one round trip (no BEGIN, no COMMIT); its pool is set up so once, at
     connect, rather than at every checkout."""
-    url = sqlalchemy_url(settings)
+    url = sqlalchemy_url(database)
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
         engine = create_engine(

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared.settings import Settings, queue_for_model
+from shared.settings import BrokerSettings, Settings, queue_for_model
 
 RUN_JOB_TASK = "vlmq.run_job"
 DELIVER_WEBHOOK_TASK = "vlmq.deliver_webhook"
@@ -26,6 +26,7 @@ WEBHOOK_VISIBILITY_SECONDS = 300
 
 
 def make_celery(settings: Settings) -> Celery:
+    # Settings whole: the default queue is the worker's model's, on the broker's prefix.
     app = Celery("vlmq", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
@@ -43,8 +44,8 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def _transport_options(settings: Settings) -> dict[str, object]:
-    if is_redis(settings.broker_url):
+def _transport_options(broker: BrokerSettings) -> dict[str, object]:
+    if is_redis(broker.broker_url):
         return {
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
@@ -54,14 +55,14 @@ def _transport_options(settings: Settings) -> dict[str, object]:
             "unacked_restore_interval": WEBHOOK_VISIBILITY_SECONDS // 5,
             "unacked_restore_throttle": 1,
         }
-    if settings.broker_url.startswith("filesystem://"):
-        folder = str(settings.broker_folder.resolve())
-        settings.broker_folder.mkdir(parents=True, exist_ok=True)
+    if broker.broker_url.startswith("filesystem://"):
+        folder = str(broker.broker_folder.resolve())
+        broker.broker_folder.mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": folder,
             "data_folder_out": folder,
             # kombu's default is ./control, relative to whatever folder the process runs in.
-            "control_folder": str(settings.broker_folder.resolve() / "control"),
+            "control_folder": str(broker.broker_folder.resolve() / "control"),
             "store_processed": False,
             "polling_interval": 0.1,
         }
@@ -85,7 +86,7 @@ def enqueue_job(
 
 def enqueue_for_model(
     app: Celery,
-    settings: Settings,
+    broker: BrokerSettings,
     job_id: uuid.UUID,
     model: str,
     priority: int = DEFAULT_PRIORITY,
@@ -93,31 +94,31 @@ def enqueue_for_model(
     producer: Any = None,
 ) -> None:
     """Sends the job to the queue its model's workers consume."""
-    queue = queue_for_model(settings.queue_prefix, model)
+    queue = queue_for_model(broker.queue_prefix, model)
     enqueue_job(app, job_id, queue, priority, countdown, producer)
 
 
-def enqueue_delivery(app: Celery, settings: Settings, delivery_id: uuid.UUID) -> None:
+def enqueue_delivery(app: Celery, broker: BrokerSettings, delivery_id: uuid.UUID) -> None:
     """Asks a control process to make the delivery's due attempt; CPU-only, off the GPU queues."""
-    app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=settings.webhook_queue)
+    app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=broker.webhook_queue)
 
 
 def is_redis(broker_url: str) -> bool:
     return broker_url.startswith(("redis://", "rediss://"))
 
 
-def request_abort(settings: Settings, job_id: uuid.UUID) -> None:
+def request_abort(broker: BrokerSettings, job_id: uuid.UUID) -> None:
     """Tells every worker to drop this job from its engine; the one running it frees the slot.
 
     Best effort (Redis pub/sub): the job is already cancelled in the database, and each
     worker also drops jobs that stopped running at its next upkeep beat, whose result the
     fenced update would discard anyway.
     """
-    if not is_redis(settings.broker_url):
+    if not is_redis(broker.broker_url):
         return
     try:
-        with redis.Redis.from_url(settings.broker_url, socket_timeout=2) as client:
-            client.publish(settings.abort_channel, str(job_id))
+        with redis.Redis.from_url(broker.broker_url, socket_timeout=2) as client:
+            client.publish(broker.abort_channel, str(job_id))
     except redis.RedisError:
         logging.getLogger(__name__).warning("could not publish abort for %s", job_id,
                                             exc_info=True)

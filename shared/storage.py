@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from shared.errors import Unavailable
-from shared.settings import Settings
+from shared.settings import StoreSettings
 
 _CHUNK = 1024 * 1024
 
@@ -75,7 +75,7 @@ class LocalStore:
             raise Unavailable(f"object folder {self.root} is not writable")
 
 
-def s3_client(settings: Settings, *, max_attempts: int = 3, connect_timeout: float = 5,
+def s3_client(store: StoreSettings, *, max_attempts: int = 3, connect_timeout: float = 5,
               read_timeout: float = 60) -> Any:
     """A boto3 S3 client on the configured endpoint, region and credentials."""
     import boto3
@@ -83,21 +83,21 @@ def s3_client(settings: Settings, *, max_attempts: int = 3, connect_timeout: flo
 
     return boto3.client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key,
+        endpoint_url=store.s3_endpoint_url,
+        region_name=store.s3_region,
+        aws_access_key_id=store.s3_access_key_id,
+        aws_secret_access_key=store.s3_secret_access_key,
         config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
                       connect_timeout=connect_timeout, read_timeout=read_timeout),
     )
 
 
 class S3Store:
-    def __init__(self, settings: Settings, bucket: str, prefix: str) -> None:
+    def __init__(self, store: StoreSettings, bucket: str, prefix: str) -> None:
         self.bucket = bucket
         self.prefix = prefix
-        self.client = s3_client(settings)
-        if settings.s3_create_bucket:
+        self.client = s3_client(store)
+        if store.s3_create_bucket:
             self._ensure_bucket()
 
     def _ensure_bucket(self) -> None:
@@ -147,15 +147,15 @@ class S3Store:
             raise Unavailable(f"bucket {self.bucket} is not reachable: {exc}") from exc
 
 
-def make_store(settings: Settings) -> ObjectStore:
+def make_store(store: StoreSettings) -> ObjectStore:
     """`s3://bucket/prefix` or `file:///path` (relative: `file://./path`)."""
-    url = settings.store_url
+    url = store.store_url
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         prefix = parsed.path.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        return S3Store(settings, parsed.netloc, prefix)
+        return S3Store(store, parsed.netloc, prefix)
     if parsed.scheme == "file":
         return LocalStore(Path(parsed.netloc + parsed.path))
     raise ValueError(f"VLMQ_STORE_URL must start with s3:// or file://, got {url!r}")

@@ -22,7 +22,7 @@ import uuid
 from celery import Celery
 
 from shared.queue import enqueue_for_model
-from shared.settings import Settings
+from shared.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ _STOP_TIMEOUT_SECONDS = 5.0
 
 
 class WakeupSender:
-    def __init__(self, celery: Celery, settings: Settings) -> None:
+    def __init__(self, celery: Celery, broker: BrokerSettings) -> None:
         self._celery = celery
-        self._settings = settings
+        self._broker = broker
         # model -> (the latest job id, the most urgent priority) since the last send
         self._pending: dict[str, tuple[uuid.UUID, int]] = {}
         self._cond = threading.Condition()
@@ -72,7 +72,7 @@ class WakeupSender:
 
     def _send(self, job_id: uuid.UUID, model: str, priority: int) -> None:
         try:
-            enqueue_for_model(self._celery, self._settings, job_id, model, priority)
+            enqueue_for_model(self._celery, self._broker, job_id, model, priority)
         except Exception as exc:
             if not self._failing:  # once per outage, not once per message
                 log.warning("the broker did not take a wake-up for model %s (%s: %s); "

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_session_factory
 from shared.queue import make_celery
-from shared.settings import EngineKind, Settings
+from shared.settings import EngineKind, EngineSettings, Settings
 from shared.storage import ObjectStore, make_store
 from worker.batcher import BatchingEngine
 from worker.engines.base import Engine, StepBackend
@@ -63,23 +63,23 @@ class WorkerContext:
             self.db.dispose()
 
 
-def load_backend(settings: Settings) -> StepBackend:
-    if settings.engine == EngineKind.echo:
+def load_backend(engine_settings: EngineSettings) -> StepBackend:
+    if engine_settings.engine == EngineKind.echo:
         from worker.engines.echo_backend import EchoBackend
 
-        return EchoBackend(faults=settings.echo_faults)
-    if settings.engine == EngineKind.vllm:
+        return EchoBackend(faults=engine_settings.echo_faults)
+    if engine_settings.engine == EngineKind.vllm:
         _require_vllm()
         from worker.engines.vllm_backend import VllmBackend
 
-        return VllmBackend.from_settings(settings)
+        return VllmBackend.from_settings(engine_settings)
     from worker.engines.transformers_backend import TransformersBackend
 
     return TransformersBackend(
-        settings.model_path,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        ignore_eos=settings.ignore_eos,
+        engine_settings.model_path,
+        max_model_len=engine_settings.max_model_len,
+        max_batch_size=engine_settings.max_batch_size,
+        ignore_eos=engine_settings.ignore_eos,
     )
 
 

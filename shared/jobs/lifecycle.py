@@ -20,7 +20,7 @@ from shared.errors import Conflict, NotFound
 from shared.jobs import repo, transitions
 from shared.jobs.status import JobStatus
 from shared.models import Job
-from shared.settings import Settings
+from shared.settings import LifecycleSettings
 from shared.timeutil import utcnow
 
 EXPIRED_MESSAGE = "the job was not started before its max_queue_seconds ran out"
@@ -34,9 +34,9 @@ class RetryPolicy:
     backoff_max_seconds: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.max_attempts, settings.retry_backoff_seconds,
-                   settings.retry_backoff_max_seconds)
+    def from_settings(cls, lifecycle: LifecycleSettings) -> RetryPolicy:
+        return cls(lifecycle.max_attempts, lifecycle.retry_backoff_seconds,
+                   lifecycle.retry_backoff_max_seconds)
 
     def delay_after(self, attempt: int) -> float | None:
         """Seconds before the next attempt, or None when `attempt` was the last one."""

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from shared.errors import InvalidInput
 from shared.net.urls import MAX_URL_LENGTH, UrlKind, check_public_url
-from shared.settings import Settings
+from shared.settings import Settings, StoreSettings
 
 # S3's rules for bucket names (lower case, digits, dots, hyphens; 3 to 63 characters).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -67,6 +67,8 @@ ImageRef = HttpImageRef | S3ImageRef
 
 def check_image_url(url: str, settings: Settings) -> ImageRef:
     """What `url` names, or ImageUrlRefused saying why no worker would fetch it.
+
+    `settings` whole: the image-fetch rules, and for s3:// the store's bucket and prefix.
 
     Host names are not resolved here (that happens, and is checked, at fetch time); an IP
     literal host is checked against the private-address rules now.
@@ -133,9 +135,9 @@ def _allowed(ref: S3ImageRef, prefixes: Sequence[str]) -> bool:
     return False
 
 
-def store_location(settings: Settings) -> tuple[str, str] | None:
+def store_location(store: StoreSettings) -> tuple[str, str] | None:
     """The store's (bucket, key prefix) as make_store reads VLMQ_STORE_URL; None if not S3."""
-    parsed = urlparse(settings.store_url)
+    parsed = urlparse(store.store_url)
     if parsed.scheme != "s3":
         return None
     prefix = parsed.path.lstrip("/")

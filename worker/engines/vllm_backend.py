@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-from shared.settings import Settings
+from shared.settings import EngineSettings
 from worker.engines.base import (
     GenerationOutput,
     GenerationRequest,
@@ -34,32 +34,33 @@ class VllmBackend:
         threading.Thread(target=self._watch_engine_core, name="engine-watch", daemon=True).start()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VllmBackend:
+    def from_settings(cls, engine_settings: EngineSettings) -> VllmBackend:
         # Read by vLLM's CPU backend at import; GPU builds ignore it.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine_settings.cpu_kvcache_gib))
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
         mm_kwargs = {
             k: v
-            for k, v in (("min_pixels", settings.min_pixels), ("max_pixels", settings.max_pixels))
+            for k, v in (("min_pixels", engine_settings.min_pixels),
+                         ("max_pixels", engine_settings.max_pixels))
             if v is not None
         }
         args = EngineArgs(
-            model=settings.model_path,
-            served_model_name=[settings.model],
-            max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            dtype=settings.dtype,
-            quantization=settings.quantization,
-            max_num_seqs=settings.max_num_seqs,
-            enforce_eager=settings.enforce_eager,
-            limit_mm_per_prompt={"image": settings.limit_mm_per_prompt, "video": 0},
+            model=engine_settings.model_path,
+            served_model_name=[engine_settings.model],
+            max_model_len=engine_settings.max_model_len,
+            gpu_memory_utilization=engine_settings.gpu_memory_utilization,
+            dtype=engine_settings.dtype,
+            quantization=engine_settings.quantization,
+            max_num_seqs=engine_settings.max_num_seqs,
+            enforce_eager=engine_settings.enforce_eager,
+            limit_mm_per_prompt={"image": engine_settings.limit_mm_per_prompt, "video": 0},
             mm_processor_kwargs=mm_kwargs or None,
             scheduling_policy="priority",
             disable_log_stats=True,
         )
-        return cls(LLMEngine.from_engine_args(args), ignore_eos=settings.ignore_eos)
+        return cls(LLMEngine.from_engine_args(args), ignore_eos=engine_settings.ignore_eos)
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
         from vllm.exceptions import VLLMValidationError
