@@ -278,8 +278,6 @@ class ApiSettings(BaseSettings):
     # Turned off, every caller is an admin of the tenant `default`: for local development
     # only, and logged as a warning at start.
     auth_disabled: bool = False
-    # The key `vlmq backfill` sends to the server (a client's setting, not the server's).
-    api_key: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Slow or oversized requests hold a connection (and memory) each: a request's head must

@@ -16,8 +16,9 @@ import boto3
 import pytest
 from vlmq.client import Client
 
-from tests.conftest import Stack, png_bytes
-from tests.services import create_api_key, start_worker
+from tests.helpers.images import png_bytes
+from tests.helpers.services import create_api_key, start_worker
+from tests.helpers.stack import Stack
 
 MODEL = f"backfill-echo-{uuid.uuid4().hex[:6]}"
 

@@ -19,8 +19,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from vlmq.client import ApiError, AsyncClient, Client, verify_webhook
 
-from tests.conftest import Stack, png_bytes
-from tests.services import bearer, create_api_key, start_worker
+from tests.helpers.images import png_bytes
+from tests.helpers.services import bearer, create_api_key, start_worker
+from tests.helpers.stack import Stack
 
 # One model for this module's worker, so its jobs are its own.
 MODEL = f"client-echo-{uuid.uuid4().hex[:6]}"

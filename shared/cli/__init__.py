@@ -9,7 +9,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from shared.cli import backfill as backfill_cli
+from vlmq.backfill import cli as backfill_cli
+
 from shared.cli import keys as keys_cli
 from shared.settings import Settings
 

@@ -31,11 +31,12 @@ from shared.settings import (
 ROOT = Path(__file__).resolve().parents[2]
 
 # Settings' fields before it was split into sections: each is `VLMQ_<NAME>` in deployments,
-# so none may be renamed, lost or added by the split.
+# so none may be renamed, lost or added by the split. (`api_key` left with the client:
+# vlmq-backfill reads VLMQ_API_KEY itself.)
 FIELDS_BEFORE_SECTIONS = frozenset({
     "accepted_models", "allowed_formats", "api_body_timeout_seconds",
     "api_header_timeout_seconds", "api_host", "api_image_memory_bytes",
-    "api_image_memory_wait_seconds", "api_key", "api_max_header_bytes", "api_max_headers",
+    "api_image_memory_wait_seconds", "api_max_header_bytes", "api_max_headers",
     "api_metrics_port", "api_port", "auth_disabled", "batch_lease_seconds", "batch_max_lines",
     "batch_poll_seconds", "batch_priority", "batch_retry_seconds", "batch_work_tries",
     "broker_folder", "broker_url", "chat_wait_seconds", "claim_poll_seconds",

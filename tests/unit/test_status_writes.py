@@ -23,7 +23,7 @@ TRANSITIONS = {
 # path -> why it may write a status outside the transitions modules (migrations live in
 # migrations/, which is not scanned: a schema change may rewrite rows as it must).
 ALLOWED: dict[str, str] = {
-    "shared/client/types.py": "the HTTP client's error keeps the response's HTTP status",
+    "shared/client/vlmq/client/types.py": "the client's error keeps the response's HTTP status",
 }
 
 _ROW_BUILDERS = {"dict", "Job", "Batch", "WebhookDelivery"}

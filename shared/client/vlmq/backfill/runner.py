@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.backfill.sources import Item
-from shared.client.client import Client
-from shared.client.types import ApiError, Job
+from vlmq.backfill.sources import Item
+from vlmq.client.client import Client
+from vlmq.client.types import ApiError, Job
 
 OUTPUT_COLUMNS = ("source", "job_id", "status", "text", "prompt_tokens", "completion_tokens",
                   "error")

@@ -1,9 +1,16 @@
-"""`vlmq backfill SOURCE --prompt ... --out results.jsonl`: see shared/backfill/."""
+"""`vlmq-backfill SOURCE --prompt ... --out results.jsonl`, also the server's `vlmq backfill`.
+
+The client settings come from flags or the environment, never from the server's settings:
+`VLMQ_API_KEY`, and `VLMQ_API_HOST` / `VLMQ_API_PORT` (where a local `vlmq api` listens)
+for the default server; `VLMQ_S3_*` for s3:// sources (see sources.S3Access).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,17 +18,32 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from shared.backfill import sources
-from shared.backfill.runner import Backfill, Plan, Tally
-from shared.client.client import Client
-from shared.settings import Settings
+from vlmq.backfill import sources
+from vlmq.backfill.runner import Backfill, Plan, Tally
+from vlmq.client.client import Client
 
+# Every variable this command reads; the README documents each (tests/test_readme.py).
+ENVIRONMENT = ("VLMQ_API_KEY", "VLMQ_API_HOST", "VLMQ_API_PORT", "VLMQ_S3_ENDPOINT_URL",
+               "VLMQ_S3_REGION", "VLMQ_S3_ACCESS_KEY_ID", "VLMQ_S3_SECRET_ACCESS_KEY")
+_HELP = ("run a folder, glob, s3:// prefix or manifest of images through a vlmq server into "
+         "one output file (resumable)")
 _FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "seed", "priority")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The `vlmq-backfill` command."""
+    parser = argparse.ArgumentParser(prog="vlmq-backfill", description=_HELP)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.run(args, [])
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("backfill", help="run a folder, glob, s3:// prefix or manifest of "
-                       "images through a vlmq server into one output file (resumable)")
+    """`backfill` as a subcommand of the server's `vlmq`."""
+    add_arguments(sub.add_parser("backfill", help=_HELP))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="folder, glob ('photos/**/*.jpg'), s3://bucket/prefix, or "
                    "a .jsonl/.csv manifest (path or URL) with an `image` column")
     prompt = p.add_mutually_exclusive_group()
@@ -47,23 +69,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_backfill)
 
 
+def default_server(env: Mapping[str, str] = os.environ) -> str:
+    # Where `vlmq api` listens when run on this machine with the same environment.
+    host = env.get("VLMQ_API_HOST") or "127.0.0.1"
+    port = env.get("VLMQ_API_PORT") or "8000"
+    return f"http://{host}:{port}"
+
+
 def _backfill(args: argparse.Namespace, extra: list[str]) -> None:
-    settings = Settings()
-    server = args.server or f"http://{settings.api_host}:{settings.api_port}"
+    server = args.server or default_server()
+    s3 = sources.S3Access.from_env()
     prompt = args.prompt_file.read_text().strip() if args.prompt_file else args.prompt
     fields = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
-    with Client(server, args.api_key or settings.api_key) as client:
+    with Client(server, args.api_key or os.environ.get("VLMQ_API_KEY")) as client:
         if args.dry_run:
-            raise SystemExit(_dry_run(client, args.source, settings, fields.get("model")))
+            raise SystemExit(_dry_run(client, args.source, s3, fields.get("model")))
         if not prompt and not str(args.source).lower().endswith((".jsonl", ".csv")):
             raise SystemExit("vlmq backfill: give --prompt or --prompt-file")
         plan = Plan(prompt=prompt or "", fields=fields, out=args.out, csv=args.csv,
                     max_in_flight=args.max_in_flight, retry_failed=args.retry_failed)
         total = None if args.source.startswith("s3://") else sum(
-            1 for _ in sources.items(args.source, settings))
+            1 for _ in sources.items(args.source, s3))
         console = Console(stderr=True)
         backfill = Backfill(client, plan, args.source)
-        items = sources.items(args.source, settings)
+        items = sources.items(args.source, s3)
         if args.quiet:
             last = [0.0]
 
@@ -105,8 +134,8 @@ def _summary(tally: Tally, out: Path) -> Table:
     return table
 
 
-def _dry_run(client: Client, source: str, settings: Settings, model: str | None) -> int:
-    count = sum(1 for _ in sources.items(source, settings))
+def _dry_run(client: Client, source: str, s3: sources.S3Access, model: str | None) -> int:
+    count = sum(1 for _ in sources.items(source, s3))
     rate = _recent_rate(client, model)
     line = f"{count} images in {source}"
     if rate:

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.client import calls
-from shared.client.types import ApiError, Job
+from vlmq.client import calls
+from vlmq.client.types import ApiError, Job
 
 __all__ = ["ApiError", "AsyncClient", "Client", "Job", "verify_webhook"]
 

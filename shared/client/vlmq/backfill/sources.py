@@ -9,7 +9,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,27 @@ def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def items(source: str, s3_settings: Any = None) -> Iterator[Item]:
+@dataclass(frozen=True)
+class S3Access:
+    """Where and as whom an s3:// source is listed: the server's own `VLMQ_S3_*` variables,
+    so a backfill beside the server reaches the store it does."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> S3Access:
+        return cls(endpoint_url=env.get("VLMQ_S3_ENDPOINT_URL") or None,
+                   region=env.get("VLMQ_S3_REGION") or "us-east-1",
+                   access_key_id=env.get("VLMQ_S3_ACCESS_KEY_ID") or None,
+                   secret_access_key=env.get("VLMQ_S3_SECRET_ACCESS_KEY") or None)
+
+
+def items(source: str, s3: S3Access | None = None) -> Iterator[Item]:
     if source.startswith("s3://"):
-        return _s3(source, s3_settings)
+        return _s3(source, s3 or S3Access.from_env())
     lowered = source.lower()
     if lowered.endswith((".jsonl", ".csv")):
         return _manifest(source)
@@ -60,17 +78,32 @@ def _folder(root: Path) -> Iterator[Item]:
                 yield Item(source=str(path), path=path)
 
 
-def _s3(source: str, settings: Any) -> Iterator[Item]:
-    from shared.storage import s3_client
-
+def _s3(source: str, access: S3Access) -> Iterator[Item]:
     bucket, _, prefix = source.removeprefix("s3://").partition("/")
-    pages = s3_client(settings).get_paginator("list_objects_v2").paginate(
+    pages = _s3_client(access).get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix)
     for page in pages:
         for obj in page.get("Contents", []):
             if is_image(obj["Key"]):
                 url = f"s3://{bucket}/{obj['Key']}"
                 yield Item(source=url, url=url)
+
+
+def _s3_client(access: S3Access) -> Any:
+    # boto3 is the `s3` extra's, not a dependency: only s3:// sources list a bucket.
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise SystemExit("vlmq backfill: an s3:// source needs boto3 (pip install boto3)"
+                         ) from None
+    return boto3.client(
+        "s3", endpoint_url=access.endpoint_url, region_name=access.region,
+        aws_access_key_id=access.access_key_id,
+        aws_secret_access_key=access.secret_access_key,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+                      read_timeout=60),
+    )
 
 
 def _manifest(source: str) -> Iterator[Item]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from shared.client.types import ApiError
+from vlmq.client.types import ApiError
 
 # Worth another try: over a limit, or the server or a dependency briefly unavailable.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
