@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# The system tier mostly waits on processes it started, so two pytest workers halve its time
+# even on two cores; whole files go to one worker, as their fixtures are per module.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench soak soak-backfill lint
 
@@ -13,7 +16,7 @@ demo: install
 	$(VENV)/bin/vlmq demo
 
 test: install
-	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The unit tier alone: no Postgres, Redis, S3 or subprocesses; well under a minute.
 test-fast: install

@@ -1,86 +1,9 @@
+"""Settings every tier shares. The system tier's fixtures (services, processes) are in
+tests/system/conftest.py; shared helpers in tests/helpers/."""
+
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
-import pytest
-import redis
-
-from shared.cli.tiny_model import build_tiny_model
-from tests.helpers.services import (
-    REDIS_URL,
-    Service,
-    fresh_database,
-    moto_server,
-    start_api,
-    start_control,
-    start_worker,
-)
-from tests.helpers.stack import Stack, dispose_engines, make_stack
-
+# Nothing in the tests may fetch a model from a hub: the tiny model is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("logs")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cached = Path(os.environ.get("VLMQ_TEST_MODEL_DIR", ".vlmq/models/tiny-qwen2-vl"))
-    return build_tiny_model(cached.resolve())
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(log_dir: Path) -> Iterator[str]:
-    with moto_server(log_dir) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def stack(s3_endpoint: str, tiny_model: Path, log_dir: Path) -> Iterator[Stack]:
-    with fresh_database() as db_url:
-        yield make_stack(db_url, s3_endpoint, tiny_model, log_dir).migrate()
-
-
-@pytest.fixture(scope="session")
-def api(stack: Stack) -> Iterator[str]:
-    svc, base = start_api(stack.env, stack.log_dir)
-    yield base
-    svc.stop()
-
-
-@pytest.fixture(scope="session")
-def worker(stack: Stack) -> Iterator[Service]:
-    svc = start_worker(stack.env, stack.log_dir)
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture(scope="session")
-def control(stack: Stack) -> Iterator[Service]:
-    """A control process (`vlmq control`) on the session's stack: batch work and the
-    sweeper; webhook delivery is off, as the stack has no signing secret."""
-    svc = start_control(stack.env, stack.log_dir)
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture()
-def client(api: str, stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, timeout=30, headers=stack.headers) as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _dispose_engines() -> Iterator[None]:
-    yield
-    dispose_engines()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 INFERENCE = {"torch", "torchvision", "transformers", "tokenizers", "vllm"}
 # The `vlmq-client` distribution: its root, and what it must neither import nor install.

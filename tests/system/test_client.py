@@ -119,8 +119,12 @@ class ResponseDropper:
         threading.Thread(target=forward, args=(client, upstream), daemon=True).start()
         if drop:
             upstream.recv(1)  # the API has answered, so the job is committed
-            client.close()
-            upstream.close()
+            # Shutdown, not only close: the forwarding thread is blocked in recv on the
+            # client socket, and a bare close sends no FIN until that recv returns, so the
+            # client would wait out its whole timeout instead of seeing the drop.
+            for sock in (client, upstream):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
             return
         forward(upstream, client)
 
@@ -129,15 +133,17 @@ class ResponseDropper:
 
 
 def test_a_retried_submit_never_makes_a_second_job(api: str, stack: Stack) -> None:
+    # A tenant of its own, so listing its jobs reads only what this test made.
+    key = create_api_key(stack.settings.database_url, f"retried-{uuid.uuid4().hex[:6]}")
     dropper = ResponseDropper(api)
     prompt = f"once {uuid.uuid4().hex}"
     try:
-        with Client(dropper.url, stack.api_key, backoff_seconds=0.05) as through_proxy:
+        with Client(dropper.url, key, backoff_seconds=0.05) as through_proxy:
             job = through_proxy.submit(prompt, image=png_bytes(16, 16), model="parked")
     finally:
         dropper.close()
     assert dropper.connections >= 2, "the first response was not dropped"
-    with Client(api, stack.api_key) as direct:
+    with Client(api, key) as direct:
         mine = [j for j in direct.iter_jobs(model="parked") if j.prompt == prompt]
         assert [j.id for j in mine] == [job.id]
         direct.cancel(job.id)
