@@ -55,8 +55,8 @@ class Upkeep:
             with self.ctx.sessions() as session:
                 workers_repo.unregister(session, self.worker_id)
                 session.commit()
-        except Exception:
-            log.exception("could not remove worker %s from the registry", self.worker_id)
+        except Exception as exc:
+            log_failure(log, "could not remove worker %s from the registry", exc, self.worker_id)
 
     def _register(self) -> None:
         s = self.settings
@@ -117,7 +117,7 @@ class Upkeep:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._drop(uuid.UUID(message["data"].decode()))
-            except Exception:
-                log.warning("abort listener lost Redis; reconnecting in 1s", exc_info=True)
+            except Exception as exc:
+                log_failure(log, "abort listener lost Redis; reconnecting in 1s", exc)
                 self._stop.wait(1.0)
 

@@ -28,7 +28,7 @@ from shared.images import ImageInfo, inspect_image
 from shared.jobs.params import GenerationParams
 from shared.models import Job
 from shared.net.image_refs import check_image_url, check_tenant_image_url
-from shared.outages import unreachable
+from shared.outages import log_failure
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -113,11 +113,7 @@ class Intake:
         try:
             self.store.put(key, image.data, info.content_type)
         except Exception as exc:
-            if unreachable(exc):  # expected during an outage: one line, no traceback
-                log.warning("storing image %s failed: %s: %s", key, exc.__class__.__name__,
-                            exc)
-            else:
-                log.exception("storing image %s failed", key)
+            log_failure(log, "storing image %s failed", exc, key)
             raise Unavailable("the object store did not take the image; retry shortly") from exc
         return dict(image_key=key, image_sha256=info.sha256, image_bytes=info.size,
                     image_format=info.format, image_width=info.width, image_height=info.height)
