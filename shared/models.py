@@ -24,6 +24,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from shared.jobs.status import JobStatus
 from shared.webhooks.events import DeliveryStatus
@@ -32,6 +33,25 @@ from shared.webhooks.events import DeliveryStatus
 def _utcnow() -> datetime:
     # Set in Python so SQLite keeps microseconds, which cursor pagination orders by.
     return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A moment in UTC, aware on every backend. Postgres keeps the zone itself; SQLite
+    stores text without one and hands back naive values, which would reach clients without
+    their `Z` and fail comparisons with aware ones (a backfill's dry run did)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            return value  # naive values are UTC already (the rule this type enforces)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 class Base(DeclarativeBase):
@@ -46,7 +66,7 @@ class Tenant(Base):
     # The name people type (`vlmq keys create --tenant acme`), so it is the key too.
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
     # Per-tenant overrides of the server's defaults; None means the default.
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
@@ -75,10 +95,10 @@ class ApiKey(Base):
         Boolean, nullable=False, default=False, server_default=text("false")
     )
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (Index("ix_api_keys_tenant", "tenant_id"),)
 
@@ -97,7 +117,7 @@ class StoredFile(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     object_key: Mapped[str] = mapped_column(String(300), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
 
     __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
@@ -129,23 +149,23 @@ class Batch(Base):
     lines_expanded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Held by the process expanding or finalizing the batch; lapsed means it died.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Unexpected failures of this batch's work so far; it is not tried again before
     # `retry_at`, and fails once there have been too many.
     work_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
                                                server_default="0")
-    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finalizing_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    cancelling_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
@@ -190,22 +210,22 @@ class Job(Base):
     # 0 runs first, 9 last; honoured by the broker and by vLLM's scheduler.
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     # A job still queued at this moment expires instead of running.
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Workers claim a queued job only from this moment on; a retry's backoff sets it ahead.
-    runnable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    runnable_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Engine crashes this job was present at; from two on it runs alone (poison isolation).
     engine_failures: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default="0"
     )
     # Renewed by the worker running the job; a lapsed lease means the worker is gone.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     result_text: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -255,10 +275,10 @@ class Worker(Base):
     queue: Mapped[str] = mapped_column(String(300), nullable=False)
     max_batch_size: Mapped[int] = mapped_column(Integer, nullable=False)
     started_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
     last_seen_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
 
     __table_args__ = (Index("ix_workers_model_seen", "model", "last_seen_at"),)
@@ -293,15 +313,15 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Attempts since the delivery was created or last replayed; picks the retry delay.
     round_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Held by the sender making an attempt; a lapsed lease means that sender died.
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # When a message for the due attempt went to the webhook queue.
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=_utcnow, server_default=func.now()
+        UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -323,8 +343,8 @@ class WebhookAttempt(Base):
         Uuid, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False
     )
     number: Mapped[int] = mapped_column(Integer, nullable=False)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     status_code: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

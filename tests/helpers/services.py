@@ -82,7 +82,8 @@ def moto_server(log_dir: Path) -> Iterator[str]:
 class Service:
     """A `vlmq <command>` child process with its own log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
@@ -91,6 +92,7 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
 
@@ -142,17 +144,18 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) ->
     raise TimeoutError(f"{url} did not answer in {timeout}s")
 
 
-def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Service, str]:
+def start_api(env: dict[str, str], log_dir: Path, name: str = "api",
+              cwd: Path | None = None) -> tuple[Service, str]:
     port = free_port()
-    svc = Service(name, ["api", "--port", str(port)], env, log_dir)
+    svc = Service(name, ["api", "--port", str(port)], env, log_dir, cwd)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", svc.proc, timeout=60)
     return svc, base
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker",
-                 timeout: float = 300) -> Service:
-    svc = Service(name, ["worker"], env, log_dir)
+                 timeout: float = 300, cwd: Path | None = None) -> Service:
+    svc = Service(name, ["worker"], env, log_dir, cwd)
     svc.wait_for_log(" ready.", timeout=timeout)
     return svc
 

@@ -17,7 +17,7 @@ import pytest
 from vlmq.client import Client
 
 from tests.helpers.images import png_bytes
-from tests.helpers.services import create_api_key, start_worker
+from tests.helpers.services import create_api_key, start_api, start_worker
 from tests.helpers.stack import Stack
 
 MODEL = f"backfill-echo-{uuid.uuid4().hex[:6]}"
@@ -193,3 +193,37 @@ def test_dry_run_counts_and_estimates(stack: Stack, api: str, echo_worker: None,
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("5 images in")
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_dry_run_on_the_embedded_default_with_recent_jobs(tmp_path: Path, log_dir: Path) -> None:
+    """No settings at all (SQLite, the folder broker, a local store under the working
+    folder): the estimate compares the tenant's recent jobs' times, which SQLite once gave
+    back without a zone, and the dry run crashed comparing them with aware ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    cli = [sys.executable, "-m", "shared.cli"]
+    subprocess.run([*cli, "migrate"], cwd=tmp_path, env=env, check=True, timeout=120,
+                   capture_output=True)
+    key = subprocess.run([*cli, "keys", "create", "--tenant", "embedded", "--name", "dry"],
+                         cwd=tmp_path, env=env, check=True, timeout=60, capture_output=True,
+                         text=True).stdout.strip().split()[-1]
+    api, base = start_api(env, log_dir, name="api-embedded-dry", cwd=tmp_path)
+    worker = start_worker({**env, "VLMQ_ENGINE": "echo"}, log_dir, name="worker-embedded-dry",
+                          cwd=tmp_path)
+    try:
+        with Client(base, key) as client:
+            job = client.wait(client.submit("Recent.", image=png_bytes(16, 12)).id, timeout=60)
+        assert job.status == "succeeded", job
+        images(tmp_path / "photos", 3, nested=False)
+        run = subprocess.run(
+            [*cli, "backfill", "photos", "--prompt", "Describe it.", "--out", "out.jsonl",
+             "--server", base, "--dry-run"],
+            cwd=tmp_path, env={**env, "VLMQ_API_KEY": key}, text=True, capture_output=True,
+            timeout=120,
+        )
+    finally:
+        worker.stop()
+        api.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("3 images in"), run.stdout
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
