@@ -26,7 +26,7 @@ from shared.wakeups import WakeupSender
 class ApiDeps:
     settings: Settings
     engine: Engine
-    # Transactions that the caller commits (cancel).
+    # Write transactions, opened by the services with `sessions.begin()`.
     sessions: sessionmaker[Session]
     # Autocommit: single-statement writes and plain reads, one round trip each.
     autocommit: Engine

@@ -6,17 +6,14 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
 
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
 from api.errors import documented
 from api.schemas.native import DeliveryList, DeliveryOut
-from shared.errors import NotFound
-from shared.jobs import repo as jobs_repo
-from shared.models import WebhookDelivery
+from api.services import deliveries as service
+from api.services.deliveries import DeliveryView
 from shared.tenancy.repo import Authenticated
-from shared.webhooks import repo as deliveries_repo
 from shared.webhooks.events import DeliveryStatus
 
 router = APIRouter(tags=["webhooks"])
@@ -31,10 +28,8 @@ def job_deliveries(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> DeliveryList:
-    with deps.sessions() as session:
-        if jobs_repo.get_job(session, job_id, auth.principal.tenant_filter()) is None:
-            raise NotFound(f"no job with id {job_id}")
-        return DeliveryList(data=_out(session, deliveries_repo.for_job(session, job_id)))
+    views = service.for_job(deps.reads, job_id, auth.principal.tenant_filter())
+    return DeliveryList(data=[_out(v) for v in views])
 
 
 @router.get("/v1/deliveries", response_model=DeliveryList, responses=documented(400))
@@ -46,11 +41,9 @@ def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> DeliveryList:
-    with deps.sessions() as session:
-        page = deliveries_repo.list_deliveries(
-            session, status, limit, cursor, auth.principal.tenant_filter(tenant)
-        )
-        return DeliveryList(data=_out(session, page.deliveries), next_cursor=page.next_cursor)
+    views, next_cursor = service.list_deliveries(deps.reads, status, limit, cursor,
+                                                 auth.principal.tenant_filter(tenant))
+    return DeliveryList(data=[_out(v) for v in views], next_cursor=next_cursor)
 
 
 @router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryOut,
@@ -60,13 +53,7 @@ def read_delivery(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> DeliveryOut:
-    with deps.sessions() as session:
-        delivery = deliveries_repo.get_delivery(
-            session, delivery_id, auth.principal.tenant_filter()
-        )
-        if delivery is None:
-            raise NotFound(f"no webhook delivery with id {delivery_id}")
-        return _out(session, [delivery])[0]
+    return _out(service.get_delivery(deps.reads, delivery_id, auth.principal.tenant_filter()))
 
 
 @router.post("/v1/deliveries/{delivery_id}/redeliver", status_code=202,
@@ -77,12 +64,8 @@ def redeliver(
     auth: Authenticated = Depends(authenticate),
 ) -> DeliveryOut:
     """Sends the same event again (same webhook-id, same body) with a fresh retry schedule."""
-    with deps.sessions() as session:
-        delivery = deliveries_repo.redeliver(session, delivery_id, auth.principal.tenant_filter())
-        session.commit()
-        return _out(session, [delivery])[0]
+    return _out(service.redeliver(deps.sessions, delivery_id, auth.principal.tenant_filter()))
 
 
-def _out(session: Session, deliveries: list[WebhookDelivery]) -> list[DeliveryOut]:
-    attempts = deliveries_repo.attempts_of(session, [d.id for d in deliveries])
-    return [DeliveryOut.from_row(d, attempts[d.id]) for d in deliveries]
+def _out(view: DeliveryView) -> DeliveryOut:
+    return DeliveryOut.from_row(view.delivery, view.attempts)

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -18,9 +17,8 @@ from api.deps import ApiDeps, get_deps
 from api.errors import RATE_LIMITED, documented
 from api.openapi import FILE_UPLOAD_BODY
 from api.schemas.openai import FileDeleted, FileList, FileObject
-from shared.batches import repo as batches
-from shared.errors import Conflict, InvalidInput, NotFound, quoted
-from shared.models import StoredFile
+from api.services import files as service
+from shared.errors import InvalidInput
 from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -47,21 +45,12 @@ async def upload_file(
     if purpose not in _PURPOSES:
         raise InvalidInput(f"purpose must be one of {', '.join(_PURPOSES)}",
                            code="invalid_purpose")
-    filename = _filename(upload)  # before the put: a refused name leaves no object behind
-    file_id = batches.new_file_id()
-    key = f"files/{file_id}"
-    size = upload.size if upload.size is not None else 0
-    await run_in_threadpool(deps.store.put_file, key, upload.file, "application/jsonl")
-
-    def record() -> FileObject:
-        with deps.sessions() as session:
-            row = batches.add_file(session, file_id=file_id, tenant_id=auth.principal.tenant_id,
-                                   purpose=str(purpose), filename=filename,
-                                   size=size, object_key=key)
-            session.commit()
-            return FileObject.from_row(row)
-
-    return await run_in_threadpool(record)
+    row = await run_in_threadpool(
+        service.add_file, deps.sessions, deps.store, tenant_id=auth.principal.tenant_id,
+        purpose=str(purpose), filename=upload.filename, source=upload.file,
+        size=upload.size if upload.size is not None else 0,
+    )
+    return FileObject.from_row(row)
 
 
 @router.get("", response_model=FileList)
@@ -72,10 +61,9 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> FileList:
-    with deps.reads() as session:
-        rows, more = batches.list_files(session, auth.principal.tenant_filter(), purpose,
-                                        limit, after)
-        data = [FileObject.from_row(r) for r in rows]
+    rows, more = service.list_files(deps.reads, auth.principal.tenant_filter(), purpose,
+                                    limit, after)
+    data = [FileObject.from_row(r) for r in rows]
     return FileList(data=data, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None, has_more=more)
 
@@ -86,8 +74,8 @@ def read_file(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> FileObject:
-    with deps.reads() as session:
-        return FileObject.from_row(_file(session, file_id, auth))
+    return FileObject.from_row(service.get_file(deps.reads, file_id,
+                                                auth.principal.tenant_filter()))
 
 
 @router.get("/{file_id}/content", responses={**documented(404), 200: {
@@ -100,12 +88,8 @@ async def file_content(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> StreamingResponse:
-    def locate() -> str:
-        with deps.reads() as session:
-            return _file(session, file_id, auth).object_key
-
-    key = await run_in_threadpool(locate)
-    source = await run_in_threadpool(deps.store.open, key)
+    source = await run_in_threadpool(service.open_content, deps.reads, deps.store, file_id,
+                                     auth.principal.tenant_filter())
 
     def chunks() -> Iterator[bytes]:
         with source:
@@ -124,36 +108,5 @@ def delete_file(
 ) -> FileDeleted:
     """Refused while a batch not yet ended reads the file: its lines come from it until the
     batch's output is written."""
-    with deps.sessions() as session:
-        # The row lock makes a batch being created on this file wait for the delete, or
-        # the delete wait for that batch (and then see it).
-        row = _file(session, file_id, auth, lock="update")
-        if batches.file_in_use(session, row.id):
-            raise Conflict(f"file {file_id} is the input of a batch that has not ended",
-                           code="file_in_use")
-        key = row.object_key
-        batches.delete_file(session, row)
-        session.commit()
-    deps.store.delete(key)
+    service.delete_file(deps.sessions, deps.store, file_id, auth.principal.tenant_filter())
     return FileDeleted(id=file_id, deleted=True)
-
-
-def _file(session: Session, file_id: str, auth: Authenticated,
-          lock: str | None = None) -> StoredFile:
-    row = batches.get_file(session, file_id, auth.principal.tenant_filter(), lock)
-    if row is None:
-        raise NotFound(f"no file with id {file_id}")
-    return row
-
-
-def _filename(upload: UploadFile) -> str:
-    """The name the file is listed under; it must fit `files.filename` (Postgres text
-    holds no NUL)."""
-    name = upload.filename or "upload"
-    limit = StoredFile.filename.type.length
-    if len(name) > limit or "\x00" in name:
-        raise InvalidInput(
-            f"the file's name {quoted(name)} must be at most {limit} characters, with no "
-            "NUL", code="invalid_filename",
-        )
-    return name

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from api.deps import ApiDeps, get_deps
 from api.errors import RETRY_AFTER_SECONDS
+from api.services.health import ping_broker, ping_database
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -34,8 +34,8 @@ def readyz(deps: ApiDeps = Depends(get_deps)) -> JSONResponse:
     # Unauthenticated, so each check says only ok or unavailable: driver errors name hosts,
     # ports, roles and buckets. The reason goes to the log.
     checks = {
-        "database": _check("database", lambda: _ping_db(deps)),
-        "broker": _check("broker", lambda: _ping_broker(deps)),
+        "database": _check("database", lambda: ping_database(deps.engine)),
+        "broker": _check("broker", lambda: ping_broker(deps.celery)),
         "store": _check("store", deps.store.check),
     }
     ready = all(v == "ok" for v in checks.values())
@@ -64,13 +64,3 @@ def _log_failure(name: str, exc: Exception) -> None:
         _last_logged[name] = now
     detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:500]
     log.warning("readiness: the %s is unavailable (%s)", name, detail)
-
-
-def _ping_db(deps: ApiDeps) -> None:
-    with deps.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
-def _ping_broker(deps: ApiDeps) -> None:
-    with deps.celery.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)

@@ -1,5 +1,5 @@
-"""/v1/jobs routes: thin, they parse, call a service (api/services/jobs.py, submit) or the
-repository, and return schemas."""
+"""/v1/jobs routes: thin, they parse, call a service (api/services/jobs.py) and return
+schemas."""
 
 from __future__ import annotations
 
@@ -28,14 +28,13 @@ from api.schemas.native import (
     ModelChoice,
     WebhookOptions,
 )
+from api.services import jobs as jobs_service
 from api.services.jobs import accept, admit, idempotency_key, wait_for_end
 from api.submit import Submission
 from shared.cursor import encode_cursor
 from shared.errors import InvalidInput, UnsupportedMediaType, quoted_list
-from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
-from shared.queue import request_abort
 from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -106,11 +105,8 @@ def cancel_job(
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
 ) -> JobOut:
-    with deps.sessions() as session:
-        job, previous = lifecycle.cancel(session, job_id, auth.principal.tenant_filter())
-        session.commit()
-    if previous == JobStatus.running:
-        request_abort(deps.settings, job_id)
+    job = jobs_service.cancel_job(deps.sessions, deps.settings, job_id,
+                                  auth.principal.tenant_filter())
     return JobOut.from_row(job)
 
 
@@ -129,13 +125,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response:
-    if any(v is not None and "\x00" in v for v in (model, tenant, batch_id)):
-        return _page_response(jobs_repo.Page(jobs=[], next_cursor=None))  # no NUL in Postgres
-    with deps.reads() as session:
-        page = jobs_repo.list_jobs(
-            session, status=status, model=model, tenant_id=auth.principal.tenant_filter(tenant),
-            batch_id=batch_id, limit=limit, cursor=cursor,
-        )
+    page = jobs_service.list_jobs(deps.reads, auth.principal, status=status, model=model,
+                                  tenant=tenant, batch_id=batch_id, limit=limit, cursor=cursor)
     return _page_response(page)
 
 

@@ -1,5 +1,5 @@
-"""Job admission, acceptance and long polling: what the /v1/jobs and chat completion
-routes share."""
+"""Job admission, acceptance, long polling, cancel and listing: what the /v1/jobs and chat
+completion routes call."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import uuid
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import ApiDeps
 from api.schemas.native import JobOut
 from api.submit import Accepted, Submission, submit_job
 from shared.errors import InvalidInput, NotFound, RateLimited
+from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
+from shared.models import Job
+from shared.queue import request_abort
+from shared.settings import BrokerSettings
+from shared.tenancy.principal import Principal
 from shared.tenancy.repo import Authenticated
 
 _MAX_IDEMPOTENCY_KEY = 200
@@ -83,3 +89,28 @@ def idempotency_key(request: Request) -> str | None:
             code="invalid_idempotency_key",
         )
     return key
+
+
+def cancel_job(sessions: sessionmaker[Session], broker: BrokerSettings, job_id: uuid.UUID,
+               tenant: str | None) -> Job:
+    """Cancels a queued or running job (NotFound, or Conflict once it has ended)."""
+    with sessions.begin() as session:
+        job, previous = lifecycle.cancel(session, job_id, tenant)
+    # After the commit: a worker told to abort finds the job already cancelled.
+    if previous == JobStatus.running:
+        request_abort(broker, job_id)
+    return job
+
+
+def list_jobs(reads: sessionmaker[Session], principal: Principal, *,
+              status: JobStatus | None, model: str | None, tenant: str | None,
+              batch_id: str | None, limit: int, cursor: str | None) -> jobs_repo.Page:
+    """Newest first, with the cursor to the next page. `tenant` is the one asked for, which
+    only an admin key's filter honours."""
+    if any(v is not None and "\x00" in v for v in (model, tenant, batch_id)):
+        return jobs_repo.Page(jobs=[], next_cursor=None)  # no NUL in Postgres
+    with reads() as session:
+        return jobs_repo.list_jobs(
+            session, status=status, model=model, tenant_id=principal.tenant_filter(tenant),
+            batch_id=batch_id, limit=limit, cursor=cursor,
+        )

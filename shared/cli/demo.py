@@ -129,9 +129,8 @@ def _demo_key(settings: Settings) -> str:
     """A fresh key of tenant `demo`, as an operator would make with `vlmq keys create`."""
     engine = make_engine(settings)
     try:
-        with make_session_factory(engine)() as session:
+        with make_session_factory(engine).begin() as session:
             row, key = tenancy_repo.create_key(session, "demo", "vlmq demo", is_admin=False)
-            session.commit()
     finally:
         engine.dispose()
     _say(f"created API key {row.id} for tenant demo (`vlmq keys list` shows it)")

@@ -59,9 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run(action: Callable[[Session], None]) -> None:
     engine = make_engine(Settings())
     try:
-        with make_session_factory(engine)() as session:
+        with make_session_factory(engine).begin() as session:
             action(session)
-            session.commit()
     except VlmqError as exc:
         raise SystemExit(f"vlmq keys: {exc.message}") from None
     finally:

@@ -142,10 +142,9 @@ class Sweeper:
 
     def sweep(self) -> tuple[int, int]:
         """One pass; returns (reaped, expired). Public so tests can drive it."""
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             reaped = lifecycle.reap_lapsed(session, self.policy)
             expired = lifecycle.expire_overdue(session)
-            session.commit()
         if reaped or expired:
             log.warning("sweeper: %d lapsed jobs requeued or failed, %d expired", reaped, expired)
         return reaped, expired

@@ -143,17 +143,15 @@ class BatchRunner:
         for batch_id in ids:
             if self._stop.is_set():
                 return
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 taken = batches.take_lease(session, batch_id, self.settings.batch_lease_seconds)
-                session.commit()
             if not taken:
                 continue
             try:
                 self._work_alone(batch_id)
             finally:
-                with self.sessions() as session:
+                with self.sessions.begin() as session:
                     batches.release_lease(session, batch_id)
-                    session.commit()
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -174,14 +172,13 @@ class BatchRunner:
     def _work_failed(self, batch_id: str, exc: Exception) -> None:
         """Counts the failure on the batch and backs it off; fails it after too many."""
         settings = self.settings
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None:
                 return
             tries = batch.work_failures + 1
             delay = min(settings.batch_retry_seconds * 2 ** (tries - 1), _MAX_RETRY_SECONDS)
             batches.work_failed(session, batch_id, tries, utcnow() + timedelta(seconds=delay))
-            session.commit()
         if tries == 1:  # the traceback once; each retry that fails again is one line
             log.error("batch %s: its work failed (try 1 of %d); trying again in %.1fs",
                       batch_id, settings.batch_work_tries, delay, exc_info=exc)
@@ -216,11 +213,10 @@ class BatchRunner:
                 raise
             log.warning("batch %s: its output could not be written (%s); it fails without "
                         "output files", batch_id, exc.__class__.__name__)
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 if batch_transitions.fail(session, batch_id, now=utcnow(),
                                           errors=[error.as_dict()]):
                     self._announce(session, batch_id, BatchStatus.failed)
-                session.commit()
 
     def _work(self, batch_id: str) -> None:
         with self.sessions() as session:
@@ -230,9 +226,8 @@ class BatchRunner:
             session.expunge(batch)
         self._dispatch(batch)
         if batch.work_failures:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 batches.work_succeeded(session, batch.id)
-                session.commit()
 
     def _dispatch(self, batch: Batch) -> None:
         if batch.status == BatchStatus.validating:
@@ -270,18 +265,16 @@ class BatchRunner:
         if result.errors:
             self._fail(batch, result.errors)
             return
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             batch_transitions.start(session, batch.id, total=result.total, model=result.model,
                                     now=utcnow())
-            session.commit()
         log.info("batch %s: %d requests valid; expanding", batch.id, result.total)
 
     def _fail(self, batch: Batch, errors: list[batch_input.LineError]) -> None:
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             if batch_transitions.fail_validation(session, batch.id, now=utcnow(),
                                                  errors=[e.as_dict() for e in errors]):
                 self._announce(session, batch.id, BatchStatus.failed)
-            session.commit()
         log.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
     def _expand(self, batch: Batch) -> None:
@@ -349,9 +342,8 @@ class BatchRunner:
     def _stop_lines(self, batch: Batch, stop: Callable[[Session, str, str, str], list[uuid.UUID]],
                     code: str, message: str) -> None:
         """Ends the batch's unfinished lines with `stop` (a jobs transitions verb)."""
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             running = stop(session, batch.id, code, message)
-            session.commit()
         for job_id in running:  # their workers drop them from the engine
             request_abort(self.settings, job_id)
 
@@ -360,9 +352,8 @@ class BatchRunner:
             if batches.unfinished(session, batch.id):
                 return
         if target == BatchStatus.completed and batch.status == BatchStatus.in_progress:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 batch_transitions.finalize(session, batch.id, now=utcnow())
-                session.commit()
         self._finalize(batch, target)
 
     def _finalize(self, batch: Batch, target: BatchStatus, **values: Any) -> None:
