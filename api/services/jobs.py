@@ -55,8 +55,9 @@ def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: boo
             raise NotFound(f"no job with id {job_id}")
         out = JobOut.from_row(job)
         if estimate and job.status == JobStatus.queued:
-            place = jobs_repo.queue_estimate(session, job)
+            place = jobs_repo.queue_estimate(session, job, deps.settings.worker_ttl_seconds)
             out.queue_position, out.eta_seconds = place.position, place.eta_seconds
+            out.waiting_for_worker = place.waiting_for_worker
         return out
 
 

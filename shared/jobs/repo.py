@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import workers_repo
 from shared.cursor import newest_first_page
 from shared.jobs.status import JobStatus
 from shared.models import Job
@@ -117,10 +118,15 @@ def list_jobs(
 @dataclass(frozen=True)
 class QueueEstimate:
     position: int  # jobs of the same model that run before this one
-    eta_seconds: float | None  # None until the model has finished jobs recently
+    # None while no worker serves the model, or until it has finished jobs recently.
+    eta_seconds: float | None
+    # No live worker serves the model: the job waits for one to start (or finish loading),
+    # and past throughput says nothing of when that will be.
+    waiting_for_worker: bool
 
 
-def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> QueueEstimate:
+def queue_estimate(session: Session, job: Job, worker_ttl_seconds: float,
+                   window_seconds: float = 300) -> QueueEstimate:
     """Where a queued job stands, from the queue ahead of it and the model's recent throughput."""
     ahead = session.scalar(
         select(func.count()).where(
@@ -132,6 +138,8 @@ def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> Q
             ),
         )
     ) or 0
+    if not workers_repo.is_live(session, job.model, worker_ttl_seconds):
+        return QueueEstimate(position=int(ahead), eta_seconds=None, waiting_for_worker=True)
     since = utcnow() - timedelta(seconds=window_seconds)
     done = session.scalar(
         select(func.count()).where(
@@ -139,7 +147,7 @@ def queue_estimate(session: Session, job: Job, window_seconds: float = 300) -> Q
         )
     ) or 0
     eta = (ahead + 1) / (done / window_seconds) if done else None
-    return QueueEstimate(position=int(ahead), eta_seconds=eta)
+    return QueueEstimate(position=int(ahead), eta_seconds=eta, waiting_for_worker=False)
 
 
 # -- sweeps (many rows, one statement each) ---------------------------------------------

@@ -54,7 +54,14 @@ class JobOut(BaseModel):
         default=None, description="while queued: jobs of this model that run first"
     )
     eta_seconds: float | None = Field(
-        default=None, description="while queued: estimated seconds until done, from recent throughput"
+        default=None,
+        description="while queued: estimated seconds until done, from recent throughput; "
+        "null while no worker serves the job's model, or before it has finished any job",
+    )
+    waiting_for_worker: bool | None = Field(
+        default=None,
+        description="while queued: true when no worker serving the job's model is live, so "
+        "the job waits for one to start (or to finish loading its model)",
     )
     result: JobResult | None
     error: JobError | None

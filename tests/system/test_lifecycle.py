@@ -10,10 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from shared.jobs import repo as jobs_repo
 from shared.jobs import transitions as jobs_transitions
 from shared.models import Job
-from shared.timeutil import utcnow
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, start_worker, wait_terminal
 from tests.helpers.stack import Stack, db_sessions
@@ -163,26 +161,6 @@ def test_queued_jobs_show_their_place_in_the_queue(client: httpx.Client) -> None
         for i in (first, second, urgent):
             client.post(f"/v1/jobs/{i}/cancel")
     assert client.get(f"/v1/jobs/{first}").json()["queue_position"] is None
-
-
-def test_eta_comes_from_recent_throughput(stack: Stack) -> None:
-    model = f"eta-{uuid.uuid4().hex[:6]}"
-    now = utcnow()
-
-    def row(status: str, **extra: object) -> Job:
-        return Job(id=uuid.uuid4(), tenant_id="default", status=status, model=model, prompt="p", params={},
-                   image_key="k", image_sha256="0" * 64, image_bytes=1, image_format="PNG",
-                   image_width=1, image_height=1, **extra)
-
-    with db_sessions(stack.settings)() as session:
-        session.add_all([row("succeeded", finished_at=now) for _ in range(3)])
-        ahead, waiting = row("queued", priority=1), row("queued", priority=5)
-        session.add_all([ahead, waiting])
-        session.commit()
-        estimate = jobs_repo.queue_estimate(session, waiting, window_seconds=300)
-    # Three done in the last 300 s is one per 100 s; this job is second in line.
-    assert estimate.position == 1
-    assert estimate.eta_seconds == pytest.approx(200)
 
 
 def test_prompt_longer_than_the_model_allows_fails_at_once(
