@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api.auth import authenticate
-from api.body_limit import BodySizeLimit
 from api.deps import ApiDeps
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
-from api.http_limits import HeaderLimits
-from api.image_budget import release_freed_pixels
-from api.metrics import ApiMetrics, RequestMetrics
+from api.infra.body_limit import BodySizeLimit
+from api.infra.http_limits import HeaderLimits
+from api.infra.image_budget import release_freed_pixels
+from api.infra.metrics import ApiMetrics, RequestMetrics
 from api.openapi import install_openapi
 from api.routes import batches, chat, deliveries, files, health, jobs, models
 from shared.settings import Settings

@@ -9,11 +9,11 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.image_budget import ImageMemoryBudget
-from api.key_cache import KeyCache
-from api.metrics import ApiMetrics
-from api.quotas import SubmitLimits
-from api.terminal_watch import TerminalWatch
+from api.infra.image_budget import ImageMemoryBudget
+from api.infra.key_cache import KeyCache
+from api.infra.metrics import ApiMetrics
+from api.infra.quotas import SubmitLimits
+from api.infra.terminal_watch import TerminalWatch
 from shared.db import make_engine, make_session_factory
 from shared.jobs.intake import Intake
 from shared.queue import make_celery

@@ -24,7 +24,7 @@ from api.errors import RATE_LIMITED, documented
 from api.openapi import CHAT_BODY
 from api.schemas.native import GenerationParams, JobOptions
 from api.services.jobs import accept, admit, idempotency_key, wait_for_end
-from api.submit import Submission
+from api.services.submit import Submission
 from shared.batches.output import status_code_for
 from shared.chat import completion_object, error_object, parse_chat_request
 from shared.errors import InvalidInput

@@ -30,7 +30,7 @@ from api.schemas.native import (
 )
 from api.services import jobs as jobs_service
 from api.services.jobs import accept, admit, idempotency_key, wait_for_end
-from api.submit import Submission
+from api.services.submit import Submission
 from shared.cursor import encode_cursor
 from shared.errors import InvalidInput, UnsupportedMediaType, quoted_list
 from shared.jobs import repo as jobs_repo
@@ -204,7 +204,7 @@ def _from_json(body: bytes) -> Submission:
     except ValidationError as exc:
         raise _json_error(exc) from exc
     data = None
-    if req.image.url is None:  # else a data:, https:// or s3:// reference (api/submit.py)
+    if req.image.url is None:  # else a data:, https:// or s3:// reference (api/services/submit.py)
         try:
             data = base64.b64decode(req.image.base64 or "", validate=True)
         except (binascii.Error, ValueError) as exc:

@@ -15,7 +15,7 @@ from shared.net.urls import MAX_URL_LENGTH
 from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
 
 # Every field a job stores is bounded, so a job object, and a page of them, is too. The
-# prompt's bound is a setting (VLMQ_MAX_PROMPT_CHARS), checked in api/submit.py.
+# prompt's bound is a setting (VLMQ_MAX_PROMPT_CHARS), checked in api/services/submit.py.
 # More than there are events; a list only repeats them past that.
 MAX_WEBHOOK_EVENTS = 16
 # The stored `params` as JSON, worst case (every stop string at its bound, each character

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.quotas import SubmitLimits
+from api.infra.quotas import SubmitLimits
 from api.schemas.native import WebhookOptions
-from api.submit import check_webhook
+from api.services.submit import check_webhook
 from shared.batches import repo as batches
 from shared.batches import transitions as batch_transitions
 from shared.batches.repo import Counts
@@ -51,7 +51,7 @@ def create_batch(sessions: sessionmaker[Session], limits: SubmitLimits, auth: Au
                  batch_settings: BatchSettings) -> BatchView:
     """Admits and checks the batch, then inserts it `validating`; the control process picks
     it up from there."""
-    limits.admit_batch(auth)  # the rate and the tenant's batch caps (api/quotas.py)
+    limits.admit_batch(auth)  # the rate and the tenant's batch caps (api/infra/quotas.py)
     if new.endpoint not in ENDPOINTS:
         raise InvalidInput(f"endpoint must be one of {', '.join(ENDPOINTS)}",
                            code="invalid_endpoint")

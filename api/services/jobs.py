@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import ApiDeps
 from api.schemas.native import JobOut
-from api.submit import Accepted, Submission, submit_job
+from api.services.submit import Accepted, Submission, submit_job
 from shared.errors import InvalidInput, NotFound, RateLimited
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo

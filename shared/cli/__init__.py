@@ -90,9 +90,9 @@ def _api(args: argparse.Namespace, extra: list[str]) -> None:
            "--port", str(port), "--no-access-log",
            # Longer than uvicorn's 5 s so polling clients and load balancers reuse connections.
            "--timeout-keep-alive", "65",
-           # h11 with timeouts on slow request heads and bodies (api/http_limits.py); h11
+           # h11 with timeouts on slow request heads and bodies (api/infra/http_limits.py); h11
            # also refuses to buffer a head longer than the limit.
-           "--http", "api.http_limits:LimitedH11Protocol",
+           "--http", "api.infra.http_limits:LimitedH11Protocol",
            "--h11-max-incomplete-event-size", str(settings.api_max_header_bytes), *extra])
 
 

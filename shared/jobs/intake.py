@@ -6,7 +6,7 @@ It takes only what it needs, so the API and the control process build one each: 
 settings, the object store, a session factory (the live-models check), the tenant's
 allowed `s3://` prefixes, and, in the API, a `reserve` that holds a decoded image within
 the process's image memory budget. The insert stays with the caller: the API counts it
-against the tenant's quota (api/quotas.py), a batch inserts a chunk of lines with its
+against the tenant's quota (api/infra/quotas.py), a batch inserts a chunk of lines with its
 progress (shared/batches/repo.py). The API's path stays one decode and one object put.
 """
 

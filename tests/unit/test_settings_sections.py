@@ -185,7 +185,7 @@ def test_store_functions_take_store_settings(tmp_path: Path) -> None:
 
 
 def test_broker_functions_take_broker_settings(tmp_path: Path) -> None:
-    from api.quotas import _storage
+    from api.infra.quotas import _storage
     from shared.queue import _transport_options, enqueue_delivery, enqueue_for_model, request_abort
 
     broker = BrokerSettings(queue_prefix="q", broker_folder=tmp_path / "broker")
@@ -206,7 +206,7 @@ def test_broker_functions_take_broker_settings(tmp_path: Path) -> None:
 
 def test_other_leaf_components_take_their_section() -> None:
     from api.schemas.native import WebhookOptions
-    from api.submit import check_webhook
+    from api.services.submit import check_webhook
     from shared.errors import InvalidInput
     from shared.jobs.lifecycle import RetryPolicy
     from worker.context import load_backend

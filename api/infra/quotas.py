@@ -46,7 +46,7 @@ from shared.tenancy.repo import Authenticated, TenantRules, tenant_rules
 log = logging.getLogger(__name__)
 
 _COUNT_FRESH_SECONDS = 1.0
-_RULES_FRESH_SECONDS = 1.0  # as long as a verified key is remembered (api/key_cache.py)
+_RULES_FRESH_SECONDS = 1.0  # as long as a verified key is remembered (api/infra/key_cache.py)
 _QUOTA_RETRY_AFTER = 2
 # Batch lines drain at the pace of the GPUs, not in seconds.
 _BATCH_RETRY_AFTER = 30

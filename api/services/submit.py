@@ -6,7 +6,7 @@ accepted: workers claim queued jobs from Postgres and poll it on their own, so t
 message after the commit is only a wake-up, sent in the background (shared/wakeups.py).
 Without an Idempotency-Key the happy path is one decode of the image, one object put and
 one autocommitted INSERT. A tenant near its active-jobs quota has its insert counted under
-a per-tenant advisory lock instead (api/quotas.py), so no race takes it past the quota.
+a per-tenant advisory lock instead (api/infra/quotas.py), so no race takes it past the quota.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import ApiDeps
-from api.quotas import Reservation
+from api.infra.quotas import Reservation
 from api.schemas.native import GenerationParams, JobOptions, WebhookOptions
 from shared.db import is_sqlite
 from shared.errors import Conflict, InvalidInput, RateLimited, Unavailable
