@@ -142,13 +142,13 @@ def _migrate(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace, extra: list[str]) -> None:
-    from shared.cli.demo import run_demo
+    from shared.devtools.demo import run_demo
 
     raise SystemExit(run_demo(n_images=args.images))
 
 
 def _make_test_model(args: argparse.Namespace, extra: list[str]) -> None:
-    from shared.cli.tiny_model import build_tiny_model
+    from shared.devtools.tiny_model import build_tiny_model
 
     path = build_tiny_model(args.dir, size=args.size)
     print(f"model written to {path}; serve it with VLMQ_MODEL_PATH={path}")

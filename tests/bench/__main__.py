@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shared.cli.tiny_model import build_tiny_model
+from shared.devtools.tiny_model import build_tiny_model
 from tests.bench.api_arms import run_api_stack
 from tests.bench.ceiling import measure_ceiling
 from tests.bench.drain import run_vllm_stack

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from shared.cli.tiny_model import build_tiny_model
 from shared.db import make_engine, make_session_factory
+from shared.devtools.tiny_model import build_tiny_model
 from shared.models import Job
 from tests.helpers.services import (
     RedisServer,

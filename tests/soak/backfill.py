@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.cli.tiny_model import build_tiny_model
+from shared.devtools.tiny_model import build_tiny_model
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, fresh_database, moto_server, start_api, start_worker
 from tests.helpers.stack import make_stack

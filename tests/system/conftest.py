@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from sqlalchemy import Engine
 
-from shared.cli.tiny_model import build_tiny_model
+from shared.db import make_engine
+from shared.devtools.tiny_model import build_tiny_model
 from tests.helpers.services import (
     REDIS_URL,
     Service,
@@ -22,6 +25,7 @@ from tests.helpers.services import (
     start_worker,
 )
 from tests.helpers.stack import Stack, dispose_engines, make_stack
+from tests.helpers.store import s3_client
 
 # pytest-xdist hands out whole files in collection order (`--dist loadfile`), so the files
 # that run longest go first and the two workers finish together instead of one waiting on
@@ -84,6 +88,17 @@ def control(stack: Stack) -> Iterator[Service]:
     svc.stop()
 
 
+@pytest.fixture(scope="module")
+def echo_worker(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
+    """An echo worker for the requesting module's `MODEL`, a model no other module uses, so
+    the module's jobs are its own and no other worker takes them."""
+    model: str = request.module.MODEL
+    st = stack.with_env(model=model, engine="echo")
+    svc = start_worker(st.env, st.log_dir, name=f"worker-{model}")
+    yield
+    svc.stop()
+
+
 @pytest.fixture()
 def client(api: str, stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api, timeout=30, headers=stack.headers) as c:
@@ -93,6 +108,21 @@ def client(api: str, stack: Stack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(scope="module")
+def db_engine(stack: Stack) -> Iterator[Engine]:
+    """A plain engine on the session's database, for counting rows straight in SQL; one a
+    module, so its connections are closed before the next module's start."""
+    engine = make_engine(stack.settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def s3(stack: Stack) -> Any:
+    """A boto3 client on the session's S3 server, as an outside actor reaches the store."""
+    return s3_client(stack.settings)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -168,7 +168,7 @@ def _ensure_model(settings: Settings) -> None:
     """Only the default path is built here: any other path is the user's own model."""
     if settings.model_path != _DEFAULT_MODEL_PATH:
         return
-    from shared.cli.tiny_model import MARKER, build_tiny_model
+    from shared.devtools.tiny_model import MARKER, build_tiny_model
 
     path = Path(settings.model_path)
     if not (path / MARKER).exists():
