@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 from PIL import Image, ImageDraw
@@ -19,3 +20,8 @@ def png_bytes(width: int = 448, height: int = 336, seed: int = 0, fmt: str = "PN
     buf = io.BytesIO()
     sample_image(width, height, seed).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def data_url(image: bytes) -> str:
+    """The image inline, as a client sends one it has no URL for."""
+    return "data:image/png;base64," + base64.b64encode(image).decode()

@@ -9,26 +9,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import pytest
 from vlmq.client import Client
 
 from tests.helpers.images import png_bytes
 from tests.helpers.services import create_api_key, start_api, start_worker
 from tests.helpers.stack import Stack
+from tests.helpers.store import s3_client, store_location
 
+# This module's own model, served by the `echo_worker` fixture.
 MODEL = f"backfill-echo-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module")
-def echo_worker(stack: Stack) -> Iterator[None]:
-    st = stack.with_env(model=MODEL, engine="echo")
-    worker = start_worker(st.env, st.log_dir, name=f"worker-{MODEL}")
-    yield
-    worker.stop()
 
 
 def backfill(stack: Stack, api: str, *args: str, key: str | None = None,
@@ -95,10 +86,8 @@ def test_a_manifest_gives_each_line_its_prompt(
 def test_an_s3_prefix_is_sent_by_reference(
     stack: Stack, api: str, echo_worker: None, tmp_path: Path
 ) -> None:
-    settings = stack.settings
-    bucket = settings.store_url.removeprefix("s3://").partition("/")[0]
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    bucket, _ = store_location(stack.settings.store_url)
+    s3 = s3_client(stack.settings)
     prefix = f"archive-{uuid.uuid4().hex[:6]}/"
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"{prefix}2024/{i}.png", Body=png_bytes(20, 20, seed=i))

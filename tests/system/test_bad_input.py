@@ -14,18 +14,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import redis
 from PIL import Image
 from sqlalchemy import Engine, func, select
 
-from shared.db import make_engine
 from shared.models import Job
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, wait_terminal
 from tests.helpers.stack import Stack
+from tests.helpers.store import count_objects
 
 MiB = 1024 * 1024
 PROMPT = "Describe it."
@@ -39,43 +38,18 @@ class Footprint:
     received: int
 
 
-@pytest.fixture(scope="module")
-def db(stack: Stack) -> Iterator[Engine]:
-    engine = make_engine(stack.settings)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def s3(stack: Stack) -> Any:
-    s = stack.settings
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint_url,
-        region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key_id,
-        aws_secret_access_key=s.s3_secret_access_key,
-    )
-
-
 @pytest.fixture()
 def footprint(
-    stack: Stack, db: Engine, s3: Any, redis_client: redis.Redis, worker: Service
+    stack: Stack, db_engine: Engine, s3: Any, redis_client: redis.Redis, worker: Service
 ) -> Callable[[], Footprint]:
-    bucket, prefix = stack.settings.store_url.removeprefix("s3://").split("/", 1)
-
     def measure() -> Footprint:
-        with db.connect() as conn:
+        with db_engine.connect() as conn:
             rows = conn.execute(select(func.count()).select_from(Job)).scalar_one()
-        objects = sum(
-            page.get("KeyCount", 0)
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        )
         return Footprint(
             rows=rows,
-            objects=objects,
+            objects=count_objects(s3, stack.settings.store_url),
             queued=redis_client.llen(stack.settings.queue_name),
-            received=_claimed(db),
+            received=_claimed(db_engine),
         )
 
     return measure

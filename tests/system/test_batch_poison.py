@@ -5,15 +5,12 @@ class; and list cursors say nothing of other tenants' objects."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import httpx
 import openai
 import pytest
@@ -21,92 +18,49 @@ from openai import OpenAI
 from sqlalchemy import select
 
 from shared.models import Batch
-from tests.helpers.images import png_bytes
-from tests.helpers.services import (
-    Service,
-    create_api_key,
-    fresh_database,
-    start_api,
-    start_control,
-    start_worker,
+from tests.helpers.echo_stack import (
+    ENDPOINT,
+    EchoStack,
+    batch_line,
+    echo_stack,
+    openai_client,
+    upload,
+    wait_batch,
 )
+from tests.helpers.images import data_url, png_bytes
+from tests.helpers.services import create_api_key
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import s3_client, store_location
 
-ENDPOINT = "/v1/chat/completions"
 TRIES = 3
 
 
 @dataclass
-class Tenants:
-    stack: Stack
-    api: Service
-    control: Service  # where batch work happens, and its log
-    base: str
-    a: OpenAI
+class Tenants(EchoStack):
+    a: OpenAI  # the stack's own tenant
     b: OpenAI
     b_key: str
-    model: str
-    parked: str
 
 
 @pytest.fixture(scope="module")
 def tenants(stack: Stack) -> Iterator[Tenants]:
-    tag = uuid.uuid4().hex[:6]
-    model, parked = f"echo-{tag}", f"parked-{tag}"
-    with fresh_database() as db_url:
-        st = stack.with_env(
-            database_url=db_url, model=model, engine="echo", echo_faults="true",
-            queue_prefix=f"vlmqpoison{tag}", accepted_models=json.dumps([parked]),
-            batch_poll_seconds="0.2", batch_lease_seconds="3",
-            batch_work_tries=str(TRIES), batch_retry_seconds="0.2",
-        ).migrate()
-        api, base = start_api(st.env, st.log_dir, name="api-batch-poison")
-        worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
-        control = start_control(st.env, st.log_dir, name="control-batch-poison")
-        b_key = create_api_key(db_url, "tenant-b")
-        a, b = (OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=60,
-                       _strict_response_validation=True) for key in (st.api_key, b_key))
-        yield Tenants(st, api, control, base, a, b, b_key, model, parked)
-        a.close()
-        b.close()
-        control.stop()
-        worker.stop()
-        api.stop()
-
-
-def image() -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(16, 12)).decode()
+    with echo_stack(stack, "batch-poison", batch_work_tries=str(TRIES),
+                    batch_retry_seconds="0.2") as echo:
+        b_key = create_api_key(echo.stack.settings.database_url, "tenant-b")
+        with (openai_client(echo.base, echo.stack.api_key) as a,
+              openai_client(echo.base, b_key) as b):
+            yield Tenants(**vars(echo), a=a, b=b, b_key=b_key)
 
 
 def line(custom_id: Any, model: Any, prompt: str = "Describe it.", **body: Any) -> str:
-    return json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": {
-        "model": model, "max_tokens": 4, **body,
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": prompt},
-            {"type": "image_url", "image_url": {"url": image()}},
-        ]}],
-    }})
-
-
-def upload(client: OpenAI, lines: list[str]) -> str:
-    return client.files.create(file=("input.jsonl", "\n".join(lines).encode()),
-                               purpose="batch").id
+    """A line as text, so that tests can make it into what `json.dumps` never writes."""
+    return json.dumps(batch_line(custom_id, model, data_url(png_bytes(16, 12)), prompt,
+                                 max_tokens=4, **body))
 
 
 def create(client: OpenAI, lines: list[str]) -> str:
     return client.batches.create(input_file_id=upload(client, lines), endpoint=ENDPOINT,
                                  completion_window="24h").id
-
-
-def wait_batch(client: OpenAI, batch_id: str, statuses: set[str],
-               timeout: float = 60) -> openai.types.Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}: {batch}"
-        time.sleep(0.2)
 
 
 def good_batch(t: Tenants, n: int = 3) -> str:
@@ -115,10 +69,8 @@ def good_batch(t: Tenants, n: int = 3) -> str:
 
 def remove_stored_input(t: Tenants, file_id: str) -> None:
     """Deletes the file's object from the bucket behind vlmq's back."""
-    settings = t.stack.settings
-    bucket = settings.store_url.removeprefix("s3://").partition("/")[0]
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    bucket, _ = store_location(t.stack.settings.store_url)
+    s3 = s3_client(t.stack.settings)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
             if o["Key"].endswith(f"files/{file_id}")]
     assert len(keys) == 1, keys

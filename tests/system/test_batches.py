@@ -16,61 +16,45 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers.images import png_bytes
-from tests.helpers.services import (
-    create_api_key,
-    fresh_database,
-    start_api,
-    start_control,
-    start_worker,
+from tests.helpers.echo_stack import (
+    ENDPOINT,
+    EchoStack,
+    echo_stack,
+    openai_client,
+    upload,
+    wait_batch,
 )
+from tests.helpers.echo_stack import batch_line as line
+from tests.helpers.images import data_url, png_bytes
+from tests.helpers.services import create_api_key
 from tests.helpers.stack import Stack
+from tests.helpers.store import s3_client, store_location
 from tests.helpers.webhook_receiver import receiver
 
-ENDPOINT = "/v1/chat/completions"
 SECRET = "whsec_" + base64.b64encode(b"batch-webhook-secret-32-bytes!!!").decode()
 RECEIVER_HOST = "127.0.0.3"
 
 
 @dataclass
-class Bulk:
-    stack: Stack
-    base: str
+class Bulk(EchoStack):
     client: OpenAI
-    model: str
-    parked: str
 
 
 @pytest.fixture(scope="module")
 def bulk(stack: Stack) -> Iterator[Bulk]:
-    tag = uuid.uuid4().hex[:6]
-    model, parked = f"echo-{tag}", f"parked-{tag}"
-    with fresh_database() as db_url:
-        st = stack.with_env(
-            database_url=db_url, model=model, engine="echo", echo_faults="true",
-            queue_prefix=f"vlmqbatch{tag}", accepted_models=json.dumps([parked]),
-            batch_poll_seconds="0.2", batch_lease_seconds="3", chat_wait_seconds="2",
-            image_fetch_allow_http="true", image_fetch_allowed_networks='["127.0.0.1/32"]',
-            webhook_secrets=json.dumps([SECRET]), webhook_allow_http="true",
-            webhook_allowed_networks=f'["{RECEIVER_HOST}/32"]', webhook_poll_seconds="0.2",
-        ).migrate()
-        api, base = start_api(st.env, st.log_dir, name="api-batches")
-        worker = start_worker(st.env, st.log_dir, name=f"worker-{model}")
-        control = start_control(st.env, st.log_dir, name="control-batches")
-        client = OpenAI(base_url=f"{base}/v1", api_key=st.api_key,
-                        _strict_response_validation=True, max_retries=0, timeout=60)
-        yield Bulk(st, base, client, model, parked)
-        client.close()
-        control.stop()
-        worker.stop()
-        api.stop()
+    with echo_stack(
+        stack, "batches", chat_wait_seconds="2",
+        image_fetch_allow_http="true", image_fetch_allowed_networks='["127.0.0.1/32"]',
+        webhook_secrets=json.dumps([SECRET]), webhook_allow_http="true",
+        webhook_allowed_networks=f'["{RECEIVER_HOST}/32"]', webhook_poll_seconds="0.2",
+    ) as echo, openai_client(echo.base, echo.stack.api_key) as client:
+        yield Bulk(**vars(echo), client=client)
 
 
 @pytest.fixture(scope="module")
@@ -94,38 +78,6 @@ def image_server() -> Iterator[str]:
     server.shutdown()
 
 
-def data_url(image: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(image).decode()
-
-
-def line(custom_id: str, model: str, image_url: str, prompt: str = "Describe it.",
-         **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": {
-        "model": model, "max_tokens": 8, **body,
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": prompt},
-            {"type": "image_url", "image_url": {"url": image_url}},
-        ]}],
-    }}
-
-
-def upload(client: OpenAI, lines: list[dict[str, Any]] | bytes) -> str:
-    content = lines if isinstance(lines, bytes) else "\n".join(
-        json.dumps(x) for x in lines).encode()
-    return client.files.create(file=("input.jsonl", content), purpose="batch").id
-
-
-def wait_batch(client: OpenAI, batch_id: str, statuses: set[str],
-               timeout: float = 120) -> openai.types.Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status}: {batch}"
-        time.sleep(0.3)
-
-
 def read_lines(client: OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
     if file_id is None:
         return {}
@@ -138,10 +90,8 @@ def read_lines(client: OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]
 
 def test_a_batch_runs_to_completion_with_every_kind_of_image(bulk: Bulk,
                                                             image_server: str) -> None:
-    settings = bulk.stack.settings
-    bucket = settings.store_url.removeprefix("s3://").partition("/")[0]
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    bucket, _ = store_location(bulk.stack.settings.store_url)
+    s3 = s3_client(bulk.stack.settings)
     # Outside the store's prefix: objects under it are vlmq's own and cannot be named.
     s3.put_object(Bucket=bucket, Key="refs/dog.png", Body=png_bytes(80, 60, seed=5))
     # A tenant names only the s3:// prefixes an operator allowed it.
@@ -314,8 +264,7 @@ def test_chat_completions_with_an_image(bulk: Bulk) -> None:
 
 
 def test_a_chat_completion_past_its_wait_names_its_job_and_is_not_retried(bulk: Bulk) -> None:
-    patient = OpenAI(base_url=f"{bulk.base}/v1", api_key=bulk.stack.api_key, max_retries=2,
-                     _strict_response_validation=True, timeout=60)
+    patient = openai_client(bulk.base, bulk.stack.api_key, max_retries=2)
     prompt = f"parked {uuid.uuid4().hex}"
     with patient, pytest.raises(openai.APIStatusError) as late:
         patient.chat.completions.create(

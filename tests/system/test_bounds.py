@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select
@@ -21,10 +20,10 @@ from sqlalchemy import Engine, func, select
 from api.routes.jobs import MAX_PAGE_BYTES
 from api.schemas.native import MAX_PARAMS_BYTES, GenerationParams
 from shared.chat import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
-from shared.db import make_engine
 from shared.models import Batch, Job, StoredFile
 from tests.helpers.images import png_bytes
 from tests.helpers.stack import Stack
+from tests.helpers.store import count_objects
 
 # An error message quotes at most ~64 characters of any value; with the text around it,
 # this is far above any honest message and far below the values sent here.
@@ -45,27 +44,12 @@ class Footprint:
 
 
 @pytest.fixture(scope="module")
-def db(stack: Stack) -> Iterator[Engine]:
-    engine = make_engine(stack.settings)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def footprint(stack: Stack, db: Engine) -> Callable[[], Footprint]:
-    s = stack.settings
-    s3 = boto3.client("s3", endpoint_url=s.s3_endpoint_url, region_name=s.s3_region,
-                      aws_access_key_id=s.s3_access_key_id,
-                      aws_secret_access_key=s.s3_secret_access_key)
-    bucket, prefix = s.store_url.removeprefix("s3://").split("/", 1)
-
+def footprint(stack: Stack, db_engine: Engine, s3: Any) -> Callable[[], Footprint]:
     def measure() -> Footprint:
-        with db.connect() as conn:
+        with db_engine.connect() as conn:
             counts = [conn.execute(select(func.count()).select_from(t)).scalar_one()
                       for t in (Job, Batch, StoredFile)]
-        objects = sum(page.get("KeyCount", 0) for page in
-                      s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
-        return Footprint(*counts, objects=objects)
+        return Footprint(*counts, objects=count_objects(s3, stack.settings.store_url))
 
     return measure
 

@@ -20,19 +20,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from vlmq.client import ApiError, AsyncClient, Client, verify_webhook
 
 from tests.helpers.images import png_bytes
-from tests.helpers.services import bearer, create_api_key, start_worker
+from tests.helpers.services import bearer, create_api_key
 from tests.helpers.stack import Stack
 
-# One model for this module's worker, so its jobs are its own.
+# This module's own model, served by the `echo_worker` fixture.
 MODEL = f"client-echo-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module")
-def echo_worker(stack: Stack) -> Iterator[None]:
-    st = stack.with_env(model=MODEL, engine="echo")
-    worker = start_worker(st.env, st.log_dir, name=f"worker-{MODEL}")
-    yield
-    worker.stop()
 
 
 @pytest.fixture()

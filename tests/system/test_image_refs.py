@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import boto3
 import pytest
 from pydantic import ValidationError
 
@@ -36,8 +33,10 @@ from shared.net.image_refs import (
 from shared.settings import Settings
 from shared.timeutil import utcnow
 from tests.helpers.images import png_bytes
+from tests.helpers.loopback_http import LoopbackServer, ScriptedHandler, closed_port, drip, running
 from tests.helpers.services import start_worker
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import store_location
 from worker.image_fetch import MAX_REDIRECTS, ImageFetcher, ImageFetchError
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -145,67 +144,24 @@ def test_allowed_networks_must_be_networks() -> None:
 Route = Callable[["_Handler"], None]
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LoopbackServer):
     daemon_threads = True
 
     def __init__(self, host: str, routes: dict[str, Route]) -> None:
-        super().__init__((host, 0), _Handler)
+        super().__init__(host, _Handler)
         self.routes = routes
-        self.connections = 0
-        self.release = threading.Event()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def url(self, path: str) -> str:
-        return f"http://{self.server_address[0]}:{self.port}{path}"
-
-    def verify_request(self, request: object, client_address: object) -> bool:
-        self.connections += 1
-        return True
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(ScriptedHandler):
     server: _Server
 
     def do_GET(self) -> None:
         route = self.server.routes.get(self.path)
-        try:
-            if route is None:
-                self.reply(404, b"no such image")
-            else:
-                route(self)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client stopped reading, as it is meant to
-        self.close_connection = True
-
-    def reply(self, status: int, body: bytes = b"", **headers: str) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(route or (lambda h: h.reply(404, b"no such image")))
 
 
-@contextmanager
-def serve(routes: dict[str, Route], host: str = "127.0.0.1") -> Iterator[_Server]:
-    server = _Server(host, routes)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def serve(routes: dict[str, Route], host: str = "127.0.0.1") -> AbstractContextManager[_Server]:
+    return running(_Server(host, routes))
 
 
 def image(data: bytes) -> Route:
@@ -235,16 +191,6 @@ def stream_without_length(total: int) -> Route:
             sent += len(chunk)
 
     return route
-
-
-def drip(h: _Handler) -> None:
-    h.send_response(200)
-    h.send_header("Content-Length", "100000")
-    h.end_headers()
-    h.wfile.flush()
-    while not h.server.release.wait(0.05):
-        h.wfile.write(b".")
-        h.wfile.flush()
 
 
 def loopback_alias_available() -> bool:
@@ -327,7 +273,7 @@ def test_a_body_exactly_at_the_limit_is_read() -> None:
 
 
 def test_a_dripping_server_is_cut_off_at_the_deadline() -> None:
-    with serve({"/slow": drip}) as server:
+    with serve({"/slow": drip(100_000)}) as server:
         started = time.monotonic()
         failed = fetch_error(fetcher(image_fetch_timeout_seconds=0.6), server.url("/slow"))
         elapsed = time.monotonic() - started
@@ -346,24 +292,12 @@ def test_answers_are_final_or_retried_by_status(code: int, transient: bool) -> N
 
 
 def test_a_closed_port_is_retried() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    failed = fetch_error(fetcher(), f"http://127.0.0.1:{port}/a.png")
+    failed = fetch_error(fetcher(), f"http://127.0.0.1:{closed_port()}/a.png")
     assert (failed.code, failed.transient) == ("image_fetch_failed", True)
     assert "connection refused" in failed.message
 
 
 # -- through an echo worker ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3(stack: Stack) -> Any:
-    s = stack.settings
-    return boto3.client(
-        "s3", endpoint_url=s.s3_endpoint_url, region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key_id, aws_secret_access_key=s.s3_secret_access_key,
-    )
 
 
 def ensure_bucket(s3: Any, bucket: str) -> None:
@@ -413,7 +347,7 @@ def test_jobs_with_image_urls_through_an_echo_worker(stack: Stack, s3: Any) -> N
         retry_backoff_max_seconds="0.2",
     )
     limit = st.settings.max_upload_bytes
-    store_bucket = st.settings.store_url.removeprefix("s3://").split("/", 1)[0]
+    store_bucket, _ = store_location(st.settings.store_url)
     ensure_bucket(s3, store_bucket)
     ensure_bucket(s3, extra_bucket)
     picture = png_bytes(112, 84, seed=1)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from shared.net.urls import (
     forbidden_reason,
     resolve_webhook_url,
 )
+from tests.helpers.loopback_http import LoopbackServer, ScriptedHandler, closed_port, drip, running
 from worker.webhooks.sender import AttemptResult, parse_retry_after, post_webhook
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -41,71 +40,31 @@ class Recorded:
     body: bytes
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LoopbackServer):
     def __init__(self, respond: Respond, host: str = "127.0.0.1") -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, 0), _Handler)
+        super().__init__(host, _Handler)
         self.respond = respond
         self.requests: list[Recorded] = []
-        self.connections = 0
         self.sni_names: list[str | None] = []
-        # Set at shutdown so handlers that wait or drip end and their threads can be joined.
-        self.release = threading.Event()
-        self._count_lock = threading.Lock()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def verify_request(self, request: object, client_address: object) -> bool:
-        with self._count_lock:
-            self.connections += 1
-        return True
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(ScriptedHandler):
     server: _Server
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.requests.append(Recorded(self.path, dict(self.headers.items()), body))
-        try:
-            self.server.respond(self)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client stopped reading, as it is meant to
-        self.close_connection = True
-
-    def reply(self, status: int, body: bytes = b"", **headers: str) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(self.server.respond)
 
 
-@contextmanager
 def serve(
     respond: Respond, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
-) -> Iterator[_Server]:
+) -> AbstractContextManager[_Server]:
     server = _Server(respond, host)
     if tls is not None:
         tls.sni_callback = lambda _sock, name, _ctx: server.sni_names.append(name)
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()  # joins the handler threads
-        thread.join()
+    return running(server)
 
 
 def ok(handler: _Handler) -> None:
@@ -126,12 +85,6 @@ def post(target: ResolvedUrl, **kwargs: object) -> AttemptResult:
     options: dict[str, object] = {"timeout_seconds": 2.0, "max_response_bytes": 64 * 1024}
     options.update(kwargs)
     return post_webhook(target, b'{"event": "job.succeeded"}', {}, **options)  # type: ignore[arg-type]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- guard: refusals -----------------------------------------------------------------------
@@ -444,16 +397,7 @@ def test_slow_server_times_out() -> None:
 
 def test_dripping_server_is_cut_off_at_the_deadline() -> None:
     # Each byte arrives well within the per-read timeout; only the overall deadline stops it.
-    def drip(handler: _Handler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Length", "1000")
-        handler.end_headers()
-        handler.wfile.flush()
-        while not handler.server.release.wait(0.05):
-            handler.wfile.write(b".")
-            handler.wfile.flush()
-
-    with serve(drip) as server:
+    with serve(drip(1000)) as server:
         started = time.monotonic()
         result = post(pinned("hooks.example.test", server.port), timeout_seconds=0.6)
         elapsed = time.monotonic() - started

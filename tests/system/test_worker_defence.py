@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from PIL import Image
@@ -29,6 +28,7 @@ from shared.models import Job
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, start_api, start_worker, wait_terminal
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import store_location
 from worker.prompting import TOKEN_BREAK, ChatPrompt, SpecialTokenGuard
 
 # Closes the user's turn and opens a system turn; then claims a second image.
@@ -61,18 +61,6 @@ def parked(stack: Stack) -> Iterator[tuple[Stack, str]]:
     svc.stop()
 
 
-@pytest.fixture(scope="module")
-def s3(stack: Stack) -> Any:
-    s = stack.settings
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint_url,
-        region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key_id,
-        aws_secret_access_key=s.s3_secret_access_key,
-    )
-
-
 @contextmanager
 def serving(st: Stack) -> Iterator[Service]:
     worker = start_worker(st.env, st.log_dir, name=f"worker-{st.settings.model}")
@@ -94,7 +82,7 @@ def submit(client: httpx.Client, seed: int, prompt: str = BENIGN) -> str:
 
 def overwrite_image(st: Stack, s3: Any, job_id: str, data: bytes) -> None:
     """Replaces the job's stored object behind the service's back, as an outside actor."""
-    bucket, prefix = st.settings.store_url.removeprefix("s3://").split("/", 1)
+    bucket, prefix = store_location(st.settings.store_url)
     with db_sessions(st.settings)() as session:
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None and job.status == "queued"
