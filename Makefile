@@ -7,13 +7,17 @@ PYTEST_ARGS ?=
 # even on two cores; whole files go to one worker, as their fixtures are per module.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast bench soak soak-backfill lint
+.PHONY: install demo up test test-fast bench soak soak-backfill lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
 
 demo: install
 	$(VENV)/bin/vlmq demo
+
+# A local stack (API, worker, control process) until Ctrl-C; `vlmq up --help` for options.
+up: install
+	$(VENV)/bin/vlmq up
 
 test: install
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)

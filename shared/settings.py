@@ -18,6 +18,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import home
+
 _CONFIG = SettingsConfigDict(env_prefix="VLMQ_", extra="ignore")
 
 
@@ -28,7 +30,8 @@ class EngineKind(StrEnum):
     echo = "echo"
 
 
-# The defaults of the stores are the embedded, server-less setup of `vlmq demo`.
+# The defaults of the stores are the embedded, server-less setup of `vlmq up` and `vlmq demo`,
+# all under one folder, the vlmq home (shared/home.py: VLMQ_HOME, else the project's .vlmq).
 
 
 class DatabaseSettings(BaseSettings):
@@ -36,7 +39,7 @@ class DatabaseSettings(BaseSettings):
 
     model_config = _CONFIG
 
-    database_url: str = "sqlite:///./.vlmq/vlmq.db"
+    database_url: str = Field(default_factory=home.default_database_url)
 
 
 class BrokerSettings(BaseSettings):
@@ -45,7 +48,7 @@ class BrokerSettings(BaseSettings):
     model_config = _CONFIG
 
     broker_url: str = "filesystem://"
-    broker_folder: Path = Path(".vlmq/broker")
+    broker_folder: Path = Field(default_factory=home.default_broker_folder)
     queue_prefix: str = "vlmq"
 
     @property
@@ -62,7 +65,7 @@ class StoreSettings(BaseSettings):
 
     model_config = _CONFIG
 
-    store_url: str = "file://./.vlmq/objects"
+    store_url: str = Field(default_factory=home.default_store_url)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
@@ -76,7 +79,7 @@ class EngineSettings(BaseSettings):
     model_config = _CONFIG
 
     model: str = "tiny-qwen2-vl"
-    model_path: str = ".vlmq/models/tiny-qwen2-vl"
+    model_path: str = Field(default_factory=home.default_model_path)
     # vLLM is what the worker exists for; the others are chosen explicitly, never a fallback.
     engine: EngineKind = EngineKind.vllm
 

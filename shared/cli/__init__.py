@@ -12,6 +12,7 @@ from pathlib import Path
 from vlmq.backfill import cli as backfill_cli
 
 from shared.cli import keys as keys_cli
+from shared.cli import preflight
 from shared.settings import Settings
 
 
@@ -21,7 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "command", None):
         parser.print_help()
         raise SystemExit(2)
+    if args.command in _USE_THE_DATABASE:
+        preflight.migrated_database(args.command, Settings())
     args.run(args, extra)
+
+
+# Commands that need a migrated database; `migrate`, `up` and `demo` make it themselves.
+_USE_THE_DATABASE = frozenset({"api", "worker", "control", "webhooks", "keys"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         help="serve without basic auth when VLMQ_FLOWER_BASIC_AUTH is unset (local use only)",
     )
     flower.set_defaults(run=_flower)
+
+    up = sub.add_parser(
+        "up", help="run a local stack (migrate, API, worker, control process) until Ctrl-C")
+    up.add_argument("--port", type=int, default=None,
+                    help="the API's port (default: VLMQ_API_PORT, 8000)")
+    up.add_argument("--flower", action="store_true",
+                    help="also run the Flower dashboard (needs the Redis broker)")
+    up.add_argument("--flower-port", type=int, default=5555)
+    up.set_defaults(run=_up)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     migrate.set_defaults(run=_migrate)
@@ -113,8 +129,15 @@ def _flower(args: argparse.Namespace, extra: list[str]) -> None:
     auth = _flower_auth_args(settings.flower_basic_auth, no_auth=args.no_auth)
     # Not Flower's default of every interface: the dashboard is as private as the API.
     host = args.host or settings.api_host
-    _exec(["-m", "shared.cli.flower_server", f"--broker={settings.broker_url}", "flower",
-           f"--address={host}", f"--port={args.port}", *auth, *extra])
+    # vlmq's own Celery app, not a bare --broker: the folder broker needs its transport options.
+    folder: list[str] = []
+    if settings.broker_url.startswith("filesystem://"):
+        # The control process sends its events anyway. Flower's periodic "enable events"
+        # broadcast would leave a file every few seconds in each stopped worker's control
+        # queue, which the folder broker never expires.
+        folder = ["--enable_events=False"]
+    _exec(["-m", "shared.cli.flower_server", "-A", "shared.cli.flower_server:app", "flower",
+           f"--address={host}", f"--port={args.port}", *auth, *folder, *extra])
 
 
 def _flower_auth_args(credentials: list[str], *, no_auth: bool) -> list[str]:
@@ -137,7 +160,9 @@ def _flower_auth_args(credentials: list[str], *, no_auth: bool) -> list[str]:
 def _migrate(args: argparse.Namespace, extra: list[str]) -> None:
     from shared.migrate import upgrade_head
 
-    upgrade_head(Settings())
+    settings = Settings()
+    preflight.writable_database_folder("migrate", settings)
+    upgrade_head(settings)
     print("database is at the latest schema revision")
 
 
@@ -145,6 +170,12 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> None:
     from shared.devtools.demo import run_demo
 
     raise SystemExit(run_demo(n_images=args.images))
+
+
+def _up(args: argparse.Namespace, extra: list[str]) -> None:
+    from shared.devtools.up import run_up
+
+    raise SystemExit(run_up(args.port, args.flower, args.flower_port))
 
 
 def _make_test_model(args: argparse.Namespace, extra: list[str]) -> None:

@@ -2,49 +2,35 @@
 print results.
 
 With no `VLMQ_*` URLs set it needs no servers: SQLite, a local object folder and a
-folder-based broker. With them set it uses Postgres/Redis/S3 exactly the same way. The
-worker runs the configured engine (vLLM by default); the images are submitted at once so
-the engine runs them together, and the summary shows how many jobs shared each step.
+folder-based broker, under the vlmq home. With them set it uses Postgres/Redis/S3 exactly
+the same way. The worker runs the configured engine (vLLM by default); the images are
+submitted at once so the engine runs them together, and the summary shows how many jobs
+shared each step. The processes are the local stack of `vlmq up` (local_stack.py).
 """
 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import httpx
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.db import make_engine, make_session_factory
+from shared.devtools import local_stack
 from shared.migrate import upgrade_head
-from shared.settings import EngineKind, Settings
+from shared.settings import Settings
 from shared.tenancy import repo as tenancy_repo
 
 DEFAULT_IMAGES = 16
-_DEFAULT_MODEL_PATH = Settings.model_fields["model_path"].default
 # Short answers keep the demo quick; the batching is the same at any length.
 _MAX_TOKENS = 16
-_START_TIMEOUT_S = 300
-_PROGRESS_EVERY_S = 5.0
 _LONG_POLL_S = 5
-_STOP_TIMEOUT_S = 20
 _TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-# Set by the signal handler too: its KeyboardInterrupt can land inside a finalizer or
-# weakref callback, where Python prints and drops it, so the loops check this as well.
-_STOP_REQUESTED = threading.Event()
 
 
 @dataclass
@@ -56,15 +42,15 @@ class DemoRun:
 
 def run_demo(n_images: int = DEFAULT_IMAGES) -> int:
     user_settings = Settings()
-    defaults = _service_defaults(user_settings)
+    defaults = local_stack.service_defaults(user_settings)
     settings = Settings(**defaults)
     _say(f"database {settings.database_url} | broker {settings.broker_url} | "
          f"store {settings.store_url}")
     _say(f"engine {settings.engine.value} | model {settings.model} ({settings.model_path})")
     try:
-        with _stop_on_signals():
-            run = _run(settings, _child_env(defaults, settings), n_images)
-        if _STOP_REQUESTED.is_set():
+        with local_stack.stop_on_signals():
+            run = _run(settings, local_stack.child_env(defaults, settings), n_images)
+        if local_stack.STOP_REQUESTED.is_set():
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         _say("interrupted; services stopped")
@@ -75,52 +61,20 @@ def run_demo(n_images: int = DEFAULT_IMAGES) -> int:
     return 0 if all(j["status"] == "succeeded" for j in run.jobs) else 1
 
 
-def _service_defaults(settings: Settings) -> dict[str, object]:
-    """Settings the demo gives its services where the user has not chosen them."""
-    # The summary reads the worker's own count of jobs per engine step.
-    defaults: dict[str, object] = {"metrics_port": _free_port()}
-    if settings.engine == EngineKind.vllm and settings.model_path == _DEFAULT_MODEL_PATH:
-        # The bundled model is tiny: compiling it gains nothing, and on vLLM's CPU build the
-        # compilation (inductor) adds most of a minute to the engine's start.
-        defaults["enforce_eager"] = True
-    return {k: v for k, v in defaults.items() if k not in settings.model_fields_set}
-
-
-def _child_env(defaults: dict[str, object], settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.update({f"VLMQ_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
-                for k, v in defaults.items()})
-    if settings.model_path == _DEFAULT_MODEL_PATH:
-        # The bundled model is a local folder: nothing to ask a model hub, which a demo
-        # machine may not reach (lookups would stall on network timeouts).
-        env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
-
-
 def _run(settings: Settings, env: dict[str, str], n_images: int) -> DemoRun:
-    _ensure_model(settings)
+    local_stack.ensure_model(settings, _say)
     upgrade_head(settings)
     api_key = _demo_key(settings)
-    port = _free_port()
-    logs = Path(".vlmq/logs")
-    logs.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        stack.enter_context(_service("api", ["api", "--port", str(port)], logs, env))
-        stack.enter_context(_service("worker", ["worker"], logs, env))
-        # Sweeper and batch work (/v1/batches); its metrics stay off, as the worker's
-        # port is the one the summary reads.
-        stack.enter_context(_service("control", ["control"], logs,
-                                     {**env, "VLMQ_METRICS_PORT": "0"}))
-        base = f"http://127.0.0.1:{port}"
+    with local_stack.local_stack(settings, env, _say, "demo") as running:
         headers = {"Authorization": f"Bearer {api_key}"}
-        with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
-            _wait_ready(client)
-            _wait_worker(client, settings)
+        with httpx.Client(base_url=running.base, timeout=30, headers=headers) as client:
+            local_stack.wait_ready(client, running.logs, _say, "demo")
+            local_stack.wait_worker(client, settings, running.logs, _say, "demo")
             images = [sample_image(i) for i in range(n_images)]
             started = time.monotonic()
             ids = _submit_all(client, images)
             _say(f"submitted {len(ids)} jobs at once; waiting for results")
-            jobs = _wait_results(client, ids)
+            jobs = _wait_results(client, ids, running.logs)
             seconds = time.monotonic() - started
         return DemoRun(jobs, seconds, _worker_metrics(settings.metrics_port))
 
@@ -137,127 +91,8 @@ def _demo_key(settings: Settings) -> str:
     return key
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so the `with` blocks stop the child services.
-
-    After the first signal the rest are ignored: a second Ctrl-C must not cut the cleanup
-    short and leave the children running.
-    """
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        for sig in signals:
-            signal.signal(sig, signal.SIG_IGN)
-        _STOP_REQUESTED.set()
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
-
-
-def _ensure_model(settings: Settings) -> None:
-    """Only the default path is built here: any other path is the user's own model."""
-    if settings.model_path != _DEFAULT_MODEL_PATH:
-        return
-    from shared.devtools.tiny_model import MARKER, build_tiny_model
-
-    path = Path(settings.model_path)
-    if not (path / MARKER).exists():
-        _say(f"building the tiny random-weight test model in {path} (offline, a few seconds)")
-    build_tiny_model(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class _service:
-    """A `vlmq` sub-command run as a child process, logging to a file, stopped on exit.
-
-    Each child leads its own process group, so stopping it also stops anything it spawned
-    (engine processes), whatever way the demo ends.
-    """
-
-    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        _say(f"started {name} (pid {self.proc.pid}, log {self.log_path})")
-
-    def __enter__(self) -> _service:
-        _RUNNING.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _RUNNING.remove(self)
-        try:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _say(f"{self.name} did not stop in {_STOP_TIMEOUT_S}s; killing it")
-            self._signal(signal.SIGKILL)  # leftovers of the group, if any
-            self.proc.wait()
-        finally:
-            self.log.close()
-        _say(f"stopped {self.name}")
-
-    def _signal(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-_RUNNING: list[_service] = []
-
-
-def _check_children() -> None:
-    if _STOP_REQUESTED.is_set():
-        raise KeyboardInterrupt
-    for svc in _RUNNING:
-        if svc.proc.poll() is not None:
-            tail = svc.log_path.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"demo: {svc.name} exited with {svc.proc.returncode}:\n{tail}")
-
-
-def _wait_ready(client: httpx.Client) -> None:
-    start = time.monotonic()
-    deadline = start + _START_TIMEOUT_S
-    next_progress = start + _PROGRESS_EVERY_S
-    while time.monotonic() < deadline:
-        _check_children()
-        try:
-            if client.get("/readyz").status_code == 200:
-                _say("API is ready")
-                return
-        except httpx.TransportError:
-            pass
-        now = time.monotonic()
-        if now >= next_progress:
-            _say(f"waiting for the API to be ready ({now - start:.0f}s)")
-            next_progress = now + _PROGRESS_EVERY_S
-        time.sleep(0.3)
-    raise SystemExit("demo: the API did not become ready; see .vlmq/logs/api.log")
 
 
 def sample_image(i: int) -> bytes:
@@ -269,29 +104,6 @@ def sample_image(i: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _wait_worker(client: httpx.Client, settings: Settings) -> None:
-    """Waits until the worker has loaded its engine, so the timing measures inference only.
-
-    A worker registers (and `/v1/models` lists it) once its engine is resident.
-    """
-    start = time.monotonic()
-    next_progress = start + _PROGRESS_EVERY_S
-    _say(f"loading the {settings.engine.value} engine in the worker "
-         "(about a minute on a small CPU)")
-    while time.monotonic() < start + _START_TIMEOUT_S:
-        _check_children()
-        models = client.get("/v1/models").json()["data"]
-        if any(m["id"] == settings.model and m["workers"] for m in models):
-            _say(f"worker is ready ({time.monotonic() - start:.0f}s)")
-            return
-        now = time.monotonic()
-        if now >= next_progress:
-            _say(f"still loading the engine ({now - start:.0f}s; log .vlmq/logs/worker.log)")
-            next_progress = now + _PROGRESS_EVERY_S
-        time.sleep(0.3)
-    raise SystemExit("demo: the worker did not become ready; see .vlmq/logs/worker.log")
 
 
 def _submit_all(client: httpx.Client, images: list[bytes]) -> list[str]:
@@ -311,7 +123,7 @@ def _submit(client: httpx.Client, i: int, image: bytes) -> str:
     return resp.json()["id"]
 
 
-def _wait_results(client: httpx.Client, ids: list[str]) -> list[dict]:
+def _wait_results(client: httpx.Client, ids: list[str], logs: Path) -> list[dict]:
     """Long-polls each job in turn; they finish together, so the last answer is prompt."""
     start = time.monotonic()
     jobs: list[dict] = []
@@ -319,17 +131,17 @@ def _wait_results(client: httpx.Client, ids: list[str]) -> list[dict]:
         job = _long_poll(client, job_id)
         while job["status"] not in _TERMINAL:
             elapsed = time.monotonic() - start
-            if elapsed > _START_TIMEOUT_S:
-                raise SystemExit(f"demo: job {job_id} did not finish; see .vlmq/logs/worker.log")
+            if elapsed > local_stack.START_TIMEOUT_S:
+                raise SystemExit(f"demo: job {job_id} did not finish; see {logs / 'worker.log'}")
             _say(f"{len(jobs)} of {len(ids)} jobs finished after {elapsed:.0f}s "
-                 f"(worker log: .vlmq/logs/worker.log)")
+                 f"(worker log: {logs / 'worker.log'})")
             job = _long_poll(client, job_id)
         jobs.append(job)
     return jobs
 
 
 def _long_poll(client: httpx.Client, job_id: str) -> dict:
-    _check_children()
+    local_stack.check_children("demo")
     resp = client.get(f"/v1/jobs/{job_id}", params={"wait": _LONG_POLL_S})
     resp.raise_for_status()
     return resp.json()
@@ -376,6 +188,7 @@ def _print_summary(run: DemoRun, settings: Settings) -> None:
 def _print_next_steps() -> None:
     print(
         "\nThe demo model has random weights, so its text is noise. Next steps:\n"
+        "  local stack:  vlmq up (API, worker, control process until Ctrl-C; prints the key)\n"
         "  real model:   VLMQ_MODEL=Qwen2-VL-2B-Instruct VLMQ_MODEL_PATH=/models/Qwen2-VL-2B-Instruct\n"
         "  on a GPU:     pip install -e '.[gpu]' (CUDA vLLM); VLMQ_ENGINE=vllm is the default\n"
         "  more images:  vlmq demo --images 64 (bigger batches per engine step)\n"

@@ -86,9 +86,10 @@ def test_demo_embedded_default_path(workdir: Path, reap: dict[str, int]) -> None
     assert proc.returncode == 0, out + proc.stderr
 
     # Server-less defaults, all under the working directory; vLLM is the engine.
-    assert "database sqlite:///./.vlmq/vlmq.db" in out
+    home = workdir / ".vlmq"
+    assert f"database sqlite:///{home / 'vlmq.db'}" in out
     assert "broker filesystem://" in out
-    assert "store file://./.vlmq/objects" in out
+    assert f"store file://{home / 'objects'}" in out
     assert "engine vllm" in out
     assert (workdir / ".vlmq" / "vlmq.db").is_file()
     assert len([p for p in (workdir / ".vlmq" / "objects").rglob("*") if p.is_file()]) == 8

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vlmq.backfill.cli import ENVIRONMENT as CLIENT_ENVIRONMENT
 
+from shared.home import HOME_VARIABLE
 from shared.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -20,7 +21,8 @@ def test_every_setting_is_documented() -> None:
 
 def test_every_documented_variable_is_a_setting() -> None:
     # The client's command reads a few variables itself (VLMQ_API_KEY is its alone).
-    known = {f"VLMQ_{name.upper()}" for name in Settings.model_fields} | set(CLIENT_ENVIRONMENT)
+    known = ({f"VLMQ_{name.upper()}" for name in Settings.model_fields}
+             | set(CLIENT_ENVIRONMENT) | {HOME_VARIABLE})
     unknown = sorted(set(re.findall(r"\bVLMQ_[A-Z0-9_]+", README)) - known)
     assert not unknown, f"neither fields of Settings nor read by vlmq-backfill: {unknown}"
 
@@ -32,6 +34,6 @@ def test_every_client_variable_is_documented() -> None:
 
 def test_readme_commands_are_make_targets() -> None:
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
-    for target in ("demo", "test", "bench", "lint"):
+    for target in ("demo", "up", "test", "bench", "lint"):
         assert f"make {target}" in README
         assert re.search(rf"^{target}:", makefile, re.M), f"Makefile has no {target} target"

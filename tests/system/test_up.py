@@ -1,0 +1,147 @@
+"""`vlmq up` runs the embedded default as a local stack in one command, and every command
+finds the project's state from any folder inside it, or says in one line what is wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers.images import png_bytes
+from tests.helpers.services import free_port
+
+CLI = [sys.executable, "-m", "shared.cli"]
+KEY = re.compile(r"export VLMQ_API_KEY=(vlmq_\S+)")
+STARTED = re.compile(r"started (\w+) \(pid (\d+)")
+
+
+def plain_env(**vlmq: str) -> dict[str, str]:
+    """The caller's environment without any VLMQ_* setting: the defaults apply."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    env.update({f"VLMQ_{k.upper()}": v for k, v in vlmq.items()})
+    return env
+
+
+@pytest.fixture()
+def project(tmp_path: Path, tiny_model: Path) -> Path:
+    """A fresh project folder whose default model path already holds the test model."""
+    models = tmp_path / ".vlmq" / "models"
+    models.mkdir(parents=True)
+    (models / "tiny-qwen2-vl").symlink_to(tiny_model.resolve(), target_is_directory=True)
+    return tmp_path
+
+
+def start_up(project: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`vlmq up` on the echo engine (the stack is what is tested, not the engine), read
+    until it says it is ready."""
+    proc = subprocess.Popen([*CLI, "up", "--port", str(port)], cwd=project,
+                            env=plain_env(engine="echo"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("ready:") or time.monotonic() > deadline:
+            break
+    assert any(line.startswith("ready:") for line in lines), "".join(lines)
+    return proc, lines
+
+
+def stop_up(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return rest
+
+
+def test_up_serves_until_ctrl_c_and_keeps_its_key(project: Path) -> None:
+    port = free_port()
+    proc, lines = start_up(project, port)
+    out = "".join(lines)
+    pids = {name: int(pid) for name, pid in STARTED.findall(out)}
+    try:
+        assert set(pids) == {"api", "worker", "control"}, out
+        key = KEY.search(out)
+        assert key, out
+        assert f"http://127.0.0.1:{port}" in out and f"logs     {project / '.vlmq' / 'logs'}" in out
+        # "ready" means a job submitted now runs.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {key.group(1)}"}) as client:
+            job = client.post("/v1/jobs", data={"prompt": "Up?"},
+                              files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
+            done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", done
+    finally:
+        rest = stop_up(proc)
+    assert proc.returncode == 0, out + rest
+    assert "Traceback" not in rest and "stopped api" in rest, rest
+    for pid in pids.values():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+    # The key is saved owner-only in the home and given again on the next run.
+    key_file = project / ".vlmq" / "api-key"
+    assert key_file.read_text().strip() == key.group(1)
+    assert key_file.stat().st_mode & 0o077 == 0
+    proc, lines = start_up(project, free_port())
+    stop_up(proc)
+    assert f"export VLMQ_API_KEY={key.group(1)}" in "".join(lines)
+
+
+def test_commands_find_the_project_home_from_any_folder_inside_it(project: Path) -> None:
+    env = plain_env()
+    subprocess.run([*CLI, "migrate"], cwd=project, env=env, check=True, timeout=120,
+                   capture_output=True)
+    deep = project / "src" / "deeper"
+    deep.mkdir(parents=True)
+    made = subprocess.run([*CLI, "keys", "create", "--tenant", "anywhere"], cwd=deep, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([*CLI, "keys", "list"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "anywhere" in listed.stdout + listed.stderr
+    assert not (deep / ".vlmq").exists()
+
+
+def test_a_missing_database_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    for command in (["api"], ["worker"], ["control"], ["keys", "list"]):
+        run = subprocess.run([*CLI, *command], cwd=tmp_path, env=plain_env(),
+                             capture_output=True, text=True, timeout=60)
+        err = run.stderr.strip()
+        assert run.returncode != 0, command
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        assert "no database at" in err and "vlmq migrate" in err, err
+        assert str(tmp_path / ".vlmq") in err, err
+
+
+def test_an_unwritable_home_is_one_line_naming_it(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    run = subprocess.run([*CLI, "migrate"], cwd=tmp_path,
+                         env=plain_env(home=str(blocked / "home")),
+                         capture_output=True, text=True, timeout=60)
+    err = run.stderr.strip()
+    assert run.returncode != 0
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"VLMQ_HOME={blocked / 'home'}" in err, err
+
+
+def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    (tmp_path / ".vlmq").mkdir()
+    (tmp_path / ".vlmq" / "vlmq.db").write_bytes(b"")
+    run = subprocess.run([*CLI, "keys", "list"], cwd=tmp_path, env=plain_env(),
+                         capture_output=True, text=True, timeout=60)
+    err = run.stderr.strip()
+    assert run.returncode != 0 and "Traceback" not in err, err
+    assert "no vlmq schema yet; run `vlmq migrate`" in err, err
