@@ -1,11 +1,13 @@
 """`vlmq flower` must come up on the real Redis broker, since docker-compose runs it that way,
-and behind the basic auth compose gives it."""
+and behind the basic auth compose gives it; and on the embedded folder broker, the default."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +81,73 @@ def test_flower_stops_on_terminate(flower: tuple[Service, str]) -> None:
     svc, _ = flower
     svc.proc.terminate()
     assert svc.proc.wait(timeout=30) is not None
+
+
+def _folder_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
+    env["VLMQ_HOME"] = str(work)
+    env["VLMQ_BROKER_URL"] = "filesystem://"
+    # Relative, as a user in their own folder writes it: resolved against Flower's folder.
+    env["VLMQ_BROKER_FOLDER"] = "broker"
+    env["VLMQ_FLOWER_BASIC_AUTH"] = f'["{AUTH[0]}:{AUTH[1]}"]'
+    return env
+
+
+def _start_folder_flower(work: Path, name: str) -> tuple[Service, str]:
+    port = free_port()
+    svc = Service(name, ["flower", "--port", str(port)], _folder_env(work), work, cwd=work)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthcheck", svc.proc, timeout=60)
+    return svc, base
+
+
+def _event_queues(work: Path) -> list[str]:
+    table = work / "broker" / "control" / "celeryev.exchange"
+    if not table.exists():
+        return []
+    return [queue for _, _, queue in json.loads(table.read_text())]
+
+
+def test_flower_serves_on_the_folder_broker(tmp_path: Path) -> None:
+    """The embedded default: Flower reads the same folder as the API and workers and captures
+    events from it, instead of looking for ./data_in every second."""
+    svc, base = _start_folder_flower(tmp_path, "flower-folder")
+    try:
+        for page in ("/", "/workers", "/tasks", "/api/workers", "/api/tasks"):
+            response = httpx.get(f"{base}{page}", auth=AUTH, timeout=30)
+            assert response.status_code == 200, (page, svc.log_text()[-2000:])
+        assert httpx.get(f"{base}/", timeout=30).status_code == 401
+        time.sleep(4)  # event capture retries every second or so when it fails
+        log = svc.log_text()
+        assert "Failed to capture events" not in log and "data_in" not in log, log[-2000:]
+        assert "Broker: filesystem://" in log
+        # Its event queue lives in the configured folder, not ./data_in or ./control.
+        assert any(q.startswith("celeryev.flower-") for q in _event_queues(tmp_path))
+        assert not (tmp_path / "data_in").exists() and not (tmp_path / "control").exists()
+    finally:
+        svc.stop()
+    # The folder broker never expires a queue: one left bound would collect every later
+    # event as a file nobody reads.
+    assert _event_queues(tmp_path) == []
+
+
+def test_flower_drops_the_event_queue_a_killed_flower_left(tmp_path: Path) -> None:
+    killed, _ = _start_folder_flower(tmp_path, "flower-killed")
+    deadline = time.monotonic() + 30
+    while not _event_queues(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _event_queues(tmp_path)
+    assert len(left) == 1
+    killed.kill()
+    assert _event_queues(tmp_path) == left  # a SIGKILL leaves it behind
+    svc, _ = _start_folder_flower(tmp_path, "flower-next")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            queues = _event_queues(tmp_path)
+            if left[0] not in queues and len(queues) == 1:
+                break
+            time.sleep(0.2)
+        assert left[0] not in queues and len(queues) == 1, queues
+    finally:
+        svc.stop()
