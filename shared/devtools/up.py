@@ -8,6 +8,8 @@ under the vlmq home's logs/ folder.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import time
@@ -26,6 +28,8 @@ from shared.tenancy import repo as tenancy_repo
 TENANT = "local"
 # The key of tenant `local`, kept so every `vlmq up` in a project gives the same one.
 KEY_FILE = "api-key"
+# The webhook signing secret, kept so receivers keep verifying across runs.
+SECRET_FILE = "webhook-secret"
 
 
 def _say(msg: str) -> None:
@@ -37,25 +41,40 @@ def run_up(port: int | None, flower: bool, flower_port: int) -> int:
     defaults = local_stack.service_defaults(user_settings)
     port = port or user_settings.api_port
     defaults["api_port"] = port
-    if flower and not user_settings.flower_basic_auth:
-        defaults["flower_basic_auth"] = f'["local:{secrets.token_urlsafe(12)}"]'
-    settings = Settings(**{k: v for k, v in defaults.items() if k != "flower_basic_auth"})
+    settings = Settings(**defaults)
     if flower and settings.broker_url.startswith("filesystem"):
         raise SystemExit("vlmq up: Flower reads Celery's events, which the folder broker does not "
                          "carry; set VLMQ_BROKER_URL=redis://… for --flower")
     preflight.writable_database_folder("up", settings)
+    # Settings every process must read alike: the API accepts a webhook URL only where
+    # the control process can sign and send its events, so both get the same secret.
+    shared_env: dict[str, str] = {}
+    if not user_settings.webhook_secrets:
+        shared_env["VLMQ_WEBHOOK_SECRETS"] = json.dumps([local_webhook_secret()])
+    if flower and not user_settings.flower_basic_auth:
+        shared_env["VLMQ_FLOWER_BASIC_AUTH"] = json.dumps([f"local:{secrets.token_urlsafe(12)}"])
+    env = {**local_stack.child_env(defaults, settings), **shared_env}
     _say(f"home {home.vlmq_home()}")
     _say(f"database {settings.database_url} | broker {settings.broker_url} | "
          f"store {settings.store_url}")
     _say(f"engine {settings.engine.value} | model {settings.model} ({settings.model_path})")
     try:
         with local_stack.stop_on_signals():
-            _run(settings, local_stack.child_env(defaults, settings), port,
-                 flower_port if flower else None)
+            _run(settings, env, port, flower_port if flower else None)
     except KeyboardInterrupt:
         _say("stopped")
-        return 0
     return 0
+
+
+def local_webhook_secret() -> str:
+    """The stack's webhook signing secret: the saved one, else a new one, saved."""
+    path = home.vlmq_home() / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    secret = f"whsec_{base64.b64encode(secrets.token_bytes(32)).decode()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, secret + "\n")
+    return secret
 
 
 def _run(settings: Settings, env: dict[str, str], port: int, flower_port: int | None) -> None:
@@ -109,9 +128,16 @@ def _print_ready(running: local_stack.Running, key: str, env: dict[str, str],
         f"key      export VLMQ_API_KEY={key}",
         f"logs     {running.logs}",
     ]
+    webhook_secrets = json.loads(env.get("VLMQ_WEBHOOK_SECRETS") or "[]")
+    if webhook_secrets:
+        saved = home.vlmq_home() / SECRET_FILE
+        where = f", saved in {saved}" if saved.exists() else ""
+        lines.append(f"webhooks signed with {webhook_secrets[0]}{where}")
+        lines.append("         (a receiver on this machine also needs VLMQ_WEBHOOK_ALLOW_HTTP=true "
+                     "and VLMQ_WEBHOOK_ALLOWED_NETWORKS='[\"127.0.0.1/32\"]')")
     if flower_port:
-        auth = env.get("VLMQ_FLOWER_BASIC_AUTH", "").strip('[]"')
-        lines.append(f"Flower   http://127.0.0.1:{flower_port}  (user:password {auth})")
+        auth = json.loads(env.get("VLMQ_FLOWER_BASIC_AUTH") or "[]")
+        lines.append(f"Flower   http://127.0.0.1:{flower_port}  (user:password {auth[0]})")
     print("\n" + "\n".join(lines), flush=True)
     print(f"\nready: a job submitted now runs at once, e.g.\n"
           f"  curl -s -H \"Authorization: Bearer $VLMQ_API_KEY\" -F image=@examples/cat.png "

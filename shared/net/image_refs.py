@@ -42,6 +42,7 @@ IMAGE_URL = UrlKind(
     noun="image URL",
     host_noun="image host",
     allow_http_setting="VLMQ_IMAGE_FETCH_ALLOW_HTTP",
+    allowed_networks_setting="VLMQ_IMAGE_FETCH_ALLOWED_NETWORKS",
     refused=ImageUrlRefused,
     unresolved=ImageHostUnresolved,
 )

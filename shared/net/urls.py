@@ -61,6 +61,8 @@ class UrlKind:
     noun: str  # "webhook URL"
     host_noun: str  # "webhook host"
     allow_http_setting: str  # the variable named when http is refused
+    # The variable named when a private, loopback or link-local address is refused.
+    allowed_networks_setting: str
     refused: type[InvalidInput]
     # Raised when the host name does not resolve: unlike a refusal, this may pass later.
     unresolved: type[InvalidInput]
@@ -70,6 +72,7 @@ WEBHOOK_URL = UrlKind(
     noun="webhook URL",
     host_noun="webhook host",
     allow_http_setting="VLMQ_WEBHOOK_ALLOW_HTTP",
+    allowed_networks_setting="VLMQ_WEBHOOK_ALLOWED_NETWORKS",
     refused=WebhookUrlRefused,
     unresolved=WebhookUrlRefused,
 )
@@ -221,7 +224,8 @@ def _refuse_forbidden(
         via = "" if via_host is None else f"{via_host} resolves to "
         raise kind.refused(
             f"{kind.noun} is refused: {via}{reason}, which is not a public address; "
-            f"{_PUBLIC_HINT}"
+            f"{_PUBLIC_HINT}, or (local development only) have the operator add its network "
+            f"to {kind.allowed_networks_setting}, e.g. '[\"{address}/{address.max_prefixlen}\"]'"
         )
 
 

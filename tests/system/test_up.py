@@ -83,6 +83,17 @@ def test_up_serves_until_ctrl_c_and_keeps_its_key(project: Path) -> None:
                               files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
             done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
         assert done["status"] == "succeeded", done
+        # The API and the control process got the same signing secret: a webhook URL is
+        # taken, and its events will be signed and sent. (An address literal: this machine
+        # may resolve no names.)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {key.group(1)}"}) as client:
+            hooked = client.post("/v1/jobs", files={"image": ("a.png", png_bytes(32, 32),
+                                                              "image/png")},
+                                 data={"prompt": "Hook?", "webhook_url": "https://93.184.215.14/h"})
+        assert hooked.status_code == 202, hooked.text
+        control_log = (project / ".vlmq" / "logs" / "control.log").read_text()
+        assert "webhook delivery is off" not in control_log
     finally:
         rest = stop_up(proc)
     assert proc.returncode == 0, out + rest
@@ -97,6 +108,9 @@ def test_up_serves_until_ctrl_c_and_keeps_its_key(project: Path) -> None:
     proc, lines = start_up(project, free_port())
     stop_up(proc)
     assert f"export VLMQ_API_KEY={key.group(1)}" in "".join(lines)
+    secret = (project / ".vlmq" / "webhook-secret").read_text().strip()
+    assert secret.startswith("whsec_") and f"webhooks signed with {secret}" in out
+    assert f"webhooks signed with {secret}" in "".join(lines)
 
 
 def test_commands_find_the_project_home_from_any_folder_inside_it(project: Path) -> None:

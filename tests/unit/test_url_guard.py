@@ -247,3 +247,24 @@ def test_check_public_url_leaves_names_unresolved() -> None:
     with pytest.raises(WebhookUrlRefused, match="must use https"):
         check_public_url("http://internal.example.test/x", WEBHOOK_URL, allow_http=False,
                          allowed_networks=[])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("url", "answer", "network"), [
+    ("https://127.0.0.1/hook", None, "127.0.0.1/32"),
+    ("https://[::1]/hook", None, "::1/128"),
+    ("https://intranet.example/hook", "10.1.2.3", "10.1.2.3/32"),
+])
+def test_a_private_address_refusal_names_the_setting_that_allows_it(
+    kind: UrlKind, url: str, answer: str | None, network: str
+) -> None:
+    resolver = answers(answer) if answer else no_dns
+    with pytest.raises(kind.refused) as refused:
+        resolve_public_url(url, kind, allow_http=False, allowed_networks=[], resolver=resolver)
+    message = str(refused.value)
+    assert kind.allowed_networks_setting in message, message
+    assert f'["{network}"]' in message, message
+    # ... and that setting, with that value, is what lets the same URL through.
+    allowed = resolve_public_url(url, kind, allow_http=False, allowed_networks=[network],
+                                 resolver=resolver)
+    assert allowed.address == network.split("/")[0]
