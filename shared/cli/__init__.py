@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None,
                     help="the API's port (default: VLMQ_API_PORT, 8000)")
     up.add_argument("--flower", action="store_true",
-                    help="also run the Flower dashboard (needs the Redis broker)")
+                    help="also run the Flower dashboard (basic auth; printed at start)")
     up.add_argument("--flower-port", type=int, default=5555)
     up.set_defaults(run=_up)
 

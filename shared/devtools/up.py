@@ -42,9 +42,6 @@ def run_up(port: int | None, flower: bool, flower_port: int) -> int:
     port = port or user_settings.api_port
     defaults["api_port"] = port
     settings = Settings(**defaults)
-    if flower and settings.broker_url.startswith("filesystem"):
-        raise SystemExit("vlmq up: Flower reads Celery's events, which the folder broker does not "
-                         "carry; set VLMQ_BROKER_URL=redis://… for --flower")
     preflight.writable_database_folder("up", settings)
     # Settings every process must read alike: the API accepts a webhook URL only where
     # the control process can sign and send its events, so both get the same secret.

@@ -39,10 +39,10 @@ def project(tmp_path: Path, tiny_model: Path) -> Path:
     return tmp_path
 
 
-def start_up(project: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def start_up(project: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
     """`vlmq up` on the echo engine (the stack is what is tested, not the engine), read
     until it says it is ready."""
-    proc = subprocess.Popen([*CLI, "up", "--port", str(port)], cwd=project,
+    proc = subprocess.Popen([*CLI, "up", "--port", str(port), *args], cwd=project,
                             env=plain_env(engine="echo"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -159,3 +159,30 @@ def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
     err = run.stderr.strip()
     assert run.returncode != 0 and "Traceback" not in err, err
     assert "no vlmq schema yet; run `vlmq migrate`" in err, err
+
+
+def test_up_with_flower_on_the_folder_broker(project: Path) -> None:
+    flower_port = free_port()
+    proc, lines = start_up(project, free_port(), "--flower", "--flower-port", str(flower_port))
+    out = "".join(lines)
+    try:
+        shown = re.search(rf"Flower   http://127.0.0.1:{flower_port}  \(user:password (\S+)\)",
+                          out)
+        assert shown, out
+        user, password = shown.group(1).split(":", 1)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{flower_port}/workers", auth=(user, password))
+                if page.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Flower did not answer"
+            time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{flower_port}/workers").status_code == 401
+    finally:
+        rest = stop_up(proc)
+    assert proc.returncode == 0 and "stopped flower" in rest, out + rest
+    flower_log = (project / ".vlmq" / "logs" / "flower.log").read_text()
+    assert "Failed to capture events" not in flower_log
