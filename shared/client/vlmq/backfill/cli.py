@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from vlmq.backfill import sources
-from vlmq.backfill.runner import Backfill, Plan, Tally
+from vlmq.backfill.runner import STOP_GRACE_SECONDS, Backfill, Plan, Tally
 from vlmq.client.client import Client
 
 # Every variable this command reads; the README documents each (tests/test_readme.py).
@@ -28,6 +31,11 @@ ENVIRONMENT = ("VLMQ_API_KEY", "VLMQ_API_HOST", "VLMQ_API_PORT", "VLMQ_S3_ENDPOI
 _HELP = ("run a folder, glob, s3:// prefix or manifest of images through a vlmq server into "
          "one output file (resumable)")
 _FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "seed", "priority")
+# The shell's status for a command ended by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
+STOP_LINE = (f"Stopping: nothing more is submitted; waiting up to {STOP_GRACE_SECONDS:g} s for "
+             "jobs in flight (Ctrl-C again to quit now). To resume, run the same command "
+             "again: it skips what is done.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,27 +96,76 @@ def _backfill(args: argparse.Namespace, extra: list[str]) -> None:
             raise SystemExit("vlmq backfill: give --prompt or --prompt-file")
         plan = Plan(prompt=prompt or "", fields=fields, out=args.out, csv=args.csv,
                     max_in_flight=args.max_in_flight, retry_failed=args.retry_failed)
-        total = None if args.source.startswith("s3://") else sum(
-            1 for _ in sources.items(args.source, s3))
         console = Console(stderr=True)
         backfill = Backfill(client, plan, args.source)
-        items = sources.items(args.source, s3)
-        if args.quiet:
-            last = [0.0]
+        with _CtrlC(backfill, console):
+            total = None if args.source.startswith("s3://") else _count(
+                sources.items(args.source, s3), backfill)
+            items = sources.items(args.source, s3)
+            if args.quiet:
+                last = [0.0]
 
-            def report(tally: Tally) -> None:
-                if time.monotonic() - last[0] >= 10:
-                    last[0] = time.monotonic()
-                    console.print(_status_line(tally, total), highlight=False)
+                def report(tally: Tally) -> None:
+                    if time.monotonic() - last[0] >= 10:
+                        last[0] = time.monotonic()
+                        console.print(_status_line(tally, total), highlight=False)
 
-            backfill.on_change = report
-            tally = backfill.run(items)
-        else:
-            with Live(console=console, refresh_per_second=4) as live:
-                backfill.on_change = lambda t: live.update(_status_line(t, total))
+                backfill.on_change = report
                 tally = backfill.run(items)
-    console.print(_summary(tally, args.out))
+            else:
+                # The display reads the counters when it redraws: workers pushing lines from
+                # several threads could leave an older line on screen after a newer one.
+                with Live(console=console, refresh_per_second=4,
+                          get_renderable=lambda: _status_line(backfill.snapshot(), total)):
+                    tally = backfill.run(items)
+                if not console.is_terminal:  # Live ends its last line only on a terminal
+                    console.line()
+            console.print(_summary(tally, args.out, stopped=backfill.stopping))
+    if backfill.stopping:
+        raise SystemExit(INTERRUPTED)
     raise SystemExit(1 if tally.failed else 0)
+
+
+class _CtrlC:
+    """SIGINT while the backfill runs: the first stops it (one line says how to resume),
+    a second leaves at once. Without this, Ctrl-C raised KeyboardInterrupt in the main
+    thread, which then waited on every worker's long poll before printing a traceback."""
+
+    def __init__(self, backfill: Backfill, console: Console) -> None:
+        self.backfill = backfill
+        self.console = console
+        self.previous: Any = None
+
+    def __enter__(self) -> None:
+        # signal.signal works only in the main thread; elsewhere Ctrl-C is the caller's.
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.backfill.stopping:
+            # Every line written so far is flushed, and a torn last line is dropped by the
+            # rerun, as after kill -9; so leaving without unwinding loses nothing.
+            if self.console.is_terminal:
+                self.console.show_cursor(True)
+                self.console.file.write("\n")
+            self.console.file.flush()
+            os._exit(INTERRUPTED)
+        self.backfill.stop()
+        self.console.print(STOP_LINE, soft_wrap=True, highlight=False, markup=False)
+
+
+def _count(items: Iterable[sources.Item], backfill: Backfill) -> int:
+    # A big folder takes a while to walk; Ctrl-C meanwhile should not wait for the end.
+    n = 0
+    for _ in items:
+        if backfill.stopping:
+            break
+        n += 1
+    return n
 
 
 def _status_line(tally: Tally, total: int | None) -> str:
@@ -118,19 +175,20 @@ def _status_line(tally: Tally, total: int | None) -> str:
         left = total - tally.skipped - done
         eta = str(timedelta(seconds=int(max(left, 0) / tally.rate)))
     of = f" of {total}" if total is not None else ""
-    return (f"submitted {tally.submitted} | running {tally.running} | done {done}{of} "
-            f"(failed {tally.failed}, skipped {tally.skipped}) | "
+    return (f"submitted {tally.submitted} | resumed {tally.resumed} | running {tally.running} "
+            f"| done {done}{of} (failed {tally.failed}, skipped {tally.skipped}) | "
             f"{tally.rate:.1f} images/s | ETA {eta}")
 
 
-def _summary(tally: Tally, out: Path) -> Table:
-    table = Table(title=f"vlmq backfill -> {out}")
-    for column in ("skipped (done before)", "submitted", "succeeded", "failed", "seconds",
-                   "images/s"):
+def _summary(tally: Tally, out: Path, stopped: bool = False) -> Table:
+    title = f"vlmq backfill -> {out}" + (" (stopped; rerun to resume)" if stopped else "")
+    table = Table(title=title)
+    for column in ("skipped (done before)", "resumed", "submitted", "succeeded", "failed",
+                   "seconds", "images/s"):
         table.add_column(column, justify="right")
-    table.add_row(str(tally.skipped), str(tally.submitted), str(tally.succeeded),
-                  str(tally.failed), f"{time.monotonic() - tally.started:.1f}",
-                  f"{tally.rate:.2f}")
+    table.add_row(str(tally.skipped), str(tally.resumed), str(tally.submitted),
+                  str(tally.succeeded), str(tally.failed),
+                  f"{time.monotonic() - tally.started:.1f}", f"{tally.rate:.2f}")
     return table
 
 
