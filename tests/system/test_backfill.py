@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from vlmq.backfill.runner import OUTPUT_COLUMNS
 from vlmq.client import Client
 
 from tests.helpers.images import png_bytes
@@ -76,10 +78,10 @@ def test_a_manifest_gives_each_line_its_prompt(
     out = tmp_path / "out.csv"
     run = backfill(stack, api, str(manifest), "--out", str(out), "--csv")
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = out.read_text().splitlines()
-    assert len(rows) == 3
+    header, *rows = list(csv.reader(out.read_text().splitlines()))
+    assert header == list(OUTPUT_COLUMNS) and len(rows) == 3
     with Client(api, stack.api_key) as client:
-        prompts = {client.get(row.split(",")[1]).prompt for row in rows}
+        prompts = {client.get(row[header.index("job_id")]).prompt for row in rows}
     assert prompts == {"question 0", "question 1", "question 2"}
 
 
