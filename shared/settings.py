@@ -107,6 +107,9 @@ class EngineSettings(BaseSettings):
     cpu_kvcache_gib: int = 1
     # The echo engine plays engine failures for prompts marked [echo:crash] / [echo:hang].
     echo_faults: bool = False
+    # Above 0 the echo engine simulates a GPU engine: steps of this many milliseconds, at
+    # most max_num_seqs sequences, each finishing after its max_tokens steps.
+    echo_step_ms: float = Field(default=0.0, ge=0)
     # Benchmarks only: generate exactly max_tokens so runs are comparable.
     ignore_eos: bool = False
 

@@ -65,8 +65,12 @@ class WorkerContext:
 
 def load_backend(engine_settings: EngineSettings) -> StepBackend:
     if engine_settings.engine == EngineKind.echo:
-        from worker.engines.echo_backend import EchoBackend
+        from worker.engines.echo_backend import EchoBackend, TimedEchoBackend
 
+        if engine_settings.echo_step_ms > 0:
+            return TimedEchoBackend(engine_settings.echo_faults,
+                                    step_ms=engine_settings.echo_step_ms,
+                                    max_num_seqs=engine_settings.max_num_seqs)
         return EchoBackend(faults=engine_settings.echo_faults)
     if engine_settings.engine == EngineKind.vllm:
         _require_vllm()

@@ -3,10 +3,11 @@
     .venv/bin/python -m tests.bench        (or `make bench`)
 
 Arms, cheapest first: ingest, long poll and submits under held polls (one API process),
-the echo worker's ceiling (file and S3 stores), naive transformers, raw vLLM, the drain of
-queued jobs by one vLLM worker and the light-load rounds, and the full system under
-closed-loop clients and a burst with uploads. BENCH_ARMS=a,b runs a subset; BENCH_* sizes
-are in workload.py. Writes bench.json, throughput.png and a line of history.jsonl under
+the echo worker's ceiling (file and S3 stores), the worker feeding a simulated GPU engine,
+naive transformers, raw vLLM, the drain of queued jobs by one vLLM worker and the
+light-load rounds, and the full system under closed-loop clients and a burst with uploads.
+BENCH_ARMS=a,b runs a subset (BENCH_ARMS=simulated needs no model); BENCH_* sizes are in
+workload.py. Writes bench.json, throughput.png and a line of history.jsonl under
 BENCH_OUT (bench-results/).
 """
 
@@ -26,6 +27,7 @@ from tests.bench.ceiling import measure_ceiling
 from tests.bench.drain import run_vllm_stack
 from tests.bench.report import append_history, table
 from tests.bench.runner import Runner
+from tests.bench.simulated import measure_simulated
 from tests.bench.system import Level, measure
 from tests.bench.workload import Workload
 
@@ -72,6 +74,7 @@ def run_all(w: Workload, runner: Runner) -> None:
     runner.group(["ingest", "longpoll", "held"], lambda: run_api_stack(w, logs / "api", runner))
     runner.attempt("echo_file", lambda: measure_ceiling(w, logs / "echo-file", "file"))
     runner.attempt("echo_s3", lambda: measure_ceiling(w, logs / "echo-s3", "s3"))
+    runner.attempt("simulated", lambda: measure_simulated(w, logs / "simulated"))
     runner.attempt("naive", lambda: run_arm("naive", w))
     runner.attempt("raw", lambda: run_arm("vllm", w))
     runner.group(["drain", "light"], lambda: run_vllm_stack(w, logs / "vllm", runner))
@@ -111,6 +114,10 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
         if echo:
             f["s3_client_cpu_ms_per_job"] = (echo_s3["worker_cpu_ms_per_job"]
                                              - echo["worker_cpu_ms_per_job"])
+    if simulated := r.get("simulated"):
+        f["simulated_images_per_s"] = simulated["images_per_s"]
+        f["simulated_over_max"] = simulated["over_max"]
+        f["simulated_worker_cpu_cores"] = simulated["worker_cpu_cores"]
     if ingest := r.get("ingest"):
         f["ingest_uploads_per_s"] = ingest["uploads_per_s"]
         f["ingest_api_cpu_ms_per_upload"] = ingest["api_cpu_ms_per_upload"]
@@ -153,6 +160,11 @@ def print_details(w: Workload, r: dict[str, Any]) -> None:
         if echo := r.get(arm):
             print_split(f"during the echo ceiling, {store} store, first claim seen to drained "
                         f"({echo['jobs']} jobs in {echo['seconds']:.1f} s)", echo["cpu_seconds"])
+    if sim := r.get("simulated"):
+        print(f"\nsimulated engine: {sim['max_num_seqs']} seqs x {sim['max_tokens']} tokens x "
+              f"{sim['step_ms']:g} ms steps = {sim['engine_max_images_per_s']:.1f} images/s at "
+              f"most; {sim['jobs']} jobs in {sim['seconds']:.1f} s = {sim['images_per_s']:.1f} "
+              f"images/s ({sim['over_max']:.3f} of the top rate)")
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-ARMS = ["ingest", "longpoll", "held", "echo_file", "echo_s3", "naive", "raw", "drain", "light",
-        "system"]
+ARMS = ["ingest", "longpoll", "held", "echo_file", "echo_s3", "simulated", "naive", "raw", "drain",
+        "light", "system"]
 
 
 class Runner:

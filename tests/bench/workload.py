@@ -35,6 +35,12 @@ class Workload:
     held_polls: tuple[int, ...] = tuple(
         int(n) for n in os.environ.get("BENCH_HELD_POLLS", "300,1000").split(","))
     submits: int = int(os.environ.get("BENCH_SUBMITS", "40"))
+    # The simulated GPU engine's arm: its sequence limit and step, and how many full waves
+    # of sequences are queued (whole waves, so a perfectly fed engine drains them at exactly
+    # its top rate).
+    simulated_seqs: int = int(os.environ.get("BENCH_SIMULATED_SEQS", "256"))
+    simulated_step_ms: float = float(os.environ.get("BENCH_SIMULATED_STEP_MS", "15"))
+    simulated_waves: int = int(os.environ.get("BENCH_SIMULATED_WAVES", "16"))
     max_tokens: int = 64
     # 224x168 gives 48 vision tokens; bigger images are dominated by the CPU vision kernels.
     width: int = 224

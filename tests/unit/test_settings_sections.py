@@ -41,7 +41,7 @@ FIELDS_BEFORE_SECTIONS = frozenset({
     "batch_poll_seconds", "batch_priority", "batch_retry_seconds", "batch_work_tries",
     "broker_folder", "broker_url", "chat_wait_seconds", "claim_poll_seconds",
     "cpu_kvcache_gib", "database_url", "default_max_tokens", "dtype", "echo_faults",
-    "enforce_eager", "engine", "flower_basic_auth", "gpu_memory_utilization",
+    "echo_step_ms", "enforce_eager", "engine", "flower_basic_auth", "gpu_memory_utilization",
     "heartbeat_seconds", "ignore_eos", "image_fetch_allow_http", "image_fetch_allowed_buckets",
     "image_fetch_allowed_networks", "image_fetch_timeout_seconds", "lease_seconds",
     "limit_mm_per_prompt", "long_poll_fallback_seconds", "long_poll_max_seconds",
