@@ -190,3 +190,15 @@ def test_the_key_goes_in_the_bearer_header(api: str, stack: Stack) -> None:
             wrong.get(str(uuid.uuid4()))
     assert refused.value.status == 401
     assert bearer(stack.api_key)["Authorization"].startswith("Bearer ")
+
+
+def test_a_submit_says_when_it_got_an_earlier_job_back(api: str, stack: Stack) -> None:
+    with Client(api, stack.api_key) as client:
+        key = f"replay-{uuid.uuid4().hex}"
+        first = client.submit("Once.", image=png_bytes(16, 16), model="parked",
+                              idempotency_key=key)
+        again = client.submit("Once.", image=png_bytes(16, 16), model="parked",
+                              idempotency_key=key)
+        client.cancel(first.id)
+    assert not first.replayed
+    assert again.replayed and again.id == first.id

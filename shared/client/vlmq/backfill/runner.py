@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from vlmq.backfill.sources import Item
-from vlmq.client import calls
 from vlmq.client.client import Client
 from vlmq.client.types import ApiError, Job
 
@@ -217,30 +216,24 @@ class Backfill:
             setattr(self.tally, name, getattr(self.tally, name) + 1)
         self.on_change(self.snapshot())
 
-    def _submit(self, item: Item) -> tuple[Job, bool]:
-        """The job, and whether the server returned it for an earlier submit of this key.
-        `Client.submit` drops that flag (200 + Idempotent-Replayed instead of 202), so this
-        sends the same call itself; the backfill ships with the client, in one package."""
-        call = calls.submit(
+    def _submit(self, item: Item) -> Job:
+        """The job; `replayed` when the server returned one an earlier run submitted."""
+        return self.client.submit(
             item.fields.get("prompt", self.plan.prompt), item.path, image_url=item.url,
             idempotency_key=self._key(item),
             **{**self.plan.fields, **{k: v for k, v in item.fields.items() if k != "prompt"}},
         )
-        response = self.client._send(call)
-        replayed = (response.status_code == 200
-                    or response.headers.get("idempotent-replayed", "").lower() == "true")
-        return Job.from_json(response.json()), replayed
 
     def _one(self, item: Item, out: io.TextIOWrapper, state: io.TextIOWrapper) -> None:
         job_id = self.submitted.get(item.source)
         counted = False
         try:
             if job_id is None:
-                job, replayed = self._submit(item)
+                job = self._submit(item)
                 job_id = job.id
                 self._append(state, json.dumps({"source": item.source, "job_id": job_id,
                                                 "retry": self.retries.get(item.source, 0)}))
-                self._count("resumed" if replayed else "submitted")
+                self._count("resumed" if job.replayed else "submitted")
             else:
                 self._count("resumed")
             counted = True

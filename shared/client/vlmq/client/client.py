@@ -76,7 +76,7 @@ class Client:
     def submit(self, prompt: str, image: bytes | str | Path | None = None, **fields: Any) -> Job:
         """One job; fields are `image_url`, `model`, generation and scheduling fields,
         `webhook_url`, `webhook_events` and `idempotency_key`."""
-        return Job.from_json(self._send(calls.submit(prompt, image, **fields)).json())
+        return Job.from_response(self._send(calls.submit(prompt, image, **fields)))
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._send(calls.get(job_id)).json())
@@ -171,7 +171,7 @@ class AsyncClient:
 
     async def submit(self, prompt: str, image: bytes | str | Path | None = None,
                      **fields: Any) -> Job:
-        return Job.from_json((await self._send(calls.submit(prompt, image, **fields))).json())
+        return Job.from_response(await self._send(calls.submit(prompt, image, **fields)))
 
     async def get(self, job_id: str) -> Job:
         return Job.from_json((await self._send(calls.get(job_id))).json())

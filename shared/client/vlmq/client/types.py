@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,10 +42,21 @@ class Job:
     custom_id: str | None = None
     queue_position: int | None = None
     eta_seconds: float | None = None
+    waiting_for_worker: bool | None = None
+    # Set by `submit`: the server returned the job an earlier submit with the same
+    # Idempotency-Key made (200, Idempotent-Replayed) rather than a new one (202).
+    replayed: bool = False
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+    @classmethod
+    def from_response(cls, response: Any) -> Job:
+        """The job a submit answered with, marked `replayed` when it was an earlier one."""
+        replayed = (response.status_code == 200
+                    or response.headers.get("idempotent-replayed", "").lower() == "true")
+        return replace(cls.from_json(response.json()), replayed=replayed)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
@@ -61,6 +72,7 @@ class Job:
             image_url=data.get("image_url"), batch_id=data.get("batch_id"),
             custom_id=data.get("custom_id"), queue_position=data.get("queue_position"),
             eta_seconds=data.get("eta_seconds"),
+            waiting_for_worker=data.get("waiting_for_worker"),
         )
 
 
