@@ -28,11 +28,12 @@ def make_project(root: Path, tiny_model: Path) -> Path:
     return root
 
 
-def start_up(project: Path, port: int, **vlmq: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """`vlmq up` with the given VLMQ_* settings (the echo engine unless told otherwise: the
-    stack is what is tested, not the engine), read until it says it is ready."""
+def start_up(project: Path, port: int, *args: str,
+             **vlmq: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`vlmq up` with the given arguments and VLMQ_* settings (the echo engine unless told
+    otherwise: the stack is what is tested, not the engine), read until it says it is ready."""
     vlmq.setdefault("engine", "echo")
-    proc = subprocess.Popen([*CLI, "up", "--port", str(port)], cwd=project,
+    proc = subprocess.Popen([*CLI, "up", "--port", str(port), *args], cwd=project,
                             env=plain_env(**vlmq), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

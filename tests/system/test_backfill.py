@@ -16,7 +16,7 @@ from vlmq.backfill.runner import OUTPUT_COLUMNS
 from vlmq.client import Client
 
 from tests.helpers.images import png_bytes
-from tests.helpers.services import create_api_key, start_api, start_worker
+from tests.helpers.services import create_api_key, free_port, start_api, start_worker
 from tests.helpers.stack import Stack
 from tests.helpers.store import s3_client, store_location
 
@@ -217,4 +217,21 @@ def test_dry_run_on_the_embedded_default_with_recent_jobs(tmp_path: Path, log_di
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith("3 images in"), run.stdout
     assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_unreachable_server_is_one_line_at_once(tmp_path: Path) -> None:
+    images(tmp_path / "few", 2, nested=False)
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "backfill", str(tmp_path / "few"), "--prompt", "Hi.",
+         "--out", str(tmp_path / "out.jsonl"), "--server", f"http://127.0.0.1:{free_port()}"],
+        env={**os.environ, "VLMQ_API_KEY": "vlmq_unused"}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert "cannot reach the vlmq API at" in run.stderr and "vlmq up" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    # Said before any retrying: the client's retries are for a server that blips mid-run.
+    assert time.monotonic() - started < 20
     assert not (tmp_path / "out.jsonl").exists()

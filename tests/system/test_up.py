@@ -3,11 +3,8 @@ finds the project's state from any folder inside it, or says in one line what is
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,53 +14,15 @@ import pytest
 
 from tests.helpers.images import png_bytes
 from tests.helpers.services import free_port
+from tests.helpers.up import CLI, make_project, plain_env, start_up, stop_up
 
-CLI = [sys.executable, "-m", "shared.cli"]
 KEY = re.compile(r"export VLMQ_API_KEY=(vlmq_\S+)")
 STARTED = re.compile(r"started (\w+) \(pid (\d+)")
 
 
-def plain_env(**vlmq: str) -> dict[str, str]:
-    """The caller's environment without any VLMQ_* setting: the defaults apply."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMQ_")}
-    env.update({f"VLMQ_{k.upper()}": v for k, v in vlmq.items()})
-    return env
-
-
 @pytest.fixture()
 def project(tmp_path: Path, tiny_model: Path) -> Path:
-    """A fresh project folder whose default model path already holds the test model."""
-    models = tmp_path / ".vlmq" / "models"
-    models.mkdir(parents=True)
-    (models / "tiny-qwen2-vl").symlink_to(tiny_model.resolve(), target_is_directory=True)
-    return tmp_path
-
-
-def start_up(project: Path, port: int, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """`vlmq up` on the echo engine (the stack is what is tested, not the engine), read
-    until it says it is ready."""
-    proc = subprocess.Popen([*CLI, "up", "--port", str(port), *args], cwd=project,
-                            env=plain_env(engine="echo"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("ready:") or time.monotonic() > deadline:
-            break
-    assert any(line.startswith("ready:") for line in lines), "".join(lines)
-    return proc, lines
-
-
-def stop_up(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
-    try:
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return rest
+    return make_project(tmp_path, tiny_model)
 
 
 def test_up_serves_until_ctrl_c_and_keeps_its_key(project: Path) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -89,6 +90,7 @@ def _backfill(args: argparse.Namespace, extra: list[str]) -> None:
     s3 = sources.S3Access.from_env()
     prompt = args.prompt_file.read_text().strip() if args.prompt_file else args.prompt
     fields = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
+    _check_reachable(server)
     with Client(server, args.api_key or os.environ.get("VLMQ_API_KEY")) as client:
         if args.dry_run:
             raise SystemExit(_dry_run(client, args.source, s3, fields.get("model")))
@@ -124,6 +126,18 @@ def _backfill(args: argparse.Namespace, extra: list[str]) -> None:
     if backfill.stopping:
         raise SystemExit(INTERRUPTED)
     raise SystemExit(1 if tally.failed else 0)
+
+
+def _check_reachable(server: str) -> None:
+    """Once, before anything is read or sent: a server that is not there is one line now,
+    rather than a minute of the client's retries (which are for a server that blips)."""
+    try:
+        httpx.get(f"{server.rstrip('/')}/healthz", timeout=10)
+    except httpx.TransportError as exc:
+        raise SystemExit(
+            f"vlmq backfill: cannot reach the vlmq API at {server} ({exc or type(exc).__name__}); "
+            "start one (`vlmq up`) or give its address with --server"
+        ) from None
 
 
 class _CtrlC:
