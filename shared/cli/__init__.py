@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         raise SystemExit(2)
     if args.command in _USE_THE_DATABASE:
-        preflight.migrated_database(args.command, Settings())
+        preflight.migrated_database(args.command, Settings(),
+                                    server=args.command in _SERVERS)
     args.run(args, extra)
 
 
 # Commands that need a migrated database; `migrate`, `up` and `demo` make it themselves.
 _USE_THE_DATABASE = frozenset({"api", "worker", "control", "webhooks", "keys"})
+_SERVERS = frozenset({"api", "worker", "control", "webhooks"})
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared import home
 from shared.db import is_sqlite, make_engine
+from shared.outages import unreachable
 from shared.settings import DatabaseSettings
 
 
@@ -42,8 +43,13 @@ def writable_database_folder(command: str, database: DatabaseSettings) -> None:
                          f"{_where()}")
 
 
-def migrated_database(command: str, database: DatabaseSettings) -> None:
-    """For commands that use the database: it exists, answers, and holds vlmq's schema."""
+def migrated_database(command: str, database: DatabaseSettings, *,
+                      server: bool = False) -> None:
+    """For commands that use the database: it exists, answers, and holds vlmq's schema.
+
+    A `server` (API, worker, control process) starts while a networked database is down:
+    it rides out an outage, and /readyz says unavailable meanwhile. Only a database that
+    cannot become usable by waiting (a missing SQLite file, no schema) stops it."""
     shown = make_url(database.database_url).render_as_string(hide_password=True)
     if is_sqlite(database) and (path := _sqlite_path(database)) is not None:
         if not path.exists():
@@ -57,6 +63,8 @@ def migrated_database(command: str, database: DatabaseSettings) -> None:
         with engine.connect() as conn:
             has_schema = inspect(conn).has_table("alembic_version")
     except SQLAlchemyError as exc:
+        if server and not is_sqlite(database) and unreachable(exc) == "database":
+            return
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
         raise SystemExit(f"vlmq {command}: cannot open the database {shown}: {reason}") from None
     finally:

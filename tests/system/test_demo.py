@@ -184,6 +184,8 @@ def test_worker_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:
                    store_url=f"file://{tmp_path / 'objects'}",
                    broker_folder=str(tmp_path / "broker"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(fake.parent), env.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-m", "shared.cli", "migrate"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=120)
     proc = subprocess.run(
         [sys.executable, "-m", "shared.cli", "worker"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=120,
