@@ -25,7 +25,7 @@ from shared.devtools.tiny_model import build_tiny_model
 from tests.bench.api_arms import run_api_stack
 from tests.bench.ceiling import measure_ceiling
 from tests.bench.drain import run_vllm_stack
-from tests.bench.report import append_history, table
+from tests.bench.report import append_history, cpu_line, table
 from tests.bench.runner import Runner
 from tests.bench.simulated import measure_simulated
 from tests.bench.system import Level, measure
@@ -197,6 +197,7 @@ def main() -> None:
 
     print_details(w, r)
     print()
+    print(cpu_line())
     print("\n".join(table(figs, runner.failed)))
     print(f"\nwrote {OUT / 'bench.json'}, {OUT / 'history.jsonl'}"
           + (f", {OUT / 'throughput.png'}" if "system" in r else ""))
