@@ -6,7 +6,6 @@ import base64
 import hashlib
 import uuid
 
-import boto3
 import httpx
 from sqlalchemy import select
 
@@ -14,19 +13,12 @@ from shared.models import Job
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, wait_terminal
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import s3_client, store_location
 
 
 def _s3_object(stack: Stack, key: str) -> bytes:
-    s = stack.settings
-    bucket, prefix = s.store_url.removeprefix("s3://").split("/", 1)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint_url,
-        region_name=s.s3_region,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    return client.get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
+    bucket, prefix = store_location(stack.settings.store_url)
+    return s3_client(stack.settings).get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
 
 
 def test_multipart_upload_runs_to_success(

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import uuid
 
-import boto3
 import httpx
 from sqlalchemy import func, select
 
@@ -14,6 +13,7 @@ from shared.models import Job
 from tests.helpers.images import png_bytes
 from tests.helpers.services import bearer, create_api_key
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import count_objects, s3_client
 
 PARKED = "parked"
 
@@ -38,12 +38,7 @@ def jobs_of(stack: Stack, tenant: str) -> int:
 
 
 def stored_objects(stack: Stack) -> int:
-    settings = stack.settings
-    bucket, _, prefix = settings.store_url.removeprefix("s3://").partition("/")
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sum(page.get("KeyCount", 0) for page in pages)
+    return count_objects(s3_client(stack.settings), stack.settings.store_url)
 
 
 def test_over_the_rate_is_429_and_stores_nothing(api: str, stack: Stack) -> None:

@@ -16,9 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import boto3
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -42,6 +40,7 @@ from tests.helpers.services import (
     wait_terminal,
 )
 from tests.helpers.stack import Stack, db_sessions
+from tests.helpers.store import count_objects, s3_client, store_location
 
 PARKED = "parked"  # accepted by the session's API, served by no worker: jobs stay queued
 
@@ -72,22 +71,8 @@ def files_of(stack: Stack, tenant: str) -> int:
         return session.scalar(select(func.count()).where(StoredFile.tenant_id == tenant)) or 0
 
 
-def s3_client(stack: Stack) -> Any:
-    s = stack.settings
-    return boto3.client("s3", endpoint_url=s.s3_endpoint_url, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")
-
-
-def store_bucket(stack: Stack) -> tuple[str, str]:
-    bucket, _, prefix = stack.settings.store_url.removeprefix("s3://").partition("/")
-    return bucket, prefix
-
-
 def stored_objects(stack: Stack) -> int:
-    bucket, prefix = store_bucket(stack)
-    pages = s3_client(stack).get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix=prefix)
-    return sum(page.get("KeyCount", 0) for page in pages)
+    return count_objects(s3_client(stack.settings), stack.settings.store_url)
 
 
 def upload(base: str, key: str) -> httpx.Response:
@@ -310,9 +295,9 @@ def echo_model(stack: Stack) -> Iterator[str]:
 
 def test_only_the_allowed_tenant_reads_its_prefix(api: str, stack: Stack,
                                                   echo_model: str) -> None:
-    bucket, _ = store_bucket(stack)
+    bucket, _ = store_location(stack.settings.store_url)
     folder = f"tl-{uuid.uuid4().hex[:6]}"
-    s3 = s3_client(stack)
+    s3 = s3_client(stack.settings)
     s3.put_object(Bucket=bucket, Key=f"{folder}/a/cat.png", Body=png_bytes(56, 42, seed=4))
     _, (key_a,) = new_tenant(stack, "--image-url-prefix", f"s3://{bucket}/{folder}/a")
     _, (key_b,) = new_tenant(stack, "--image-url-prefix", f"s3://{bucket}/{folder}/b")
