@@ -20,8 +20,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import home
 
-_CONFIG = SettingsConfigDict(env_prefix="VLMQ_", extra="ignore")
-
 
 class EngineKind(StrEnum):
     vllm = "vllm"
@@ -30,22 +28,25 @@ class EngineKind(StrEnum):
     echo = "echo"
 
 
+class _Section(BaseSettings):
+    """One component's settings; every section reads `VLMQ_<FIELD>`, so a variable's name
+    does not depend on which section holds it."""
+
+    model_config = SettingsConfigDict(env_prefix="VLMQ_", extra="ignore")
+
+
 # The defaults of the stores are the embedded, server-less setup of `vlmq up` and `vlmq demo`,
 # all under one folder, the vlmq home (shared/home.py: VLMQ_HOME, else the project's .vlmq).
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(_Section):
     """Postgres (SQLite when embedded): the queue of record."""
-
-    model_config = _CONFIG
 
     database_url: str = Field(default_factory=home.default_database_url)
 
 
-class BrokerSettings(BaseSettings):
+class BrokerSettings(_Section):
     """The Celery broker: wake-ups, the webhook queue, the abort channel, rate windows."""
-
-    model_config = _CONFIG
 
     broker_url: str = "filesystem://"
     broker_folder: Path = Field(default_factory=home.default_broker_folder)
@@ -60,10 +61,8 @@ class BrokerSettings(BaseSettings):
         return f"{self.queue_prefix}.webhooks"
 
 
-class StoreSettings(BaseSettings):
+class StoreSettings(_Section):
     """The object store of images and files; its S3 client also reads s3:// image references."""
-
-    model_config = _CONFIG
 
     store_url: str = Field(default_factory=home.default_store_url)
     s3_endpoint_url: str | None = None
@@ -73,10 +72,8 @@ class StoreSettings(BaseSettings):
     s3_create_bucket: bool = True
 
 
-class EngineSettings(BaseSettings):
+class EngineSettings(_Section):
     """What a GPU worker serves and how it runs it."""
-
-    model_config = _CONFIG
 
     model: str = "tiny-qwen2-vl"
     model_path: str = Field(default_factory=home.default_model_path)
@@ -118,10 +115,8 @@ class EngineSettings(BaseSettings):
         return self.max_in_flight or 2 * self.max_batch_size
 
 
-class LimitsSettings(BaseSettings):
+class LimitsSettings(_Section):
     """What a submission may ask for, and how much a tenant may have at once."""
-
-    model_config = _CONFIG
 
     # Models the API takes jobs for even when no worker is live (they wait in the model's
     # queue). VLMQ_MODEL and every model with a live worker are always accepted.
@@ -155,10 +150,8 @@ class LimitsSettings(BaseSettings):
     tenant_max_active_batches: int = Field(default=10, ge=0)
 
 
-class LifecycleSettings(BaseSettings):
+class LifecycleSettings(_Section):
     """How jobs and workers live: deadlines, retries, leases, claiming, sweeping, liveness."""
-
-    model_config = _CONFIG
 
     # A queued job older than this expires instead of running (unset = never); jobs may ask
     # for their own `max_queue_seconds`.
@@ -183,10 +176,8 @@ class LifecycleSettings(BaseSettings):
     worker_ttl_seconds: float = 20.0
 
 
-class ImageFetchSettings(BaseSettings):
+class ImageFetchSettings(_Section):
     """Images given by reference (image_url), checked by the API and fetched by workers."""
-
-    model_config = _CONFIG
 
     # Images given by reference (image_url) are fetched by the worker that runs the job,
     # then checked like uploads. s3:// references are read with the store's S3 settings, so
@@ -211,10 +202,8 @@ class ImageFetchSettings(BaseSettings):
         return _cidr_networks(networks)
 
 
-class WebhookSettings(BaseSettings):
+class WebhookSettings(_Section):
     """Webhook signing, the URL guard, delivery and its retries."""
-
-    model_config = _CONFIG
 
     # Every delivery carries one signature per secret, so a new secret can be added before
     # an old one is removed (rotation). Generate one with `vlmq webhook-secret`.
@@ -253,10 +242,8 @@ class WebhookSettings(BaseSettings):
         return _cidr_networks(networks)
 
 
-class BatchSettings(BaseSettings):
+class BatchSettings(_Section):
     """Files and batches (the OpenAI-compatible bulk path)."""
-
-    model_config = _CONFIG
 
     # A batch's lines are jobs at batch_priority, below interactive jobs' default of 5, so
     # interactive work overtakes them.
@@ -275,10 +262,8 @@ class BatchSettings(BaseSettings):
     batch_retry_seconds: float = Field(default=2.0, gt=0)
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(_Section):
     """The HTTP front: `vlmq api` (and where `vlmq flower` listens), auth, request bounds."""
-
-    model_config = _CONFIG
 
     # Every /v1 request carries `Authorization: Bearer <key>` (keys: `vlmq keys create`).
     # Turned off, every caller is an admin of the tenant `default`: for local development
@@ -306,10 +291,8 @@ class ApiSettings(BaseSettings):
     flower_basic_auth: list[str] = []
 
 
-class MetricsSettings(BaseSettings):
+class MetricsSettings(_Section):
     """Where each process serves Prometheus metrics."""
-
-    model_config = _CONFIG
 
     metrics_port: int = Field(default=0, description="worker Prometheus port; 0 = off")
     api_metrics_port: int = Field(default=0, description="API Prometheus port; 0 = off")
@@ -332,8 +315,6 @@ class Settings(
     MetricsSettings,
 ):
     """Every section: what an entry point builds, and what a reader of several sections takes."""
-
-    model_config = _CONFIG
 
     # Broker and engine together: the queue a worker consumes.
     @property

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Exists, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Worker
@@ -61,9 +61,12 @@ def live_models(session: Session, ttl_seconds: float) -> list[ModelInfo]:
     ]
 
 
-def is_live(session: Session, model: str, ttl_seconds: float) -> bool:
+def live_worker_exists(model: str, ttl_seconds: float) -> Exists:
+    """EXISTS(a worker serving `model` heartbeat within the TTL), to select beside other
+    values in one round trip."""
     cutoff = utcnow() - timedelta(seconds=ttl_seconds)
-    found = session.scalar(
-        select(Worker.id).where(Worker.model == model, Worker.last_seen_at >= cutoff).limit(1)
-    )
-    return found is not None
+    return select(Worker.id).where(Worker.model == model, Worker.last_seen_at >= cutoff).exists()
+
+
+def is_live(session: Session, model: str, ttl_seconds: float) -> bool:
+    return bool(session.scalar(select(live_worker_exists(model, ttl_seconds))))

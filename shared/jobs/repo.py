@@ -128,17 +128,21 @@ class QueueEstimate:
 def queue_estimate(session: Session, job: Job, worker_ttl_seconds: float,
                    window_seconds: float = 300) -> QueueEstimate:
     """Where a queued job stands, from the queue ahead of it and the model's recent throughput."""
-    ahead = session.scalar(
-        select(func.count()).where(
-            Job.model == job.model,
-            Job.status == JobStatus.queued,
-            or_(
-                Job.priority < job.priority,
-                and_(Job.priority == job.priority, Job.created_at < job.created_at),
-            ),
-        )
-    ) or 0
-    if not workers_repo.is_live(session, job.model, worker_ttl_seconds):
+    ahead_count = select(func.count()).where(
+        Job.model == job.model,
+        Job.status == JobStatus.queued,
+        or_(
+            Job.priority < job.priority,
+            and_(Job.priority == job.priority, Job.created_at < job.created_at),
+        ),
+    ).scalar_subquery()
+    # The place in line and whether anyone serves the model, in one round trip: this runs
+    # at the end of every long poll on a queued job.
+    ahead, live = session.execute(
+        select(ahead_count, workers_repo.live_worker_exists(job.model, worker_ttl_seconds))
+    ).one()
+    ahead = ahead or 0
+    if not live:
         return QueueEstimate(position=int(ahead), eta_seconds=None, waiting_for_worker=True)
     since = utcnow() - timedelta(seconds=window_seconds)
     done = session.scalar(

@@ -60,3 +60,15 @@ def test_swagger_oauth2_redirect_page_is_still_served(client: TestClient) -> Non
 def test_the_openapi_document_does_not_list_the_docs(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not any(p.startswith(("/docs", "/redoc")) for p in paths)
+
+
+@pytest.mark.parametrize("path", [
+    "/docs/assets/../../../etc/passwd",
+    "/docs/assets/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/docs/assets/..%2f..%2f..%2fetc%2fpasswd",
+    "/docs/assets/" + "a" * 5000,
+])
+def test_the_assets_folder_serves_nothing_outside_it(client: TestClient, path: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code in (400, 404, 414), resp.status_code
+    assert "root:" not in resp.text

@@ -99,3 +99,23 @@ def test_get_says_a_queued_job_waits_for_a_worker(settings: Settings) -> None:
     assert read["queue_position"] == 0
     assert read["eta_seconds"] is None
     assert read["waiting_for_worker"] is True
+
+
+def test_another_tenant_learns_nothing_of_a_queued_job(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        engine = make_engine(settings)
+        try:
+            with make_session_factory(engine).begin() as session:
+                owner = tenancy_repo.create_key(session, "owner", "test", False)[1]
+                other = tenancy_repo.create_key(session, "other", "test", False)[1]
+        finally:
+            engine.dispose()
+        job = client.post("/v1/jobs", data={"prompt": "Mine."},
+                          headers={"Authorization": f"Bearer {owner}"},
+                          files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
+        theirs = client.get(f"/v1/jobs/{job['id']}", params={"wait": "1"},
+                            headers={"Authorization": f"Bearer {other}"})
+        listed = client.get("/v1/jobs", headers={"Authorization": f"Bearer {other}"}).json()
+    assert theirs.status_code == 404
+    assert "waiting_for_worker" not in theirs.text and "queue_position" not in theirs.text
+    assert listed["data"] == []
