@@ -17,6 +17,8 @@ import sqlalchemy.exc
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from shared.storage import StoreUnreachable
+
 # Exception types raised by the clients of our dependencies; which of them mean "down" is
 # decided by `unreachable` below.
 CLIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -26,6 +28,7 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (
     kombu.exceptions.KombuError,
     BotoCoreError,
     ClientError,
+    StoreUnreachable,
 )
 
 
@@ -57,7 +60,8 @@ def _unreachable_one(exc: BaseException) -> str | None:
         return "broker"
     if isinstance(exc, kombu.exceptions.OperationalError):
         return "broker"
-    if isinstance(exc, BotoConnectionError | HTTPClientError):  # refused, reset, timed out
+    if isinstance(exc, StoreUnreachable | BotoConnectionError | HTTPClientError):
+        # refused, reset, timed out
         return "object store"
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
