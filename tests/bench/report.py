@@ -35,6 +35,14 @@ FIGURES: dict[str, Figure] = {
     "echo_s3_jobs_per_s": Figure("echo ceiling, S3 (moto)", "jobs/s"),
     "echo_s3_worker_cpu_ms_per_job": Figure("echo worker CPU per job, S3", "ms"),
     "s3_client_cpu_ms_per_job": Figure("S3 client's share (S3 - file)", "ms"),
+    # 150 KB objects against moto; its server's CPU is a stand-in's, shown apart.
+    "store_vlmq_put_cpu_ms": Figure("object store PUT, client CPU (obstore)", "ms",
+                                    ("<=", 0.5)),
+    "store_vlmq_get_cpu_ms": Figure("object store GET, client CPU (obstore)", "ms",
+                                    ("<=", 0.5)),
+    "store_boto3_put_cpu_ms": Figure("  the same PUT through boto3", "ms"),
+    "store_boto3_get_cpu_ms": Figure("  the same GET through boto3", "ms"),
+    "store_server_cpu_ms_per_op": Figure("  S3 server (moto) CPU per request", "ms"),
     "simulated_images_per_s": Figure("simulated GPU engine, 1 worker", "img/s"),
     "simulated_over_max": Figure("simulated engine / its top rate", "x", (">=", 0.95)),
     "simulated_worker_cpu_cores": Figure("worker CPU feeding it", "cores"),
@@ -45,8 +53,11 @@ FIGURES: dict[str, Figure] = {
     "submit_p50_ms_alone": Figure("submit p50 alone", "ms"),
     # "Unchanged" with 1,000 held polls, allowing for timer noise on a small machine.
     "submit_held_1000_over_alone": Figure("submit p50, 1000 held / alone", "x", ("<=", 1.2)),
-    "light_overhead_ms_max": Figure("light load - raw single, worst round", "ms",
-                                    ("<=", 20.0)),
+    # The job's own time is its queue wait and engine run as recorded; the rest is the
+    # upload before the row and the hand-back after the result.
+    "light_beyond_own_ms_max": Figure("light: client - job's own time, worst p50",
+                                      "ms", ("<=", 5.0)),
+    "light_overhead_ms_max": Figure("light load - raw single, worst round", "ms"),
 }
 
 # Figures a run adds per level or round, printed just before (-1) or after (1) a fixed one.
@@ -54,7 +65,7 @@ BESIDE = {
     "submit_p50_ms_": ("submit_p50_ms_alone", 1),
     "api_cpu_pct_": ("submit_held_1000_over_alone", 1),
     "submit_held_": ("submit_held_1000_over_alone", -1),
-    "light_overhead_ms_round": ("light_overhead_ms_max", -1),
+    "light_beyond_own_ms_round": ("light_beyond_own_ms_max", -1),
 }
 
 
@@ -73,8 +84,9 @@ def figure_for(name: str) -> Figure:
         return Figure(f"submit p50, {name.split('_')[2]} held / alone", "x")
     if name.startswith("api_cpu_pct_"):
         return Figure(f"API CPU holding {name.split('_')[3]} polls", "% core")
-    if name.startswith("light_overhead_ms_round"):
-        return Figure(f"light load - raw single, round {name[-1]}", "ms", ("<=", 20.0))
+    if name.startswith("light_beyond_own_ms_round"):
+        return Figure(f"light: client - job's own, p50, round {name[-1]}", "ms",
+                      ("<=", 5.0))
     return Figure(name, "")
 
 

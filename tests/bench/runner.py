@@ -12,7 +12,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-ARMS = ["ingest", "longpoll", "held", "echo_file", "echo_s3", "simulated", "naive", "raw", "drain",
+ARMS = ["store", "ingest", "longpoll", "held", "echo_file", "echo_s3", "simulated", "naive", "raw", "drain",
         "light", "system"]
 
 
