@@ -253,8 +253,11 @@ class BatchSettings(_Section):
     # The process expanding or finalizing a batch holds it this long between renewals;
     # a batch whose holder died is taken up by another control process after it lapses.
     batch_lease_seconds: float = Field(default=30.0, gt=0)
-    # How often a control process looks for batch work (expansion, completion, expiry).
-    batch_poll_seconds: float = Field(default=1.0, gt=0)
+    # How often a control process looks for batch work (expansion, completion, expiry); a
+    # batch ends at most this long after its last line. A pass is one indexed query.
+    batch_poll_seconds: float = Field(default=0.25, gt=0)
+    # Threads a control process checks a chunk's lines and stores their images on.
+    batch_expand_threads: int = Field(default=8, ge=1, le=64)
     # A batch whose work raises unexpectedly is tried again after batch_retry_seconds,
     # doubling each time (up to 5 minutes), while other batches go on; after
     # batch_work_tries failures in a row it fails alone.

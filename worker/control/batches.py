@@ -27,7 +27,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from itertools import islice
 from typing import Any, BinaryIO
 
@@ -59,6 +61,9 @@ from worker.control.metrics import ControlMetrics
 log = logging.getLogger(__name__)
 
 CHUNK_LINES = 500
+# The first chunk is small so the engine starts on a batch at once; chunks then double
+# up to CHUNK_LINES, where a transaction per chunk costs little.
+FIRST_CHUNK_LINES = 32
 _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_SECONDS = 300.0
 # What a line that never ran is told, by how its batch ended.
@@ -109,6 +114,9 @@ class BatchRunner:
         self.wakeups = wakeups
         self.metrics = metrics
         self.intake = Intake(settings, store, sessions, image_prefixes=TenantPrefixes(sessions))
+        # A chunk's lines are checked and their images stored on these threads: a store put
+        # is mostly a round trip, and one after another they held a chunk for seconds.
+        self._lines_pool = ThreadPoolExecutor(settings.batch_expand_threads, "batch-lines")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batch-runner", daemon=True)
 
@@ -118,6 +126,7 @@ class BatchRunner:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._lines_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def max_line_bytes(self) -> int:
@@ -125,9 +134,13 @@ class BatchRunner:
         return self.settings.max_upload_bytes * 4 // 3 + 256 * 1024
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.batch_poll_seconds):
+        moved = False
+        # A pass that moved a batch on (validated, expanded, ended it) is followed at once by
+        # the next, so a batch goes from validation to its first lines without a poll's wait.
+        while not self._stop.wait(0 if moved else self.settings.batch_poll_seconds):
+            moved = False
             try:
-                self.run_once()
+                moved = self.run_once()
             except Exception as exc:
                 what = unreachable(exc)
                 if what is None:
@@ -137,28 +150,31 @@ class BatchRunner:
                     log.warning("batch work paused: the %s is unreachable (%s)", what,
                                 exc.__class__.__name__)
 
-    def run_once(self) -> None:
+    def run_once(self) -> bool:
+        """One pass over the batches needing work; whether any of them moved on."""
+        moved = False
         with self.sessions() as session:
             ids = batches.needing_work(session, utcnow())
         for batch_id in ids:
             if self._stop.is_set():
-                return
+                break
             with self.sessions.begin() as session:
                 taken = batches.take_lease(session, batch_id, self.settings.batch_lease_seconds)
             if not taken:
                 continue
             try:
-                self._work_alone(batch_id)
+                moved = self._work_alone(batch_id) or moved
             finally:
                 with self.sessions.begin() as session:
                     batches.release_lease(session, batch_id)
+        return moved
 
     # -- one batch ----------------------------------------------------------------------
 
-    def _work_alone(self, batch_id: str) -> None:
+    def _work_alone(self, batch_id: str) -> bool:
         """One batch's work; an exception it raises holds back this batch only."""
         try:
-            self._work(batch_id)
+            return self._work(batch_id)
         except InputGone:  # no retry brings it back
             log.warning("batch %s: its input file was deleted while it ran", batch_id)
             self._give_up(batch_id, batch_input.LineError(
@@ -168,6 +184,7 @@ class BatchRunner:
             if unreachable(exc) is not None:
                 raise  # an outage, not this batch's fault: the whole pass waits it out
             self._work_failed(batch_id, exc)
+        return False
 
     def _work_failed(self, batch_id: str, exc: Exception) -> None:
         """Counts the failure on the batch and backs it off; fails it after too many."""
@@ -218,37 +235,41 @@ class BatchRunner:
                                           errors=[error.as_dict()]):
                     self._announce(session, batch_id, BatchStatus.failed)
 
-    def _work(self, batch_id: str) -> None:
+    def _work(self, batch_id: str) -> bool:
         with self.sessions() as session:
             batch = batches.get_batch(session, batch_id, None)
             if batch is None:
-                return
+                return False
             session.expunge(batch)
-        self._dispatch(batch)
+        moved = self._dispatch(batch)
         if batch.work_failures:
             with self.sessions.begin() as session:
                 batches.work_succeeded(session, batch.id)
+        return moved
 
-    def _dispatch(self, batch: Batch) -> None:
+    def _dispatch(self, batch: Batch) -> bool:
+        """Whether the batch moved on: validated, lines expanded, or ended."""
         if batch.status == BatchStatus.validating:
             self._validate(batch)
-        elif batch.status == BatchStatus.in_progress:
+            return True
+        if batch.status == BatchStatus.in_progress:
             if as_utc(batch.expires_at) <= utcnow():
                 # As OpenAI's: lines not finished when the window ends are expired, the
                 # running ones too (a move the job table allows for this verb alone).
                 self._stop_lines(batch, jobs_transitions.expire_batch_lines, "batch_expired",
                                  "the batch's completion window ended before this line ran")
-                self._finish_if_done(batch, BatchStatus.expired)
-            elif batch.lines_expanded < batch.total:
+                return self._finish_if_done(batch, BatchStatus.expired)
+            if batch.lines_expanded < batch.total:
                 self._expand(batch)
-            else:
-                self._finish_if_done(batch, BatchStatus.completed)
-        elif batch.status == BatchStatus.finalizing:
-            self._finish_if_done(batch, BatchStatus.completed)
-        elif batch.status == BatchStatus.cancelling:
+                return True
+            return self._finish_if_done(batch, BatchStatus.completed)
+        if batch.status == BatchStatus.finalizing:
+            return self._finish_if_done(batch, BatchStatus.completed)
+        if batch.status == BatchStatus.cancelling:
             self._stop_lines(batch, jobs_transitions.cancel_batch_lines, "batch_cancelled",
                              "the batch was cancelled before this line ran")
-            self._finish_if_done(batch, BatchStatus.cancelled)
+            return self._finish_if_done(batch, BatchStatus.cancelled)
+        return False
 
     def _validate(self, batch: Batch) -> None:
         try:
@@ -286,10 +307,10 @@ class BatchRunner:
             pending = (r for r in batch_input.requests(source, batch.endpoint,
                                                        self.max_line_bytes)
                        if r.index >= done)
-            for chunk in _chunks(pending, CHUNK_LINES):
+            for chunk in _chunks(pending, FIRST_CHUNK_LINES, CHUNK_LINES):
                 if self._stop.is_set() or not self._still(batch.id, BatchStatus.in_progress):
                     return
-                rows = [self._row(batch, request) for request in chunk]
+                rows = list(self._lines_pool.map(partial(self._row, batch), chunk))
                 with self.sessions() as session:
                     batches.insert_lines(session, rows)
                     advanced = batches.advance(session, batch.id, done, done + len(rows))
@@ -347,14 +368,16 @@ class BatchRunner:
         for job_id in running:  # their workers drop them from the engine
             request_abort(self.settings, job_id)
 
-    def _finish_if_done(self, batch: Batch, target: BatchStatus) -> None:
+    def _finish_if_done(self, batch: Batch, target: BatchStatus) -> bool:
+        """Ends the batch as `target` once none of its lines is left to run; whether it did."""
         with self.sessions() as session:
             if batches.unfinished(session, batch.id):
-                return
+                return False
         if target == BatchStatus.completed and batch.status == BatchStatus.in_progress:
             with self.sessions.begin() as session:
                 batch_transitions.finalize(session, batch.id, now=utcnow())
         self._finalize(batch, target)
+        return True
 
     def _finalize(self, batch: Batch, target: BatchStatus, **values: Any) -> None:
         """Writes the output and error files, then makes the batch `target` (with `values`
@@ -453,7 +476,11 @@ class BatchRunner:
                           created_at=utcnow())
 
 
-def _chunks(items: Iterator[batch_input.Request], size: int) -> Iterator[list[Any]]:
+def _chunks(items: Iterator[batch_input.Request], first: int,
+            most: int) -> Iterator[list[Any]]:
+    """Chunks of `first` items, then twice as many each time, up to `most`."""
+    size = first
     while chunk := list(islice(items, size)):
         yield chunk
+        size = min(size * 2, most)
 
