@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.devtools.tiny_model import build_tiny_model
 from tests.bench.api_arms import run_api_stack
+from tests.bench.batches import batch_figures, measure_run_batch, measure_vlmq_batch
 from tests.bench.ceiling import measure_ceiling
 from tests.bench.drain import run_vllm_stack
 from tests.bench.report import append_history, cpu_line, table
@@ -80,6 +81,9 @@ def run_all(w: Workload, runner: Runner) -> None:
     runner.attempt("naive", lambda: run_arm("naive", w))
     runner.attempt("raw", lambda: run_arm("vllm", w))
     runner.group(["drain", "light"], lambda: run_vllm_stack(w, logs / "vllm", runner))
+    runner.attempt("run_batch", lambda: measure_run_batch(w, logs / "run-batch"))
+    runner.attempt("batch_file", lambda: measure_vlmq_batch(w, logs / "batch-file", "file"))
+    runner.attempt("batch_s3", lambda: measure_vlmq_batch(w, logs / "batch-s3", "s3"))
 
     def system() -> dict[str, Any]:
         levels, burst, cpu = measure(w, logs / "system")
@@ -120,6 +124,7 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
         f["simulated_images_per_s"] = simulated["images_per_s"]
         f["simulated_over_max"] = simulated["over_max"]
         f["simulated_worker_cpu_cores"] = simulated["worker_cpu_cores"]
+    f.update(batch_figures(r))
     if store := r.get("store"):
         f.update(store_figures(store))
     if ingest := r.get("ingest"):
@@ -177,7 +182,8 @@ def print_details(w: Workload, r: dict[str, Any]) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     runner = Runner()
-    needs_model = runner.wants("naive", "raw", "drain", "light", "system")
+    needs_model = runner.wants("naive", "raw", "drain", "light", "run_batch", "batch_file",
+                               "batch_s3", "system")
     model = build_tiny_model(MODEL_DIR.resolve()) if needs_model else MODEL_DIR.resolve()
     w = Workload(model_path=model)
     run_all(w, runner)

@@ -47,11 +47,6 @@ BATCH_LINES = int(os.environ.get("BENCH_BATCH_LINES", "1024"))
 WARM_LINES = 8
 BATCH_MAX_TOKENS = 32
 ARMS = ("batch_file", "batch_s3", "run_batch")
-# The control process looks for batch work this often (default 1 s). A batch waits for a
-# look to be validated, another to be expanded and another after its last line to get its
-# output file: at the default these waits, not throughput, took 2.6 s of a 256-line batch
-# (47 lines/s against 91 at 0.2 s).
-BATCH_POLL_SECONDS = os.environ.get("BENCH_BATCH_POLL_SECONDS", "0.2")
 
 
 def batch_lines(w: Workload, n: int, first: int = 0,
@@ -160,8 +155,6 @@ def measure_vlmq_batch(w: Workload, log_dir: Path, store: str,
     content = jsonl(batch_lines(w, lines))
     warm = jsonl(batch_lines(w, WARM_LINES, first=10_000))
     with stack(w, log_dir, store=store) as st:
-        # The stack's processes all start below, so they all read this.
-        st.env["VLMQ_BATCH_POLL_SECONDS"] = BATCH_POLL_SECONDS
         print(f"bench: vlmq batch ({store} store): api, vLLM worker, control", file=sys.stderr,
               flush=True)
         _, base = st.start_api()
