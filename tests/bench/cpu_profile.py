@@ -16,6 +16,9 @@ SHARED_SERVERS = {"postgres", "redis"}
 PARTS = {
     "engine compute (VLLM::Worker)": lambda name, cmd: "VLLM::Worker" in name + cmd,
     "engine scheduler (VLLM::EngineCore)": lambda name, cmd: "EngineCore" in name + cmd,
+    # Before the worker: its module name is a prefix of the control process's.
+    "control (batches, sweeper, webhooks)": lambda name, cmd: (
+        "worker.control" in cmd or "shared.cli control" in cmd),
     "worker main (intake, batcher, recorder, engine frontend)": lambda name, cmd: (
         "-m worker" in cmd or "shared.cli worker" in cmd),
     "api (uvicorn)": lambda name, cmd: "uvicorn" in cmd or "shared.cli api" in cmd,
