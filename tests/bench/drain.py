@@ -4,7 +4,7 @@ same worker serves the light-load rounds through a freshly started API.
 
 The drain_s3 arm is the same drain with the S3 store. Its S3 server (moto) is a stand-in
 that takes the machine's cores from the engine, as a real S3 would not, so its CPU seconds
-over the drain are reported apart.
+over the drain are reported apart (and its threads run at a higher priority: MOTO_NICE).
 
     .venv/bin/python -m tests.bench.drain [RAW_JSON]    (drain_s3 alone; runs raw vLLM
                                                          unless given its result file)
@@ -89,6 +89,29 @@ def drain_queued(st: Stack, ids: list[uuid.UUID], watch: dict[str, int] | None =
     }
 
 
+# moto answers a GET in about 4 ms on an idle machine, but on two cores shared with vLLM's
+# busy-polling engine processes its threads wait for a core: 110 ms per GET at the median
+# and over a second at worst during a drain, so the worker's four prepare threads fetch
+# fewer images than the engine finishes: the drain measured how the kernel shares the
+# cores, 0.24 to 0.61 of raw vLLM from one run to the next, while moto used 0.5 CPU s. A
+# real S3 runs elsewhere and its latency does not depend on these cores; at nice -10 moto
+# answers in 3-4 ms through the drain. Its CPU still comes off these cores, reported apart.
+# BENCH_MOTO_NICE=0 measures the drain with moto as any other process.
+MOTO_NICE = int(os.environ.get("BENCH_MOTO_NICE", "-10"))
+
+
+def renice_threads(pid: int, nice: int) -> int:
+    """Sets every thread of `pid` to `nice` (threads they start inherit it); returns the
+    niceness in force, unchanged where raising the priority is not permitted."""
+    try:
+        for tid in psutil.Process(pid).threads():
+            os.setpriority(os.PRIO_PROCESS, tid.id, nice)
+    except PermissionError:
+        print(f"bench: may not set nice {nice} on pid {pid}; it runs at its own priority",
+              file=sys.stderr, flush=True)
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 def moto_pid(endpoint: str) -> int:
     """The moto server this process started for `endpoint` (tests.helpers.services)."""
     port = str(urlsplit(endpoint).port)
@@ -106,10 +129,11 @@ def measure_drain_s3(w: Workload, log_dir: Path) -> dict[str, Any]:
     """The drain arm with the S3 store; `moto_cpu_s` is the S3 server's share."""
     with stack(w, log_dir, store="s3") as st:
         moto = moto_pid(st.env["VLMQ_S3_ENDPOINT_URL"])
+        nice = renice_threads(moto, MOTO_NICE)
         ids = preload(st.settings, TENANT, w.jobs, w.png, w.prompt, w.params())
-        print(f"bench: drain of {len(ids)} queued jobs by one vLLM worker, S3 store",
-              file=sys.stderr, flush=True)
-        return drain_queued(st, ids, watch={"moto": moto})
+        print(f"bench: drain of {len(ids)} queued jobs by one vLLM worker, S3 store (moto at "
+              f"nice {nice})", file=sys.stderr, flush=True)
+        return {**drain_queued(st, ids, watch={"moto": moto}), "moto_nice": nice}
 
 
 def drain_s3_figures(drain_s3: dict[str, Any] | None, raw: dict[str, Any] | None
@@ -145,7 +169,8 @@ def main() -> None:
     (out / "drain_s3.json").write_text(json.dumps({"raw": raw, "drain_s3": result}, indent=2))
     print(f"{result['jobs']} jobs of {w.width}x{w.height} images, {w.max_tokens} tokens; "
           f"drained in {result['seconds']:.2f} s; worker {result['worker_cpu_s']:.2f} CPU s, "
-          f"moto {result['moto_cpu_s']:.2f} CPU s; raw vLLM {raw['images_per_s']:.2f} img/s")
+          f"moto {result['moto_cpu_s']:.2f} CPU s at nice {result['moto_nice']}; "
+          f"raw vLLM {raw['images_per_s']:.2f} img/s")
     print_cpu_split("first claim to drained", result["cpu_seconds"])
     for name, value in drain_s3_figures(result, raw).items():
         print(f"{name} = {value:.3f}")

@@ -1,20 +1,26 @@
-"""The two reference arms, each run in its own process (`python -m tests.bench.engines ARM`):
+"""The reference arms, each run in its own process (`python -m tests.bench.engines ARM`):
 
 - naive: one request at a time through transformers `generate`, as the common tutorials do;
 - vllm: vLLM's offline `LLM.generate` over all requests at once (the ceiling), and the
-  engine's own latency for one request at a time (what the system adds overhead to).
+  engine's own latency for one request at a time (what the system adds overhead to);
+- camera: `LLM.generate` over camera photos given as JPEG bytes, decoded one after another
+  in this process first, as a plain user of vLLM would (needs the photo folder as argument).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+from PIL import Image
 
 from tests.bench.workload import Workload
 from tests.helpers.parity_probe import drain
@@ -42,14 +48,21 @@ def naive(w: Workload) -> dict[str, float]:
             "tokens": tokens}
 
 
-def raw_vllm(w: Workload) -> dict[str, float]:
+def _llm(w: Workload) -> Any:
+    """vLLM's offline engine with the worker's engine settings."""
     s = w.engine_settings("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.cpu_kvcache_gib))
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
-    llm = LLM(model=s.model_path, max_model_len=s.max_model_len, enforce_eager=True,
-              max_num_seqs=s.max_num_seqs, limit_mm_per_prompt={"image": 1, "video": 0},
-              disable_log_stats=True)
+    return LLM(model=s.model_path, max_model_len=s.max_model_len, enforce_eager=True,
+               max_num_seqs=s.max_num_seqs, limit_mm_per_prompt={"image": 1, "video": 0},
+               disable_log_stats=True)
+
+
+def raw_vllm(w: Workload) -> dict[str, float]:
+    llm = _llm(w)  # first: it sets the environment vLLM reads at import
+    from vllm import SamplingParams
+
     tokenizer = llm.get_tokenizer()
     sampling = SamplingParams(max_tokens=w.max_tokens, ignore_eos=True, temperature=0.0)
 
@@ -80,10 +93,84 @@ def raw_vllm(w: Workload) -> dict[str, float]:
     }
 
 
+def naive_decode(data: bytes, max_pixels: int) -> Image.Image:
+    """The plain decode of a user of vLLM, then the worker's bound on pixels.
+
+    The worker scales an image down to VLMQ_WORKER_MAX_PIXELS before the engine sees it,
+    and the engine's processor then resizes what it gets. Fed the photo as decoded, the
+    processor would resize other pixels at another cost, and the two sides would not do
+    the same engine work; so the same bound as shared.images.prepare_image (checked
+    against it before timing) runs here too, inside the timed part as it is in the worker's.
+    """
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        scale = (max_pixels / pixels) ** 0.5
+        size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    return img
+
+
+def raw_camera(w: Workload, photos_dir: Path) -> dict[str, float]:
+    """The camera arm's reference: the timed part is the decode of every photo, one after
+    another, then one `generate` over them all."""
+    from shared.images import prepare_image
+    from tests.bench.photos import CAMERA_TOKENS, photo, read_photos
+
+    max_pixels = w.engine_settings("vllm").worker_max_pixels
+    warm = [photo(10_000 + i) for i in range(8)]
+    if naive_decode(warm[0], max_pixels).tobytes() != prepare_image(warm[0], max_pixels).tobytes():
+        raise RuntimeError("naive_decode no longer gives the worker's pixels; see "
+                           "shared.images.prepare_image")
+    llm = _llm(w)
+    from vllm import SamplingParams
+
+    tokenizer = llm.get_tokenizer()
+    sampling = SamplingParams(max_tokens=CAMERA_TOKENS, ignore_eos=True, temperature=0.0)
+    photos = read_photos(photos_dir)
+    prompts = [render_chat_prompt(tokenizer, w.prompt(i)) for i in range(len(photos))]
+
+    llm.generate([{"prompt": render_chat_prompt(tokenizer, w.prompt(i)),
+                   "multi_modal_data": {"image": naive_decode(data, max_pixels)}}
+                  for i, data in enumerate(warm)], sampling, use_tqdm=False)  # warm-up
+    print(f"bench: raw vLLM over {len(photos)} camera photos", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    inputs = [{"prompt": prompt, "multi_modal_data": {"image": naive_decode(data, max_pixels)}}
+              for prompt, data in zip(prompts, photos)]
+    decoded = time.perf_counter()
+    outs = llm.generate(inputs, sampling, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    llm.llm_engine.engine_core.shutdown()
+    return {
+        "images": len(photos),
+        "seconds": elapsed,
+        "images_per_s": len(photos) / elapsed,
+        "decode_seconds": decoded - start,
+        "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+        "photo_bytes_mean": sum(map(len, photos)) / len(photos),
+    }
+
+
+def run_engine_arm(arm: str, w: Workload, out: Path, *extra: str) -> dict[str, float]:
+    """Runs `arm` in a process of its own (vLLM's engine leaves threads and children that
+    must not outlive it) and returns what it wrote to `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    print(f"bench: {arm} arm", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "tests.bench.engines", arm, str(w.model_path),
+                    str(out), *extra], check=True, env=env, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
 def main() -> None:
     arm, model_path, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     w = Workload(model_path=model_path)
-    result = naive(w) if arm == "naive" else raw_vllm(w)
+    if arm == "naive":
+        result = naive(w)
+    elif arm == "camera":
+        result = raw_camera(w, Path(sys.argv[4]))
+    else:
+        result = raw_vllm(w)
     out.write_text(json.dumps(result))
     sys.stdout.flush()
     sys.stderr.flush()
