@@ -5,7 +5,8 @@
 Arms, cheapest first: the object store's CPU per PUT and GET, ingest, long poll and submits under held polls (one API process),
 the echo worker's ceiling (file and S3 stores), the worker feeding a simulated GPU engine,
 naive transformers, raw vLLM, the drain of queued jobs by one vLLM worker and the
-light-load rounds, and the full system under closed-loop clients and a burst with uploads.
+light-load rounds, the drain with the S3 store, camera photos, OpenAI batch files against
+vLLM's run_batch, and the full system under closed-loop clients and a burst with uploads.
 BENCH_ARMS=a,b runs a subset (BENCH_ARMS=simulated needs no model); BENCH_* sizes are in
 workload.py. Writes bench.json, throughput.png and a line of history.jsonl under
 BENCH_OUT (bench-results/).
@@ -24,9 +25,10 @@ from typing import Any
 from shared.devtools.tiny_model import build_tiny_model
 from tests.bench.api_arms import run_api_stack
 from tests.bench.batches import batch_figures, measure_run_batch, measure_vlmq_batch
+from tests.bench.camera import camera_figures, measure_camera
 from tests.bench.ceiling import measure_ceiling
-from tests.bench.drain import run_vllm_stack
-from tests.bench.report import append_history, cpu_line, table
+from tests.bench.drain import drain_s3_figures, measure_drain_s3, run_vllm_stack
+from tests.bench.report import append_history, cpu_line, print_split, table
 from tests.bench.runner import Runner
 from tests.bench.simulated import measure_simulated
 from tests.bench.store_ops import measure_store_ops, store_figures
@@ -81,6 +83,8 @@ def run_all(w: Workload, runner: Runner) -> None:
     runner.attempt("naive", lambda: run_arm("naive", w))
     runner.attempt("raw", lambda: run_arm("vllm", w))
     runner.group(["drain", "light"], lambda: run_vllm_stack(w, logs / "vllm", runner))
+    runner.attempt("drain_s3", lambda: measure_drain_s3(w, logs / "vllm-s3"))
+    runner.attempt("camera", lambda: measure_camera(w, OUT, logs / "camera"))
     runner.attempt("run_batch", lambda: measure_run_batch(w, logs / "run-batch"))
     runner.attempt("batch_file", lambda: measure_vlmq_batch(w, logs / "batch-file", "file"))
     runner.attempt("batch_s3", lambda: measure_vlmq_batch(w, logs / "batch-s3", "s3"))
@@ -124,6 +128,8 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
         f["simulated_images_per_s"] = simulated["images_per_s"]
         f["simulated_over_max"] = simulated["over_max"]
         f["simulated_worker_cpu_cores"] = simulated["worker_cpu_cores"]
+    f.update(drain_s3_figures(r.get("drain_s3"), raw))
+    f.update(camera_figures(r.get("camera")))
     f.update(batch_figures(r))
     if store := r.get("store"):
         f.update(store_figures(store))
@@ -150,14 +156,6 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
     return f
 
 
-def print_split(title: str, cpu: dict[str, float]) -> None:
-    total = sum(cpu.values())
-    print(f"\nCPU seconds {title} ({os.cpu_count()} cores):")
-    for part, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        if seconds > 0:
-            print(f"  {part:58s} {seconds:6.2f}  {100 * seconds / max(total, 1e-9):4.0f}%")
-
-
 def print_details(w: Workload, r: dict[str, Any]) -> None:
     print(f"\n{w.jobs} jobs, {w.width}x{w.height} images, {w.max_tokens} tokens each (EOS "
           f"ignored); echo {w.echo_jobs} jobs; ingest {w.uploads} uploads")
@@ -172,6 +170,12 @@ def print_details(w: Workload, r: dict[str, Any]) -> None:
         if echo := r.get(arm):
             print_split(f"during the echo ceiling, {store} store, first claim seen to drained "
                         f"({echo['jobs']} jobs in {echo['seconds']:.1f} s)", echo["cpu_seconds"])
+    if d := r.get("drain_s3"):
+        print_split(f"during the S3 drain, moto at nice {d.get('moto_nice')} "
+                    f"({d['seconds']:.1f} s)", d["cpu_seconds"])
+    if camera := r.get("camera"):
+        print_split(f"during the camera drain ({camera['system']['seconds']:.1f} s)",
+                    camera["system"]["cpu_seconds"])
     if sim := r.get("simulated"):
         print(f"\nsimulated engine: {sim['max_num_seqs']} seqs x {sim['max_tokens']} tokens x "
               f"{sim['step_ms']:g} ms steps = {sim['engine_max_images_per_s']:.1f} images/s at "
@@ -182,8 +186,8 @@ def print_details(w: Workload, r: dict[str, Any]) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     runner = Runner()
-    needs_model = runner.wants("naive", "raw", "drain", "light", "run_batch", "batch_file",
-                               "batch_s3", "system")
+    needs_model = runner.wants("naive", "raw", "drain", "light", "drain_s3", "camera",
+                               "run_batch", "batch_file", "batch_s3", "system")
     model = build_tiny_model(MODEL_DIR.resolve()) if needs_model else MODEL_DIR.resolve()
     w = Workload(model_path=model)
     run_all(w, runner)

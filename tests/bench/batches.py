@@ -127,16 +127,6 @@ def phases(settings: Settings, batch_id: str) -> dict[str, float]:
         engine.dispose()
 
 
-def moto_pid() -> int | None:
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "moto.server" in " ".join(child.cmdline()):
-                return child.pid
-        except psutil.Error:
-            continue
-    return None
-
-
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its children (a worker's engine processes)."""
     proc = psutil.Process(pid)
@@ -170,7 +160,7 @@ def measure_vlmq_batch(w: Workload, log_dir: Path, store: str,
             run_vlmq_batch(client, warm, check, timeout=600)
             print(f"bench: vlmq batch ({store} store): {lines} lines", file=sys.stderr,
                   flush=True)
-            moto = moto_pid() if store == "s3" else None
+            moto = st.moto_pid
             before = ({name: tree_cpu(s.proc.pid) for name, s in services.items()},
                       cpu_seconds(moto) if moto else 0.0, cpu_profile.snapshot())
             batch, upload_s, seconds = run_vlmq_batch(client, content, check,

@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.bench.drain import drain_queued, print_cpu_split
+from tests.bench.drain import drain_queued
 from tests.bench.engines import run_engine_arm
 from tests.bench.photos import CAMERA_PHOTOS, CAMERA_TOKENS, read_photos, write_photos
 from tests.bench.preload import preload
+from tests.bench.report import print_split
 from tests.bench.stack import TENANT, stack
 from tests.bench.workload import Workload
 
@@ -63,7 +64,7 @@ def main() -> None:
           f"{CAMERA_TOKENS} tokens each; raw vLLM {raw['seconds']:.2f} s of which decoding "
           f"{raw['decode_seconds']:.2f} s; system {system['seconds']:.2f} s, worker main "
           f"process {system['worker_cpu_s']:.2f} CPU s")
-    print_cpu_split("first claim to drained", system["cpu_seconds"])
+    print_split("first claim to drained", system["cpu_seconds"])
     for name, value in camera_figures(result).items():
         print(f"{name} = {value:.3f}")
 

@@ -4,7 +4,7 @@ same worker serves the light-load rounds through a freshly started API.
 
 The drain_s3 arm is the same drain with the S3 store. Its S3 server (moto) is a stand-in
 that takes the machine's cores from the engine, as a real S3 would not, so its CPU seconds
-over the drain are reported apart (and its threads run at a higher priority: MOTO_NICE).
+over the drain are reported apart (and it runs at a higher priority: tests/bench/stack.py).
 
     .venv/bin/python -m tests.bench.drain [RAW_JSON]    (drain_s3 alone; runs raw vLLM
                                                          unless given its result file)
@@ -20,15 +20,13 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-import psutil
 
 from tests.bench import cpu_profile
 from tests.bench.ceiling import wait_first_claim
 from tests.bench.light import measure_light
 from tests.bench.preload import preload, wait_drained
 from tests.bench.procwatch import CpuSampler
+from tests.bench.report import print_split
 from tests.bench.runner import Runner
 from tests.bench.stack import TENANT, Stack, alive, stack
 from tests.bench.workload import Workload
@@ -89,47 +87,11 @@ def drain_queued(st: Stack, ids: list[uuid.UUID], watch: dict[str, int] | None =
     }
 
 
-# moto answers a GET in about 4 ms on an idle machine, but on two cores shared with vLLM's
-# busy-polling engine processes its threads wait for a core: 110 ms per GET at the median
-# and over a second at worst during a drain, so the worker's four prepare threads fetch
-# fewer images than the engine finishes: the drain measured how the kernel shares the
-# cores, 0.24 to 0.61 of raw vLLM from one run to the next, while moto used 0.5 CPU s. A
-# real S3 runs elsewhere and its latency does not depend on these cores; at nice -10 moto
-# answers in 3-4 ms through the drain. Its CPU still comes off these cores, reported apart.
-# BENCH_MOTO_NICE=0 measures the drain with moto as any other process.
-MOTO_NICE = int(os.environ.get("BENCH_MOTO_NICE", "-10"))
-
-
-def renice_threads(pid: int, nice: int) -> int:
-    """Sets every thread of `pid` to `nice` (threads they start inherit it); returns the
-    niceness in force, unchanged where raising the priority is not permitted."""
-    try:
-        for tid in psutil.Process(pid).threads():
-            os.setpriority(os.PRIO_PROCESS, tid.id, nice)
-    except PermissionError:
-        print(f"bench: may not set nice {nice} on pid {pid}; it runs at its own priority",
-              file=sys.stderr, flush=True)
-    return os.getpriority(os.PRIO_PROCESS, pid)
-
-
-def moto_pid(endpoint: str) -> int:
-    """The moto server this process started for `endpoint` (tests.helpers.services)."""
-    port = str(urlsplit(endpoint).port)
-    for child in psutil.Process().children(recursive=True):
-        try:
-            cmd = child.cmdline()
-        except psutil.Error:
-            continue
-        if "moto.server" in cmd and port in cmd:
-            return child.pid
-    raise RuntimeError(f"no moto server of ours listens at {endpoint}")
-
-
 def measure_drain_s3(w: Workload, log_dir: Path) -> dict[str, Any]:
     """The drain arm with the S3 store; `moto_cpu_s` is the S3 server's share."""
     with stack(w, log_dir, store="s3") as st:
-        moto = moto_pid(st.env["VLMQ_S3_ENDPOINT_URL"])
-        nice = renice_threads(moto, MOTO_NICE)
+        moto, nice = st.moto_pid, st.moto_nice
+        assert moto is not None
         ids = preload(st.settings, TENANT, w.jobs, w.png, w.prompt, w.params())
         print(f"bench: drain of {len(ids)} queued jobs by one vLLM worker, S3 store (moto at "
               f"nice {nice})", file=sys.stderr, flush=True)
@@ -145,14 +107,6 @@ def drain_s3_figures(drain_s3: dict[str, Any] | None, raw: dict[str, Any] | None
         if raw:
             f["drain_s3_over_raw"] = drain_s3["jobs_per_s"] / raw["images_per_s"]
     return f
-
-
-def print_cpu_split(title: str, cpu: dict[str, float]) -> None:
-    total = sum(cpu.values())
-    print(f"CPU seconds {title} ({os.cpu_count()} cores):")
-    for part, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        if seconds > 0:
-            print(f"  {part:58s} {seconds:6.2f}  {100 * seconds / max(total, 1e-9):4.0f}%")
 
 
 def main() -> None:
@@ -171,7 +125,7 @@ def main() -> None:
           f"drained in {result['seconds']:.2f} s; worker {result['worker_cpu_s']:.2f} CPU s, "
           f"moto {result['moto_cpu_s']:.2f} CPU s at nice {result['moto_nice']}; "
           f"raw vLLM {raw['images_per_s']:.2f} img/s")
-    print_cpu_split("first claim to drained", result["cpu_seconds"])
+    print_split("first claim to drained", result["cpu_seconds"])
     for name, value in drain_s3_figures(result, raw).items():
         print(f"{name} = {value:.3f}")
 

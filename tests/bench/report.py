@@ -33,6 +33,12 @@ FIGURES: dict[str, Figure] = {
     "batch_s3_lines_per_s": Figure("vlmq batch, S3 (moto)", "lines/s"),
     "batch_s3_over_run_batch": Figure("batch S3 / run_batch", "x", (">=", 0.9)),
     "batch_s3_moto_cpu_s": Figure("  S3 server (moto) CPU during it", "s"),
+    "drain_s3_images_per_s": Figure("drain of queued jobs, S3 (moto)", "img/s"),
+    "drain_s3_over_raw": Figure("drain S3 / raw vLLM", "x", (">=", 0.85)),
+    "drain_s3_moto_cpu_s": Figure("  S3 server (moto) CPU during it", "s"),
+    "camera_raw_images_per_s": Figure("raw vLLM, 96 camera JPEGs decoded serially", "img/s"),
+    "camera_images_per_s": Figure("camera JPEGs, 1 vLLM worker", "img/s"),
+    "camera_over_raw": Figure("camera / raw vLLM", "x", (">=", 1.1)),
     "burst_images_per_s": Figure("burst with uploads (S3)", "img/s"),
     "burst_over_raw": Figure("burst / raw vLLM (c/b)", "x", (">=", 0.85)),
     "burst_over_naive": Figure("burst / naive (c/a)", "x", (">=", 10.0)),
@@ -171,3 +177,12 @@ def append_history(path: Path, figures: dict[str, float], extra: dict[str, Any])
     }
     with path.open("a") as fh:
         fh.write(json.dumps(line) + "\n")
+
+
+def print_split(title: str, cpu: dict[str, float]) -> None:
+    """CPU seconds per part of the system over a window, largest first."""
+    total = sum(cpu.values())
+    print(f"\nCPU seconds {title} ({os.cpu_count()} cores):")
+    for part, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        if seconds > 0:
+            print(f"  {part:58s} {seconds:6.2f}  {100 * seconds / max(total, 1e-9):4.0f}%")
