@@ -4,6 +4,8 @@ Callers `submit()` a request and get a future; no thread waits per job. One loop
 owns the backend: when idle it gathers requests until `max_batch_size` or `max_wait_ms`,
 and while requests are running it admits newcomers before every step, so a job never
 waits for a whole batch to finish when there is room (continuous batching).
+`max_batch_size` bounds the requests inside the backend, running or waiting in its own
+queue (vLLM's scheduler runs at most its max_num_seqs and keeps the rest waiting).
 
 Failures are contained:
 - if the backend fails, the requests inside it fail with EngineError (saying how many

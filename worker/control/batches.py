@@ -64,6 +64,10 @@ CHUNK_LINES = 500
 # The first chunk is small so the engine starts on a batch at once; chunks then double
 # up to CHUNK_LINES, where a transaction per chunk costs little.
 FIRST_CHUNK_LINES = 32
+# A batch with this few lines left to run is looked at every NEAR_END_POLL_SECONDS rather
+# than every poll, so it ends soon after its last line; counting so few lines is cheap.
+NEAR_END_LINES = 256
+NEAR_END_POLL_SECONDS = 0.05
 _SPOOL_BYTES = 8 * 1024 * 1024
 _MAX_RETRY_SECONDS = 300.0
 # What a line that never ran is told, by how its batch ended.
@@ -118,6 +122,7 @@ class BatchRunner:
         # is mostly a round trip, and one after another they held a chunk for seconds.
         self._lines_pool = ThreadPoolExecutor(settings.batch_expand_threads, "batch-lines")
         self._stop = threading.Event()
+        self._near_end = False  # a batch of the last pass had few lines left to run
         self._thread = threading.Thread(target=self._run, name="batch-runner", daemon=True)
 
     def start(self) -> None:
@@ -134,13 +139,11 @@ class BatchRunner:
         return self.settings.max_upload_bytes * 4 // 3 + 256 * 1024
 
     def _run(self) -> None:
-        moved = False
-        # A pass that moved a batch on (validated, expanded, ended it) is followed at once by
-        # the next, so a batch goes from validation to its first lines without a poll's wait.
-        while not self._stop.wait(0 if moved else self.settings.batch_poll_seconds):
-            moved = False
+        wait = self.settings.batch_poll_seconds
+        while not self._stop.wait(wait):
+            wait = self.settings.batch_poll_seconds
             try:
-                moved = self.run_once()
+                wait = self._next_wait(self.run_once())
             except Exception as exc:
                 what = unreachable(exc)
                 if what is None:
@@ -150,9 +153,19 @@ class BatchRunner:
                     log.warning("batch work paused: the %s is unreachable (%s)", what,
                                 exc.__class__.__name__)
 
+    def _next_wait(self, moved: bool) -> float:
+        # A pass that moved a batch on (validated, expanded, ended it) is followed at once by
+        # the next, so a batch goes from validation to its first lines without a poll's wait.
+        if moved:
+            return 0.0
+        if self._near_end:
+            return min(NEAR_END_POLL_SECONDS, self.settings.batch_poll_seconds)
+        return self.settings.batch_poll_seconds
+
     def run_once(self) -> bool:
         """One pass over the batches needing work; whether any of them moved on."""
         moved = False
+        self._near_end = False
         with self.sessions() as session:
             ids = batches.needing_work(session, utcnow())
         for batch_id in ids:
@@ -371,8 +384,10 @@ class BatchRunner:
     def _finish_if_done(self, batch: Batch, target: BatchStatus) -> bool:
         """Ends the batch as `target` once none of its lines is left to run; whether it did."""
         with self.sessions() as session:
-            if batches.unfinished(session, batch.id):
-                return False
+            left = batches.unfinished(session, batch.id)
+        if left:
+            self._near_end = self._near_end or left <= NEAR_END_LINES
+            return False
         if target == BatchStatus.completed and batch.status == BatchStatus.in_progress:
             with self.sessions.begin() as session:
                 batch_transitions.finalize(session, batch.id, now=utcnow())
