@@ -81,16 +81,11 @@ class EngineSettings(_Section):
     engine: EngineKind = EngineKind.vllm
 
     # Batching: how many jobs the engine runs together and how long it gathers a batch;
-    # a worker holds up to max_in_flight jobs (claimed, preparing or in the engine), by
-    # default the jobs it may hand the engine plus one batch more being prepared.
+    # a worker holds up to max_in_flight jobs (claimed, preparing or in the engine),
+    # twice the batch by default so the next batch is ready when a slot frees.
     max_batch_size: int = 64
     max_wait_ms: int = 10
     max_in_flight: int | None = None
-    # Jobs handed to vLLM (or the simulated engine) beyond its batch, waiting inside it with
-    # their images already processed, so a slot freed by a finished sequence is taken at the
-    # very next step rather than once the worker has handed over and processed another
-    # image (default: max_batch_size). The transformers engine takes one batch at a time.
-    engine_waiting: int | None = Field(default=None, ge=0)
     # Fetch and decode of claimed jobs' images run on this many threads per worker.
     prepare_threads: int = 4
     # Preprocessing bound applied by the worker before inference.
@@ -116,16 +111,8 @@ class EngineSettings(_Section):
     ignore_eos: bool = False
 
     @property
-    def admit_limit(self) -> int:
-        """The most jobs inside the engine at once, running or waiting there."""
-        if self.engine == EngineKind.transformers:
-            return self.max_batch_size
-        waiting = self.max_batch_size if self.engine_waiting is None else self.engine_waiting
-        return self.max_batch_size + waiting
-
-    @property
     def in_flight_limit(self) -> int:
-        return self.max_in_flight or self.admit_limit + self.max_batch_size
+        return self.max_in_flight or 2 * self.max_batch_size
 
 
 class LimitsSettings(_Section):

@@ -1,6 +1,7 @@
 """The GPU worker process: resident engine, intake, recorder, upkeep and the sweeper.
 
-The engine loads before anything is claimed and is released in a `finally`. SIGTERM or
+The engine loads and is warmed up before anything is claimed, and is released in a
+`finally`. SIGTERM or
 SIGINT stops claiming, lets the jobs held finish for `VLMQ_SHUTDOWN_GRACE_SECONDS`, then
 aborts the rest and hands them back to the queue without counting the attempt.
 """
@@ -20,6 +21,7 @@ from worker.inflight import InFlight
 from worker.intake import Intake
 from worker.recorder import Recorder
 from worker.upkeep import Upkeep
+from worker.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ctx = WorkerContext.start(settings)
+    warm_up(ctx.engine, settings)
     policy = RetryPolicy.from_settings(settings)
     inflight = InFlight(settings.in_flight_limit)
     recorder = Recorder(ctx.sessions, policy, inflight, ctx.metrics)

@@ -4,8 +4,6 @@ Callers `submit()` a request and get a future; no thread waits per job. One loop
 owns the backend: when idle it gathers requests until `max_batch_size` or `max_wait_ms`,
 and while requests are running it admits newcomers before every step, so a job never
 waits for a whole batch to finish when there is room (continuous batching).
-`max_batch_size` bounds the requests inside the backend, running or waiting in its own
-queue (vLLM's scheduler runs at most its max_num_seqs and keeps the rest waiting).
 
 Failures are contained:
 - if the backend fails, the requests inside it fail with EngineError (saying how many
@@ -60,6 +58,7 @@ class BatchingEngine:
         self._inbox: queue.Queue[Item] = queue.Queue()
         self._futures: dict[str, Future[GenerationOutput]] = {}
         self._admitted_at: dict[str, float] = {}
+        self._uncounted: set[str] = set()
         self._solo_waiting: Item | None = None
         self._solo_running: str | None = None
         self._aborts: queue.Queue[str] = queue.Queue()
@@ -158,6 +157,8 @@ class BatchingEngine:
         for request, future in batch:
             self._futures[request.request_id] = future
             self._admitted_at[request.request_id] = now
+            if not request.counted:
+                self._uncounted.add(request.request_id)
         self.metrics.admitted_together.observe(len(batch))
         try:
             rejected = self.backend.add([request for request, _ in batch])
@@ -177,12 +178,17 @@ class BatchingEngine:
         for request_id, outcome in results:
             future = self._futures.pop(request_id, None)
             admitted = self._admitted_at.pop(request_id, now)
+            counted = request_id not in self._uncounted
+            self._uncounted.discard(request_id)
             if request_id == self._solo_running:
                 self._solo_running = None
             if future is None:
                 continue
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
+                continue
+            if not counted:
+                future.set_result(outcome)
                 continue
             self.metrics.engine_time.observe(now - admitted)
             self.metrics.prompt_tokens.inc(outcome.prompt_tokens)
@@ -240,6 +246,7 @@ class BatchingEngine:
                 future.set_exception(exc)
         self._futures.clear()
         self._admitted_at.clear()
+        self._uncounted.clear()
         self._solo_running = None
 
     def _fail_all(self, exc: Exception) -> None:

@@ -41,7 +41,7 @@ class WorkerContext:
                  settings.model_path)
         engine = BatchingEngine(
             lambda: load_backend(settings),
-            max_batch_size=settings.admit_limit,
+            max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             metrics=metrics,
             max_job_seconds=settings.max_job_seconds,

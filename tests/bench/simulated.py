@@ -34,7 +34,7 @@ def measure_simulated(w: Workload, log_dir: Path) -> dict[str, object]:
                       w.params())
         st.env.update(VLMQ_ECHO_STEP_MS=str(w.simulated_step_ms),
                       VLMQ_MAX_NUM_SEQS=str(w.simulated_seqs),
-                      VLMQ_MAX_BATCH_SIZE=str(w.simulated_seqs))
+                      VLMQ_MAX_BATCH_SIZE=str(2 * w.simulated_seqs))
         print(f"bench: simulated engine, {jobs} jobs, {w.simulated_seqs} seqs x "
               f"{w.max_tokens} tokens x {w.simulated_step_ms:g} ms = {top:.1f} images/s at "
               "most", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 
+from shared.settings import EngineSettings
 from tests.helpers.images import sample_image
 from worker.batcher import BatchingEngine
 from worker.engines.base import (
@@ -21,6 +22,7 @@ from worker.engines.base import (
 )
 from worker.engines.echo_backend import CRASH_MARKER, ECHO_TEXT, HANG_MARKER, EchoBackend
 from worker.metrics import WorkerMetrics
+from worker.warmup import warm_up
 
 IMAGE = sample_image(56, 84)  # 2 x 3 patches of 28 pixels
 RESULT_TIMEOUT = 5.0
@@ -227,3 +229,23 @@ def test_shutdown_fails_what_is_left_and_refuses_new_requests() -> None:
     assert isinstance(outcome(hung), RequestAborted)
     late = outcome(batcher.submit("late"))
     assert isinstance(late, EngineError) and "not running" in str(late)
+
+
+def test_a_warm_up_runs_through_the_engine_and_counts_in_no_metric(
+        make_batcher: Callable[..., Batcher]) -> None:
+    batcher = make_batcher()
+    # The echo engine has nothing to warm, so warm up as a vLLM worker would.
+    warm_up(batcher.engine, EngineSettings(engine="vllm"))
+    assert len(batcher.backends) == 1 and batcher.backends[0].num_unfinished() == 0
+    sample = batcher.metrics.registry.get_sample_value
+    assert (sample("vlmq_images_total") or 0.0) == 0.0
+    assert (sample("vlmq_job_engine_seconds_count") or 0.0) == 0.0
+    batcher.submit("job").result(RESULT_TIMEOUT)
+    assert sample("vlmq_images_total") == 1.0
+    assert sample("vlmq_job_engine_seconds_count") == 1.0
+
+
+def test_an_echo_worker_skips_the_warm_up(make_batcher: Callable[..., Batcher]) -> None:
+    batcher = make_batcher()
+    warm_up(batcher.engine, EngineSettings(engine="echo"))
+    assert batcher.admitted_batches() == (0.0, 0.0)

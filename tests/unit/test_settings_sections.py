@@ -42,8 +42,7 @@ FIELDS_BEFORE_SECTIONS = frozenset({
     "batch_work_tries",
     "broker_folder", "broker_url", "chat_wait_seconds", "claim_poll_seconds",
     "cpu_kvcache_gib", "database_url", "default_max_tokens", "dtype", "echo_faults",
-    "echo_step_ms", "enforce_eager", "engine", "engine_waiting", "flower_basic_auth",
-    "gpu_memory_utilization",
+    "echo_step_ms", "enforce_eager", "engine", "flower_basic_auth", "gpu_memory_utilization",
     "heartbeat_seconds", "ignore_eos", "image_fetch_allow_http", "image_fetch_allowed_buckets",
     "image_fetch_allowed_networks", "image_fetch_timeout_seconds", "lease_seconds",
     "limit_mm_per_prompt", "long_poll_fallback_seconds", "long_poll_max_seconds",
@@ -154,17 +153,11 @@ def test_validators_run_in_the_section_and_in_settings(
 def test_properties_live_with_the_fields_they_read() -> None:
     broker = BrokerSettings(queue_prefix="q")
     assert (broker.abort_channel, broker.webhook_queue) == ("q.abort", "q.webhooks")
-    # vLLM: a batch running, one waiting inside it, one more being prepared.
-    assert EngineSettings(max_batch_size=8).admit_limit == 16
-    assert EngineSettings(max_batch_size=8).in_flight_limit == 24
-    assert EngineSettings(max_batch_size=8, engine_waiting=0).admit_limit == 8
+    assert EngineSettings(max_batch_size=8).in_flight_limit == 16
     assert EngineSettings(max_batch_size=8, max_in_flight=3).in_flight_limit == 3
-    # The transformers engine takes one batch at a time.
-    one_batch = EngineSettings(engine="transformers", max_batch_size=8)
-    assert (one_batch.admit_limit, one_batch.in_flight_limit) == (8, 16)
     whole = Settings(queue_prefix="q", model="m", max_batch_size=4)
     assert (whole.queue_name, whole.abort_channel, whole.in_flight_limit) == ("q.jobs.m",
-                                                                              "q.abort", 12)
+                                                                              "q.abort", 8)
 
 
 # --- components given a section alone --------------------------------------------------------

@@ -59,6 +59,8 @@ class GenerationRequest:
     params: dict[str, Any] = field(default_factory=dict)
     # Runs with no other request in the engine (it was present at repeated engine failures).
     solo: bool = False
+    # Whether its result counts in the worker's metrics (a warm-up request's does not).
+    counted: bool = True
 
 
 @dataclass(frozen=True)
