@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import subprocess
@@ -115,7 +116,9 @@ class ResponseDropper:
             # client socket, and a bare close sends no FIN until that recv returns, so the
             # client would wait out its whole timeout instead of seeing the drop.
             for sock in (client, upstream):
-                sock.shutdown(socket.SHUT_RDWR)
+                # The forwarding thread may have shut it already, on the client's own FIN.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             return
         forward(upstream, client)
