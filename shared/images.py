@@ -91,13 +91,17 @@ def prepare_image(data: bytes, max_pixels: int) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.seek(0)
     img = _exif_oriented(img)
-    img = to_rgb(img)
+    return bound_pixels(to_rgb(img), max_pixels)
+
+
+def bound_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
+    """`img` scaled down, keeping its aspect, to at most `max_pixels`."""
     pixels = img.width * img.height
-    if pixels > max_pixels:
-        scale = (max_pixels / pixels) ** 0.5
-        size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BICUBIC)
-    return img
+    if pixels <= max_pixels:
+        return img
+    scale = (max_pixels / pixels) ** 0.5
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
 
 
 def check_dimensions(width: int, height: int, *, max_pixels: int, max_side: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 from PIL import Image
 
+from shared.images import bound_pixels
 from tests.bench.workload import Workload
 from tests.helpers.parity_probe import drain
 from worker.engines.base import GenerationRequest
@@ -99,16 +100,10 @@ def naive_decode(data: bytes, max_pixels: int) -> Image.Image:
     The worker scales an image down to VLMQ_WORKER_MAX_PIXELS before the engine sees it,
     and the engine's processor then resizes what it gets. Fed the photo as decoded, the
     processor would resize other pixels at another cost, and the two sides would not do
-    the same engine work; so the same bound as shared.images.prepare_image (checked
-    against it before timing) runs here too, inside the timed part as it is in the worker's.
+    the same engine work; so the worker's own bound (the output checked against
+    shared.images.prepare_image before timing) runs here too, inside the timed part as it is in the worker's.
     """
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    pixels = img.width * img.height
-    if pixels > max_pixels:
-        scale = (max_pixels / pixels) ** 0.5
-        size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BICUBIC)
-    return img
+    return bound_pixels(Image.open(io.BytesIO(data)).convert("RGB"), max_pixels)
 
 
 def raw_camera(w: Workload, photos_dir: Path) -> dict[str, float]:
@@ -171,11 +166,16 @@ def main() -> None:
         result = raw_camera(w, Path(sys.argv[4]))
     else:
         result = raw_vllm(w)
+    write_and_exit(out, result)
+
+
+def write_and_exit(out: Path, result: dict[str, object]) -> None:
+    """Writes an arm's result and ends its process. vLLM's helper threads can keep the
+    interpreter alive after the work is done; exit without them, but never leave an engine
+    process behind."""
     out.write_text(json.dumps(result))
     sys.stdout.flush()
     sys.stderr.flush()
-    # vLLM's helper threads can keep the interpreter alive after the work is done; exit
-    # without them, but never leave an engine process behind.
     for child in psutil.Process().children(recursive=True):
         child.kill()
     os._exit(0)

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from tests.bench.engines import write_and_exit
 from tests.bench.workload import Workload
 
 SERVED_MODEL = "bench"  # the model name the batch lines ask for, as vlmq's bench stack serves
@@ -98,14 +97,7 @@ def main() -> None:
     model_path, warm, timed, out = (Path(a) for a in sys.argv[1:5])
     w = Workload(model_path=model_path)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(w.engine_settings("vllm").cpu_kvcache_gib))
-    result = asyncio.run(run(w, warm, timed, out))
-    out.write_text(json.dumps(result))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # As engines.py: vLLM's helper threads can outlive the work; leave no engine behind.
-    for child in psutil.Process().children(recursive=True):
-        child.kill()
-    os._exit(0)
+    write_and_exit(out, asyncio.run(run(w, warm, timed, out)))
 
 
 if __name__ == "__main__":
