@@ -36,13 +36,7 @@ def _drain(st: Stack, w: Workload) -> dict[str, object]:
     ids = preload(st.settings, TENANT, w.jobs, w.png, w.prompt, w.params())
     print(f"bench: drain of {len(ids)} queued jobs by one vLLM worker", file=sys.stderr,
           flush=True)
-    worker = st.start_worker("vllm", ready=False)
-    drained = wait_drained(st.settings, ids, timeout=max(600, w.jobs),
-                           check=lambda: alive(worker))
-    if drained.succeeded != drained.jobs:
-        raise RuntimeError(f"{drained.jobs - drained.succeeded} of {drained.jobs} drain "
-                           f"jobs did not succeed; see {worker.log_path}")
-    return asdict(drained)
+    return drain_queued(st, ids)
 
 
 def run_vllm_stack(w: Workload, log_dir: Path, runner: Runner) -> None:

@@ -20,6 +20,7 @@ import psutil
 
 from shared.settings import StoreSettings
 from shared.storage import make_store, s3_client
+from tests.bench.stack import moto_pid
 from tests.helpers.services import moto_server
 
 OBJECT_BYTES = 150_000
@@ -61,7 +62,7 @@ def measure_store_ops(log_dir: Path) -> dict[str, dict[str, float]]:
     log_dir.mkdir(parents=True, exist_ok=True)
     data = os.urandom(OBJECT_BYTES)
     with moto_server(log_dir) as endpoint:
-        server = _server_process(endpoint)
+        server = psutil.Process(moto_pid(endpoint))
         settings = StoreSettings(store_url=f"s3://vlmq-bench-{uuid.uuid4().hex[:8]}/images",
                                  s3_endpoint_url=endpoint, s3_access_key_id="bench",
                                  s3_secret_access_key="bench")
@@ -84,14 +85,6 @@ def measure_store_ops(log_dir: Path) -> dict[str, dict[str, float]]:
             "boto3_put": _per_op(boto_put, "boto3", server),
             "boto3_get": _per_op(boto_get, "boto3", server),
         }
-
-
-def _server_process(endpoint: str) -> psutil.Process:
-    port = int(endpoint.rsplit(":", 1)[1])
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid)
-    raise RuntimeError(f"no process listens on {endpoint}")
 
 
 def store_figures(ops: dict[str, dict[str, float]]) -> dict[str, float]:

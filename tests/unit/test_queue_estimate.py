@@ -83,14 +83,20 @@ def test_with_a_live_worker_the_eta_comes_from_recent_throughput(
     assert not estimate.waiting_for_worker
 
 
+def api_keys(settings: Settings, *tenants: str) -> list[str]:
+    """A new API key for each tenant, in order."""
+    engine = make_engine(settings)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return [tenancy_repo.create_key(session, tenant, "test", False)[1]
+                    for tenant in tenants]
+    finally:
+        engine.dispose()
+
+
 def test_get_says_a_queued_job_waits_for_a_worker(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
-        engine = make_engine(settings)
-        try:
-            with make_session_factory(engine).begin() as session:
-                key = tenancy_repo.create_key(session, "eta", "test", False)[1]
-        finally:
-            engine.dispose()
+        key, = api_keys(settings, "eta")
         client.headers["Authorization"] = f"Bearer {key}"
         job = client.post("/v1/jobs", data={"prompt": "Anyone there?"},
                           files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
@@ -103,13 +109,7 @@ def test_get_says_a_queued_job_waits_for_a_worker(settings: Settings) -> None:
 
 def test_another_tenant_learns_nothing_of_a_queued_job(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
-        engine = make_engine(settings)
-        try:
-            with make_session_factory(engine).begin() as session:
-                owner = tenancy_repo.create_key(session, "owner", "test", False)[1]
-                other = tenancy_repo.create_key(session, "other", "test", False)[1]
-        finally:
-            engine.dispose()
+        owner, other = api_keys(settings, "owner", "other")
         job = client.post("/v1/jobs", data={"prompt": "Mine."},
                           headers={"Authorization": f"Bearer {owner}"},
                           files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
