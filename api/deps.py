@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from celery import Celery
@@ -15,10 +17,12 @@ from api.infra.metrics import ApiMetrics
 from api.infra.quotas import SubmitLimits
 from api.infra.terminal_watch import TerminalWatch
 from shared.db import make_engine, make_session_factory
+from shared.jobs import events as task_events
 from shared.jobs.intake import Intake
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.storage import ObjectStore, make_store
+from shared.task_events import TaskEventSender
 from shared.wakeups import WakeupSender
 
 
@@ -41,6 +45,8 @@ class ApiDeps:
     image_memory: ImageMemoryBudget
     # The checks and the image store every new job passes (shared/jobs/intake.py).
     intake: Intake
+    # Started with the app: the task events of the jobs this process cancels.
+    task_events: TaskEventSender | None = None
 
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> ApiDeps:
@@ -82,10 +88,14 @@ class ApiDeps:
             self.metrics.serve(self.settings.api_metrics_port, self.settings.metrics_host)
         self.wakeups.start()
         self.watch.start()
+        self.task_events = task_events.start_sending(
+            self.celery, f"vlmq-api@{socket.gethostname()}:{os.getpid()}",
+            self.settings.task_events)
 
     async def close(self) -> None:
         await self.watch.stop()
         self.wakeups.stop()
+        task_events.stop_sending(self.task_events)
         self.engine.dispose()
         self.autocommit.dispose()
 

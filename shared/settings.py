@@ -51,6 +51,9 @@ class BrokerSettings(_Section):
     broker_url: str = "filesystem://"
     broker_folder: Path = Field(default_factory=home.default_broker_folder)
     queue_prefix: str = "vlmq"
+    # Celery task events for every job (received, started, succeeded, failed, revoked), so
+    # Flower's task list shows them: shared/task_events.py.
+    task_events: bool = True
 
     @property
     def abort_channel(self) -> str:

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 
+from shared.jobs import events as task_events
 from shared.jobs.lifecycle import RetryPolicy
 from shared.jobs.sweeper import Sweeper
 from shared.settings import Settings
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     intake = Intake(ctx, doorbell, inflight, recorder)
     upkeep = Upkeep(ctx, inflight)
     sweeper = Sweeper(ctx.db, ctx.sessions, policy, settings.sweep_seconds)
+    events = task_events.start_sending(ctx.celery, upkeep.node_name, settings.task_events)
     try:
         recorder.start()
         upkeep.start()
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         recorder.stop()
     finally:
         sweeper.stop()
+        task_events.stop_sending(events)
         upkeep.stop()
         doorbell.close()
         ctx.close()

@@ -6,7 +6,7 @@
   reaped by the sweeper and claimed elsewhere. The abort message on Redis does this at
   once; the beat is the backstop when the message is missed or the broker has no pub/sub;
 - on Redis, sends Celery's worker heartbeat event, so Flower lists the worker and its load
-  (jobs are not Celery tasks here: their state is in Postgres and the API).
+  (its jobs' task events, shared/task_events.py, carry the same node name).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class Upkeep:
         if is_redis(self.settings.broker_url):
             self._threads.append(
                 threading.Thread(target=self._listen_for_aborts, name="aborts", daemon=True))
+
+    @property
+    def node_name(self) -> str:
+        """This worker as Flower lists it, in its heartbeats and its jobs' task events."""
+        return f"vlmq-{self.settings.model}@{self.worker_id}"
 
     def start(self) -> None:
         self._register()
@@ -83,7 +88,7 @@ class Upkeep:
         try:
             with self.ctx.celery.connection_for_write() as conn:
                 dispatcher = self.ctx.celery.events.Dispatcher(
-                    conn, hostname=f"vlmq-{self.settings.model}@{self.worker_id}", enabled=True)
+                    conn, hostname=self.node_name, enabled=True)
                 dispatcher.send(event, freq=self.settings.heartbeat_seconds,
                                 active=len(self.inflight), processed=0, sw_ident="vlmq-worker",
                                 sw_ver="0.1.0", sw_sys=socket.gethostname())

@@ -172,6 +172,10 @@ class ModelOut(BaseModel):
     workers: int = Field(description="live worker processes serving this model")
     engines: list[str]
     capacity: int = Field(description="jobs the live workers hold in flight together")
+    queued: int = Field(description="jobs of this model waiting to run, batch lines included")
+    running: int = Field(description="jobs of this model running now")
+    oldest_queued_seconds: float | None = Field(
+        description="how long the oldest waiting job has waited; null when none waits")
 
 
 class ModelList(BaseModel):

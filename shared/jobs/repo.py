@@ -154,6 +154,30 @@ def queue_estimate(session: Session, job: Job, worker_ttl_seconds: float,
     return QueueEstimate(position=int(ahead), eta_seconds=eta, waiting_for_worker=False)
 
 
+@dataclass(frozen=True)
+class Backlog:
+    queued: int
+    running: int
+    oldest_queued_at: datetime | None
+
+
+def backlogs(session: Session, models: Sequence[str]) -> dict[str, Backlog]:
+    """Per model, its jobs waiting and running now (batch lines too), in one statement."""
+    if not models:
+        return {}
+    queued = Job.status == JobStatus.queued
+    rows = session.execute(
+        select(Job.model,
+               func.count().filter(queued),
+               func.count().filter(Job.status == JobStatus.running),
+               func.min(Job.created_at).filter(queued))
+        .where(Job.model.in_(models), Job.status.in_((JobStatus.queued, JobStatus.running)))
+        .group_by(Job.model)
+    ).all()
+    found = {model: Backlog(q, r, oldest) for model, q, r, oldest in rows}
+    return {model: found.get(model, Backlog(0, 0, None)) for model in models}
+
+
 # -- sweeps (many rows, one statement each) ---------------------------------------------
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Row, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from shared.jobs import events
 from shared.jobs.status import ALLOWED_FROM, CREATED_AS, TERMINAL, JobStatus
 from shared.models import Job
 from shared.timeutil import utcnow
@@ -52,8 +53,13 @@ VERBS: dict[str, Move] = {
 for _verb, _move in VERBS.items():
     assert _move.sources <= ALLOWED_FROM[_move.target], f"{_verb} leaves the table"
 
-# What a terminal UPDATE returns so the same transaction can add the webhook delivery.
+# What a terminal UPDATE returns so the same transaction can add the webhook delivery, and
+# what its task event shows (shared/jobs/events.py).
 _WEBHOOK_COLUMNS = (Job.id, Job.webhook_url, Job.webhook_events)
+_SUMMARY_COLUMNS = (Job.model, Job.tenant_id,
+                    func.substr(Job.prompt, 1, events.PROMPT_CHARS).label("prompt_head"),
+                    Job.image_width, Job.image_height, Job.image_url)
+_MOVED_COLUMNS = (*_WEBHOOK_COLUMNS, *_SUMMARY_COLUMNS)
 
 
 def _from(verb: str) -> ColumnElement[bool]:
@@ -74,8 +80,21 @@ def _add_deliveries(session: Session, target: JobStatus, rows: Iterable[Row[Any]
             )
 
 
+def _note_moved(session: Session, kind: str, rows: Iterable[Row[Any]], at: datetime,
+                **fields: Any) -> None:
+    if not events.enabled():
+        return
+    events.note_many(session, (
+        (kind, str(row.id), at.timestamp(),
+         {**events.summary(row.model, row.tenant_id, row.prompt_head, row.image_width,
+                           row.image_height, row.image_url), **fields})
+        for row in rows
+    ))
+
+
 def _move_one(session: Session, verb: str, job_id: uuid.UUID, attempt: int | None,
-              **values: Any) -> bool:
+              event: tuple[str, dict[str, Any]], **values: Any) -> bool:
+    """`event`: the task event of the move, its type and fields."""
     target = VERBS[verb].target
     conditions = [Job.id == job_id, _from(verb)]
     if attempt is not None:
@@ -84,10 +103,11 @@ def _move_one(session: Session, verb: str, job_id: uuid.UUID, attempt: int | Non
         update(Job)
         .where(*conditions)
         .values(status=target, **values)
-        .returning(*_WEBHOOK_COLUMNS)
+        .returning(*_MOVED_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
     _add_deliveries(session, target, rows)
+    _note_moved(session, event[0], rows, utcnow(), **event[1])
     return bool(rows)
 
 
@@ -126,6 +146,9 @@ class ClaimedJob:
     image_url: str | None
     created_at: datetime
     engine_failures: int
+    tenant_id: str
+    image_width: int | None
+    image_height: int | None
 
 
 def claim_batch(
@@ -165,13 +188,29 @@ def claim_batch(
         .returning(
             Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
             Job.image_sha256, Job.image_url, Job.created_at, Job.engine_failures,
+            Job.tenant_id, Job.image_width, Job.image_height,
         )
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(stmt).all()
     claimed = [ClaimedJob(*row) for row in rows]
     claimed.sort(key=lambda job: (job.priority, job.created_at))
+    _note_claims(session, model, claimed, now)
     return claimed
+
+
+def _note_claims(session: Session, model: str, claimed: list[ClaimedJob],
+                 now: datetime) -> None:
+    if not events.enabled():
+        return
+    at = now.timestamp()
+    noted: list[events.TaskEvent] = []
+    for job in claimed:
+        shown = events.summary(model, job.tenant_id, job.prompt, job.image_width,
+                               job.image_height, job.image_url)
+        noted.append(("task-received", str(job.id), at, {**shown, "retries": job.attempt - 1}))
+        noted.append(("task-started", str(job.id), at, {}))
+    events.note_many(session, noted)
 
 
 def _sql_in(verb: str) -> str:
@@ -193,7 +232,7 @@ FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:texts AS t
             CAST(:finish_reasons AS text[]))
      AS r(id, attempt, text, prompt_tokens, completion_tokens, finish_reason)
 WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs.status {_sql_in("succeed_many")}
-RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events
+RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events, jobs.started_at
 """)
 
 
@@ -207,7 +246,9 @@ def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]
         return [
             w.job_id for w in wins
             if _move_one(
-                session, "succeed_many", w.job_id, w.attempt, finished_at=now,
+                session, "succeed_many", w.job_id, w.attempt,
+                ("task-succeeded", {"result": events.result_text(w.result.text)}),
+                finished_at=now,
                 lease_expires_at=None, error_code=None, error_message=None,
                 result_text=w.result.text, prompt_tokens=w.result.prompt_tokens,
                 completion_tokens=w.result.completion_tokens,
@@ -226,6 +267,14 @@ def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]
         "finish_reasons": [w.result.finish_reason for w in wins],
     }).all()
     _add_deliveries(session, VERBS["succeed_many"].target, returned)
+    if events.enabled():
+        texts = {w.job_id: w.result.text for w in wins}
+        events.note_many(session, (
+            ("task-succeeded", str(row.id), now.timestamp(),
+             {"runtime": (now - row.started_at).total_seconds() if row.started_at else None,
+              "result": events.result_text(texts[row.id])})
+            for row in returned
+        ))
     return [row.id for row in returned]
 
 
@@ -235,6 +284,7 @@ def retry(session: Session, job_id: uuid.UUID, attempt: int, *, runnable_at: dat
     attempt is not counted; a suspect one counts towards running the job alone."""
     return _move_one(
         session, "retry", job_id, attempt,
+        ("task-retried", {"exception": events.error_text(code, message)}),
         attempts=Job.attempts - 1 if refund else Job.attempts,
         engine_failures=Job.engine_failures + (1 if suspect else 0),
         runnable_at=runnable_at, lease_expires_at=None, error_code=code, error_message=message,
@@ -244,8 +294,10 @@ def retry(session: Session, job_id: uuid.UUID, attempt: int, *, runnable_at: dat
 def fail(session: Session, job_id: uuid.UUID, attempt: int, *, code: str, message: str,
          now: datetime) -> bool:
     """-> failed for good, fenced by `attempt`."""
-    return _move_one(session, "fail", job_id, attempt, finished_at=now, error_code=code,
-                     error_message=message, lease_expires_at=None)
+    return _move_one(session, "fail", job_id, attempt,
+                     ("task-failed", {"exception": events.error_text(code, message)}),
+                     finished_at=now, error_code=code, error_message=message,
+                     lease_expires_at=None)
 
 
 # -- the client's and the sweeper's verbs ----------------------------------------------
@@ -254,8 +306,10 @@ def fail(session: Session, job_id: uuid.UUID, attempt: int, *, code: str, messag
 def cancel(session: Session, job_id: uuid.UUID, *, code: str, message: str,
            now: datetime) -> bool:
     """queued or running -> cancelled (a running job's worker drops it on its next check)."""
-    return _move_one(session, "cancel", job_id, None, finished_at=now, error_code=code,
-                     error_message=message, lease_expires_at=None)
+    return _move_one(session, "cancel", job_id, None,
+                     ("task-revoked", {"expired": False, "terminated": False}),
+                     finished_at=now, error_code=code, error_message=message,
+                     lease_expires_at=None)
 
 
 def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1000) -> int:
@@ -276,10 +330,11 @@ def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1
         update(Job)
         .where(Job.id.in_(overdue), _from("expire_overdue"))
         .values(status=target, finished_at=now, error_code="expired", error_message=message)
-        .returning(*_WEBHOOK_COLUMNS)
+        .returning(*_MOVED_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
     _add_deliveries(session, target, rows)
+    _note_moved(session, "task-revoked", rows, now, expired=True, terminated=False)
     return len(rows)
 
 
@@ -288,15 +343,18 @@ def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1
 
 def _stop_batch_lines(session: Session, verb: str, batch_id: str, code: str,
                       message: str) -> list[uuid.UUID]:
+    now = utcnow()
     rows = session.execute(
         update(Job)
         .where(Job.batch_id == batch_id, _from(verb))
-        .values(status=VERBS[verb].target, finished_at=utcnow(), error_code=code,
+        .values(status=VERBS[verb].target, finished_at=now, error_code=code,
                 error_message=message, lease_expires_at=None)
-        .returning(Job.id, Job.started_at)
+        .returning(Job.id, Job.started_at, *_SUMMARY_COLUMNS)
         .execution_options(synchronize_session=False)
     ).all()
-    return [job_id for job_id, started_at in rows if started_at is not None]
+    _note_moved(session, "task-revoked", rows, now,
+                expired=VERBS[verb].target == JobStatus.expired, terminated=False)
+    return [row.id for row in rows if row.started_at is not None]
 
 
 def cancel_batch_lines(session: Session, batch_id: str, code: str,

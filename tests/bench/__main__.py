@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.bench        (or `make bench`)
 
 Arms, cheapest first: the object store's CPU per PUT and GET, ingest, long poll and submits under held polls (one API process),
-the echo worker's ceiling (file and S3 stores), the worker feeding a simulated GPU engine,
+the echo worker's ceiling (file store with task events on and off, S3 store), the worker
+feeding a simulated GPU engine,
 naive transformers, raw vLLM, the drain of queued jobs by one vLLM worker and the
 light-load rounds, the drain with the S3 store, camera photos, OpenAI batch files against
 vLLM's run_batch, and the full system under closed-loop clients and a burst with uploads.
@@ -78,6 +79,8 @@ def run_all(w: Workload, runner: Runner) -> None:
     runner.attempt("store", lambda: measure_store_ops(logs / "store"))
     runner.group(["ingest", "longpoll", "held"], lambda: run_api_stack(w, logs / "api", runner))
     runner.attempt("echo_file", lambda: measure_ceiling(w, logs / "echo-file", "file"))
+    runner.attempt("echo_quiet", lambda: measure_ceiling(w, logs / "echo-quiet", "file",
+                                                         task_events=False))
     runner.attempt("echo_s3", lambda: measure_ceiling(w, logs / "echo-s3", "s3"))
     runner.attempt("simulated", lambda: measure_simulated(w, logs / "simulated"))
     runner.attempt("naive", lambda: run_arm("naive", w))
@@ -118,6 +121,10 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
     if echo := r.get("echo_file"):
         f["echo_jobs_per_s"] = echo["jobs_per_s"]
         f["echo_worker_cpu_ms_per_job"] = echo["worker_cpu_ms_per_job"]
+    if quiet := r.get("echo_quiet"):
+        f["echo_quiet_jobs_per_s"] = quiet["jobs_per_s"]
+        if echo:
+            f["echo_events_over_quiet"] = echo["jobs_per_s"] / quiet["jobs_per_s"]
     if echo_s3 := r.get("echo_s3"):
         f["echo_s3_jobs_per_s"] = echo_s3["jobs_per_s"]
         f["echo_s3_worker_cpu_ms_per_job"] = echo_s3["worker_cpu_ms_per_job"]

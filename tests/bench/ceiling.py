@@ -4,6 +4,11 @@ model, so only the claim, storage, decode, batcher and result path remain.
 With the local-folder store the figure is the project's own code; with moto's S3 the
 difference in worker CPU per job is what the S3 client (boto3) costs, apart from the
 S3 server's CPU, which the per-process split shows under its own name.
+
+The echo_quiet arm is the folder-store ceiling with the task events for Flower turned off
+(`VLMQ_TASK_EVENTS=false`): what sending them costs the worker is the gap between the two.
+Nothing subscribes to them during the run, which changes nothing for the worker: Redis
+takes a PUBLISH the same way whoever listens.
 """
 
 from __future__ import annotations
@@ -43,12 +48,15 @@ def wait_first_claim(settings: Settings, worker: Service, timeout: float = 300) 
         engine.dispose()
 
 
-def measure_ceiling(w: Workload, log_dir: Path, store: str) -> dict[str, object]:
-    with stack(w, log_dir, store=store) as st:
+def measure_ceiling(w: Workload, log_dir: Path, store: str,
+                    task_events: bool = True) -> dict[str, object]:
+    with stack(w, log_dir, store=store,
+               settings={"VLMQ_TASK_EVENTS": str(task_events).lower()}) as st:
         ids = preload(st.settings, TENANT, w.echo_jobs, lambda i: w.png(30_000 + i), w.prompt,
                       w.params())
-        print(f"bench: echo ceiling ({store} store), {len(ids)} jobs", file=sys.stderr,
-              flush=True)
+        events = "on" if task_events else "off"
+        print(f"bench: echo ceiling ({store} store, task events {events}), {len(ids)} jobs",
+              file=sys.stderr, flush=True)
         worker = st.start_worker("echo", ready=False)
         with CpuSampler(worker.proc.pid) as sampler:
             wait_first_claim(st.settings, worker)

@@ -92,8 +92,10 @@ def settings_from_env(env: dict[str, str]) -> Settings:
 
 
 @contextmanager
-def stack(w: Workload, log_dir: Path, store: str = "file") -> Iterator[Stack]:
-    """`store` is "file" (a temporary folder) or "s3" (a moto server of its own)."""
+def stack(w: Workload, log_dir: Path, store: str = "file",
+          settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`store` is "file" (a temporary folder) or "s3" (a moto server of its own);
+    `settings` (VLMQ_* variables) override the stack's own."""
     log_dir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     with ExitStack() as cleanup:
@@ -112,6 +114,7 @@ def stack(w: Workload, log_dir: Path, store: str = "file") -> Iterator[Stack]:
             VLMQ_TENANT_SUBMITS_PER_SECOND="0",
             VLMQ_TENANT_MAX_ACTIVE_JOBS="0",
         )
+        env.update(settings or {})
         moto: tuple[int, int] | None = None
         if store == "s3":
             s3 = cleanup.enter_context(moto_server(log_dir))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import uuid
 
+from shared.jobs import events as task_events
 from shared.jobs.lifecycle import RetryPolicy as JobRetryPolicy
 from shared.jobs.sweeper import Sweeper
 from shared.queue import DELIVER_WEBHOOK_TASK
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     wakeups = WakeupSender(ctx.celery, settings)
     wakeups.start()
+    # The node name the Celery worker below takes (--hostname=control@%h), so Flower lists
+    # the jobs this process ends (expiry, lapsed leases, batch lines) under it.
+    events = task_events.start_sending(ctx.celery, f"control@{socket.gethostname()}",
+                                       settings.task_events)
     sweeper = Sweeper(ctx.db, ctx.sessions, JobRetryPolicy.from_settings(settings),
                       settings.sweep_seconds)
     sweeper.start()
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         batches.stop()
         sweeper.stop()  # before ctx.close(): stopping releases the lock on its connection
+        task_events.stop_sending(events)
         wakeups.stop()
         ctx.close()
     if watch is not None:
