@@ -178,6 +178,49 @@ def backlogs(session: Session, models: Sequence[str]) -> dict[str, Backlog]:
     return {model: found.get(model, Backlog(0, 0, None)) for model in models}
 
 
+@dataclass(frozen=True)
+class ClassBacklog:
+    """One model's jobs at one priority (0 runs first) now."""
+
+    model: str
+    priority: int
+    queued: int
+    running: int
+    oldest_queued_at: datetime | None
+    # Queued past their deadline (expires_at): the sweeper expires these at its next pass,
+    # so a count that lasts says expiry is not running.
+    overdue: int
+
+
+def backlogs_by_priority(session: Session, now: datetime) -> list[ClassBacklog]:
+    """Every model's queued and running jobs (batch lines too), by priority, in one grouped
+    statement; models with neither are absent."""
+    queued = Job.status == JobStatus.queued
+    rows = session.execute(
+        select(Job.model, Job.priority,
+               func.count().filter(queued),
+               func.count().filter(Job.status == JobStatus.running),
+               func.min(Job.created_at).filter(queued),
+               func.count().filter(queued, Job.expires_at < now))
+        .where(Job.status.in_((JobStatus.queued, JobStatus.running)))
+        .group_by(Job.model, Job.priority)
+        .order_by(Job.model, Job.priority)
+    ).all()
+    return [ClassBacklog(model, int(priority), int(q), int(r), oldest, int(overdue))
+            for model, priority, q, r, oldest, overdue in rows]
+
+
+def succeeded_since(session: Session, since: datetime) -> dict[str, int]:
+    """Per model, the jobs that succeeded since `since` (models with none are absent): recent
+    throughput, measured as queue_estimate measures it."""
+    rows = session.execute(
+        select(Job.model, func.count())
+        .where(Job.status == JobStatus.succeeded, Job.finished_at >= since)
+        .group_by(Job.model)
+    ).all()
+    return {model: int(n) for model, n in rows}
+
+
 # -- sweeps (many rows, one statement each) ---------------------------------------------
 
 

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = ControlMetrics()
     ctx = WebhookContext.start(settings, metrics)
     if settings.metrics_port:
+        metrics.watch_queues(ctx.sessions, settings.worker_ttl_seconds)
         metrics.serve(settings.metrics_port, settings.metrics_host)
     wakeups = WakeupSender(ctx.celery, settings)
     wakeups.start()

@@ -1,10 +1,12 @@
 """The control process's metrics, on VLMQ_METRICS_PORT when it is set: webhook delivery's
-(worker/webhooks/metrics.py) and batch work's."""
+(worker/webhooks/metrics.py), batch work's, and the queue's (worker/control/queue_metrics.py)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter
+from sqlalchemy.orm import Session, sessionmaker
 
+from worker.control.queue_metrics import QueueCollector
 from worker.webhooks.metrics import WebhookMetrics
 
 
@@ -19,3 +21,7 @@ class ControlMetrics(WebhookMetrics):
             "vlmq_batches_finished", "Batches that reached a final status, by status",
             ["status"], registry=self.registry,
         )
+
+    def watch_queues(self, sessions: sessionmaker[Session], worker_ttl_seconds: float) -> None:
+        """Adds the queue's families, read from the database at each scrape."""
+        self.registry.register(QueueCollector(sessions, worker_ttl_seconds))
