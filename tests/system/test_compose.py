@@ -33,6 +33,9 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 SECRETISH = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|API_KEY|TOKEN|BASIC_AUTH")
 # Only these face the network; everything else is reached over the compose network.
 PUBLISHED = {"api", "flower"}
+# The optional monitoring services publish on the host's loopback alone: Prometheus has no
+# authentication and Grafana's admin account is one password.
+LOOPBACK_PUBLISHED = {"prometheus", "grafana"}
 # What a filled-in .env would give each required variable, in the shape its setting parses.
 SAMPLE_SECRETS = {
     "VLMQ_WEBHOOK_SECRETS": json.dumps([f"whsec_{base64.b64encode(b'0' * 32).decode()}"]),
@@ -300,11 +303,15 @@ def test_built_services_have_a_dockerfile(services: dict[str, dict[str, Any]]) -
 def test_only_the_api_and_flower_publish_ports(services: dict[str, dict[str, Any]]) -> None:
     for name in ("postgres", "redis", "minio", "worker"):
         assert name in services, f"expected a {name!r} service"
-    published = {name for name, svc in services.items() if svc.get("ports")}
+    published = {name for name, svc in services.items()
+                 if svc.get("ports") and name not in LOOPBACK_PUBLISHED}
     assert published <= PUBLISHED, (
         f"{sorted(published - PUBLISHED)} publish ports; reach them over the compose network "
         "or publish them in a local docker-compose.override.yml"
     )
+    for name in LOOPBACK_PUBLISHED:
+        for spec in services.get(name, {}).get("ports", []):
+            assert str(spec).startswith("127.0.0.1:"), f"{name!r} publishes {spec} beyond loopback"
 
 
 def test_secrets_are_required_never_defaulted(compose_text: str) -> None:
