@@ -95,26 +95,27 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = _families()
-        snapshot = self._read()
-        families["up"].add_metric([], 0.0 if snapshot is None else 1.0)
-        if snapshot is not None:
-            self._add(families, snapshot)
+        # Scrapes arrive on threads of their own; one at a time reads and updates the sets.
+        with self._lock:
+            snapshot = self._read()
+            families["up"].add_metric([], 0.0 if snapshot is None else 1.0)
+            if snapshot is not None:
+                self._add(families, snapshot)
         return iter(families.values())
 
     def _read(self) -> Snapshot | None:
         """The cached snapshot, or a fresh read when it is older than the cache; None when the
         database cannot be read (no stale numbers: `vlmq_queue_stats_up` says why they are gone)."""
-        with self._lock:
-            if self._snapshot is not None and self.clock() - self._read_at < self.cache_seconds:
-                return self._snapshot
-            try:
-                self._snapshot = read_snapshot(self.sessions, self.worker_ttl_seconds,
-                                               self.window_seconds)
-            except Exception as exc:
-                log_failure(log, "queue metrics: reading the queue failed", exc)
-                self._snapshot = None
-            self._read_at = self.clock()
+        if self._snapshot is not None and self.clock() - self._read_at < self.cache_seconds:
             return self._snapshot
+        try:
+            self._snapshot = read_snapshot(self.sessions, self.worker_ttl_seconds,
+                                           self.window_seconds)
+        except Exception as exc:
+            log_failure(log, "queue metrics: reading the queue failed", exc)
+            self._snapshot = None
+        self._read_at = self.clock()
+        return self._snapshot
 
     def _add(self, families: dict[str, GaugeMetricFamily], snapshot: Snapshot) -> None:
         now = utcnow()
