@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api.auth import authenticate
+from api.console import install_console
 from api.deps import ApiDeps
 from api.docs import install_docs
 from api.errors import OUTAGE, UNAUTHENTICATED, install_error_handlers
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     install_docs(app)
+    install_console(app)
     app.include_router(health.router)
     for router in (jobs.router, models.router, deliveries.router,
                    files.router, batches.router, chat.router):

@@ -7,13 +7,17 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
 
 from api.auth import authenticate
 from api.deps import ApiDeps, get_deps
@@ -48,6 +52,12 @@ _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt"
 # character, escaped, plus 24 KiB, plus a result that max_tokens bounds), and a response is
 # at most this plus one job whatever `limit` asks for.
 MAX_PAGE_BYTES = 4 * 1024 * 1024
+_IMAGE_CHUNK = 256 * 1024
+# The bytes are a client's upload: never sniffed as anything but the image they were
+# checked to be, and inert even if a browser opens the URL as a page of its own.
+_IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff",
+                  "Content-Security-Policy": "default-src 'none'; sandbox",
+                  "Cache-Control": "private, no-store"}
 
 @router.post(
     "", status_code=202, response_model=JobOut, openapi_extra=SUBMIT_BODY,
@@ -97,6 +107,31 @@ async def read_job(
 ) -> JobOut:
     wait = min(wait, deps.settings.long_poll_max_seconds)
     return await wait_for_end(deps, job_id, auth.principal.tenant_filter(), wait)
+
+
+@router.get("/{job_id}/image", responses={**documented(404, 409), 200: {
+    "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "the uploaded image, as stored, with its own content type",
+}})
+async def job_image(
+    job_id: uuid.UUID,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> StreamingResponse:
+    """The job's image. 409 `image_by_reference` for a job whose image was given as an
+    `image_url`: vlmq keeps no copy of it, and the job object names where it is."""
+    image = await run_in_threadpool(jobs_service.open_image, deps.reads, deps.store, job_id,
+                                    auth.principal.tenant_filter())
+
+    def chunks() -> Iterator[bytes]:
+        with image.source:
+            while block := image.source.read(_IMAGE_CHUNK):
+                yield block
+
+    headers = {**_IMAGE_HEADERS,
+               "Content-Disposition": f'inline; filename="{image.filename}"'}
+    return StreamingResponse(iterate_in_threadpool(chunks()), media_type=image.content_type,
+                             headers=headers)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))

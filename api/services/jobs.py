@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,13 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import ApiDeps
 from api.schemas.native import JobOut
 from api.services.submit import Accepted, Submission, submit_job
-from shared.errors import InvalidInput, NotFound, RateLimited
+from shared.errors import Conflict, InvalidInput, NotFound, RateLimited
+from shared.images import CONTENT_TYPES
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
 from shared.models import Job
 from shared.queue import request_abort
 from shared.settings import BrokerSettings
+from shared.storage import ObjectStore
 from shared.tenancy.principal import Principal
 from shared.tenancy.repo import Authenticated
 
@@ -115,3 +119,39 @@ def list_jobs(reads: sessionmaker[Session], principal: Principal, *,
             session, status=status, model=model, tenant_id=principal.tenant_filter(tenant),
             batch_id=batch_id, limit=limit, cursor=cursor,
         )
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    source: BinaryIO  # the caller closes it
+    content_type: str
+    filename: str
+
+
+def open_image(reads: sessionmaker[Session], store: ObjectStore, job_id: uuid.UUID,
+               tenant: str | None) -> StoredImage:
+    """The job's uploaded image as a stream, with its content type.
+
+    A job whose image was given by reference (`image_url`) has nothing in our store: that is
+    a Conflict (`image_by_reference`) rather than a redirect, since an s3:// reference has
+    no URL a browser could follow and following an https:// one would make this API send
+    its callers to any address a client once named. The URL is in the job object already.
+    """
+    with reads() as session:
+        job = jobs_repo.get_job(session, job_id, tenant)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        key, fmt = job.image_key, job.image_format
+    if key is None:
+        raise Conflict(f"job {job_id}'s image was given by reference (its image_url), so "
+                       "vlmq holds no copy", code="image_by_reference")
+    try:
+        source = store.open(key)
+    except FileNotFoundError as exc:
+        raise NotFound(f"job {job_id}'s image is no longer stored",
+                       code="image_not_stored") from exc
+    # Only formats the upload check accepted reach the store; their types are fixed here,
+    # never taken from the client.
+    content_type = CONTENT_TYPES.get(fmt or "", "application/octet-stream")
+    extension = (fmt or "bin").lower().replace("jpeg", "jpg")
+    return StoredImage(source, content_type, f"{job_id}.{extension}")

@@ -1,0 +1,228 @@
+"""The web console (/console) in a real headless Chromium, against a real API, echo worker and
+control process: sign in with a key, see jobs live, open a job (its image, result and webhook
+deliveries, with redelivery), cancel a queued job, submit images from the page, watch a
+batch's progress, see models and workers; and a tenant's console never shows another
+tenant's job. Screenshots go to .artifacts/ (kept by CI, ignored by git).
+
+Chromium is Debian's (scripts/install.sh installs it), driven by Playwright: Playwright's own
+browser download is not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.helpers.echo_stack import EchoStack, echo_stack
+from tests.helpers.images import png_bytes
+from tests.helpers.services import bearer, create_api_key, wait_terminal
+from tests.helpers.stack import Stack
+from tests.helpers.webhook_receiver import Receiver, receiver
+from worker.engines.echo_backend import ECHO_TEXT
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / ".artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECRET = "whsec_" + base64.b64encode(b"console-webhook-secret-32-bytes!").decode()
+HOOK_HOST = "127.0.0.3"
+# Every wait on the page: generous, as the machine may be busy; nothing here measures speed.
+WAIT_MS = 30_000
+
+
+@dataclass
+class Console:
+    echo: EchoStack
+    browser: Browser
+    hook: Receiver
+    a_key: str
+    b_key: str
+    parked: str  # accepted, served by no worker: its jobs wait queued
+    later: str  # accepted, served by a worker a test starts part way through
+    problems: list[str] = field(default_factory=list)  # CSP violations and script errors
+
+    @property
+    def base(self) -> str:
+        return self.echo.base
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30, headers=bearer(key))
+
+
+@pytest.fixture(scope="module")
+def console(stack: Stack) -> Iterator[Console]:
+    assert Path(CHROMIUM).exists(), (
+        "no chromium: run scripts/install.sh as root, or apt-get install -y "
+        "--no-install-recommends chromium chromium-driver")
+    ARTIFACTS.mkdir(exist_ok=True)
+    tag = uuid.uuid4().hex[:6]
+    parked, later = f"parked-{tag}", f"later-{tag}"
+    with receiver(host=HOOK_HOST) as hook, echo_stack(
+        stack, "console", accepted_models=json.dumps([parked, later]),
+        webhook_secrets=json.dumps([SECRET]), webhook_allow_http="true",
+        webhook_allowed_networks=f'["{HOOK_HOST}/32"]', webhook_poll_seconds="0.2",
+    ) as echo, sync_playwright() as pw:
+        url = echo.stack.settings.database_url
+        browser = pw.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield Console(echo, browser, hook, create_api_key(url, f"console-a-{tag}"),
+                          create_api_key(url, f"console-b-{tag}"), parked, later)
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def page(console: Console, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context (its own sessionStorage) whose problems fail the test, with a
+    screenshot of where it ended."""
+    context = console.browser.new_context(viewport={"width": 1280, "height": 820})
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    tab.on("console", lambda msg: problems.append(msg.text)
+           if "Content Security Policy" in msg.text else None)
+    tab.set_default_timeout(WAIT_MS)
+    yield tab
+    tab.screenshot(path=str(ARTIFACTS / f"console-{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not problems, problems
+
+
+def sign_in(page: Page, console: Console, key: str) -> list[str]:
+    """Signs in through the form; the URLs of every request the page makes from then on."""
+    urls: list[str] = []
+    page.on("request", lambda req: urls.append(req.url))
+    page.goto(f"{console.base}/console")
+    expect(page).to_have_url(f"{console.base}/console/signin")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{console.base}/console")
+    return urls
+
+
+def submit(client: httpx.Client, prompt: str, **data: str) -> str:
+    resp = client.post("/v1/jobs", files={"image": ("a.png", png_bytes(80, 60, seed=7),
+                                                    "image/png")},
+                       data={"prompt": prompt, "max_tokens": "4", **data})
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def echo_words(max_tokens: int) -> str:
+    return " ".join(ECHO_TEXT.split()[:max_tokens])
+
+
+# --- sign-in --------------------------------------------------------------------------------
+
+
+def test_sign_in_refuses_a_wrong_key_and_keeps_the_key_out_of_urls(
+    console: Console, page: Page,
+) -> None:
+    page.goto(f"{console.base}/console/job?id={uuid.uuid4()}")
+    expect(page).to_have_url(f"{console.base}/console/signin")  # no key: sign in first
+    page.fill("#key", "vlmq_nosuchkey_0000")
+    page.click("button[type=submit]")
+    expect(page.locator("#error")).to_contain_text("unknown or revoked")
+    expect(page).to_have_url(f"{console.base}/console/signin")
+
+    urls = sign_in(page, console, console.a_key)
+    expect(page.locator("#jobs")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('vlmq.apiKey')") == console.a_key
+    assert page.evaluate("localStorage.length") == 0
+    assert urls and not [u for u in urls if console.a_key in u or "key=" in u]
+
+    page.click("#signout")
+    expect(page).to_have_url(f"{console.base}/console/signin")
+    assert page.evaluate("sessionStorage.getItem('vlmq.apiKey')") is None
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def test_a_job_shows_in_the_live_list_and_on_its_page_with_image_result_and_deliveries(
+    console: Console, page: Page,
+) -> None:
+    sign_in(page, console, console.a_key)
+    with console.client(console.a_key) as a:
+        job_id = submit(a, "console: what is in the picture?", webhook_url=console.hook.url())
+        assert wait_terminal(a, job_id)["status"] == "succeeded"
+    console.hook.wait_for(1)
+
+    row = page.locator(f'#jobs tr[data-job="{job_id}"]')  # the list refreshes by itself
+    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text(console.echo.model)
+    page.select_option("#f-status", "failed")
+    page.click("#filters button[type=submit]")
+    expect(row).to_have_count(0)
+    page.select_option("#f-status", "succeeded")
+    page.click("#filters button[type=submit]")
+    expect(row).to_have_count(1)
+    expect(page).to_have_url(re.compile(r"status=succeeded"))
+
+    page.fill("#f-id", job_id)  # a whole id opens the job
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(f"{console.base}/console/job?id={job_id}")
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#outcome")).to_have_text(echo_words(4))
+    expect(page.locator("#prompt")).to_have_text("console: what is in the picture?")
+    expect(page.locator("#params")).to_contain_text('"max_tokens": 4')
+    expect(page.locator("#facts")).to_contain_text("In the engine")
+    image = page.locator("#image")
+    expect(image).to_be_visible()
+    page.wait_for_function("document.getElementById('image').naturalWidth === 80")
+
+    delivery = page.locator("#deliveries tbody tr")
+    expect(delivery).to_have_count(1)
+    expect(delivery).to_contain_text("job.succeeded")
+    expect(delivery.locator("td").nth(2)).to_have_text("succeeded")
+    expect(delivery.locator("td").nth(4)).to_have_text("200")
+    delivery.locator("button", has_text="Redeliver").click()
+    console.hook.wait_for(2)  # the same event sent again
+    expect(delivery.locator("td").nth(3)).to_have_text("2")
+
+
+def test_a_queued_job_is_cancelled_from_its_page(console: Console, page: Page) -> None:
+    with console.client(console.a_key) as a:
+        job_id = submit(a, "console: waits for a worker", model=console.parked)
+        sign_in(page, console, console.a_key)
+        page.goto(f"{console.base}/console/job?id={job_id}")
+        expect(page.locator("#job-status")).to_have_text("queued")
+        expect(page.locator("#facts")).to_contain_text("waiting for a worker")
+        page.click("#cancel")
+        expect(page.locator("#job-status")).to_have_text("cancelled")
+        expect(page.locator("#cancel")).to_be_hidden()
+        assert a.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_tenants_console_never_shows_another_tenants_job(
+    console: Console, page: Page,
+) -> None:
+    secret_prompt = f"console: tenant b's secret {uuid.uuid4().hex}"
+    with console.client(console.b_key) as b, console.client(console.a_key) as a:
+        theirs = submit(b, secret_prompt, model=console.parked)
+        ours = submit(a, "console: tenant a's own", model=console.parked)
+    sign_in(page, console, console.a_key)
+    expect(page.locator(f'#jobs tr[data-job="{ours}"]')).to_have_count(1)
+    expect(page.locator(f'#jobs tr[data-job="{theirs}"]')).to_have_count(0)
+    page.fill("#f-id", theirs)
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#error")).to_contain_text("not_found")
+    expect(page).to_have_url(re.compile(r"/console$"))
+
+    page.goto(f"{console.base}/console/job?id={theirs}")
+    expect(page.locator("#error")).to_contain_text("not_found")
+    expect(page.locator("#prompt")).to_have_text("")
+    expect(page.locator("#image")).to_be_hidden()
+    page.goto(f"{console.base}/console?tenant=console-b")  # only an admin key's filter counts
+    expect(page.locator(f'#jobs tr[data-job="{ours}"]')).to_have_count(1)
+    assert secret_prompt not in page.content()
+
