@@ -31,6 +31,7 @@ PAGES = {
     "/signin": "signin.html",
     "/job": "job.html",
     "/submit": "submit.html",
+    "/batches": "batches.html",
 }
 # blob: for images the scripts fetched with the key (an <img src> cannot send a header).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "

@@ -24,9 +24,16 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.helpers.echo_stack import EchoStack, echo_stack
-from tests.helpers.images import png_bytes
-from tests.helpers.services import bearer, create_api_key, wait_terminal
+from tests.helpers.echo_stack import (
+    ENDPOINT,
+    EchoStack,
+    batch_line,
+    echo_stack,
+    openai_client,
+    upload,
+)
+from tests.helpers.images import data_url, png_bytes
+from tests.helpers.services import bearer, create_api_key, start_worker, wait_terminal
 from tests.helpers.stack import Stack
 from tests.helpers.webhook_receiver import Receiver, receiver
 from worker.engines.echo_backend import ECHO_TEXT
@@ -280,3 +287,62 @@ def test_images_submitted_from_the_page_each_show_their_result(
     dropped.locator("td").nth(2).locator("a").click()
     expect(page.locator("#prompt")).to_have_text("console: from the page")
     image_width(page, 40)
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def test_a_batchs_progress_moves_and_its_files_download(console: Console, page: Page) -> None:
+    image = data_url(png_bytes(32, 24))
+    lines = [batch_line(f"line-{i}", console.later, image, max_tokens=2) for i in range(4)]
+    lines.append(batch_line("not-an-image", console.later, data_url(b"not a png")))
+    with openai_client(console.base, console.a_key) as client:
+        batch = client.batches.create(input_file_id=upload(client, lines), endpoint=ENDPOINT,
+                                      completion_window="24h")
+    sign_in(page, console, console.a_key)
+    page.click("nav >> text=Batches")
+    row = page.locator(f'#batches tr[data-batch="{batch.id}"]')
+    bar = row.locator("progress")
+    # No worker serves the model yet: the lines wait, and the bad one has failed already.
+    expect(row.locator(".status")).to_have_text("in_progress")
+    expect(row.locator("td.progress")).to_contain_text("1 / 5, 1 failed")
+    expect(bar).to_have_attribute("value", "1")
+    expect(bar).to_have_attribute("max", "5")
+    page.screenshot(path=str(ARTIFACTS / "console-batch-waiting.png"))
+
+    st = console.echo.stack.with_env(model=console.later)
+    worker = start_worker(st.env, st.log_dir, name=f"worker-{console.later}")
+    try:
+        expect(bar).to_have_attribute("value", "5")
+        expect(row.locator(".status")).to_have_text("completed")
+    finally:
+        worker.stop()
+    with page.expect_download() as output:
+        row.locator('button[data-file="output"]').click()
+    got = [json.loads(x) for x in Path(output.value.path()).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in got) == [f"line-{i}" for i in range(4)]
+    with page.expect_download() as errors:
+        row.locator('button[data-file="errors"]').click()
+    assert json.loads(Path(errors.value.path()).read_text())["custom_id"] == "not-an-image"
+
+    row.locator("a", has_text="lines").click()  # the batch's lines in the jobs list
+    expect(page.locator("#jobs tbody tr")).to_have_count(5)  # the bad line is a failed job
+    expect(page.locator("#jobs tbody .status-succeeded")).to_have_count(4)
+    expect(page.locator("#jobs tbody .status-failed")).to_have_count(1)
+
+
+def test_a_batch_is_cancelled_from_the_page(console: Console, page: Page) -> None:
+    lines = [batch_line(f"wait-{i}", console.parked, data_url(png_bytes(32, 24)))
+             for i in range(2)]
+    with openai_client(console.base, console.a_key) as client:
+        batch = client.batches.create(input_file_id=upload(client, lines), endpoint=ENDPOINT,
+                                      completion_window="24h")
+        sign_in(page, console, console.a_key)
+        page.goto(f"{console.base}/console/batches")
+        row = page.locator(f'#batches tr[data-batch="{batch.id}"]')
+        expect(row.locator(".status")).to_have_text("in_progress")
+        row.locator("button.cancel").click()
+        expect(row.locator(".status")).to_have_text("cancelled")
+        expect(row.locator("button.cancel")).to_have_count(0)
+        expect(row.locator('button[data-file="errors"]')).to_have_count(1)
+        assert client.batches.retrieve(batch.id).status == "cancelled"
