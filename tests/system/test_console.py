@@ -56,6 +56,7 @@ class Console:
     b_key: str
     parked: str  # accepted, served by no worker: its jobs wait queued
     later: str  # accepted, served by a worker a test starts part way through
+    slow: str  # the same, by a worker that runs one job at a time
     problems: list[str] = field(default_factory=list)  # CSP violations and script errors
 
     @property
@@ -73,9 +74,9 @@ def console(stack: Stack) -> Iterator[Console]:
         "--no-install-recommends chromium chromium-driver")
     ARTIFACTS.mkdir(exist_ok=True)
     tag = uuid.uuid4().hex[:6]
-    parked, later = f"parked-{tag}", f"later-{tag}"
+    parked, later, slow = f"parked-{tag}", f"later-{tag}", f"slow-{tag}"
     with receiver(host=HOOK_HOST) as hook, echo_stack(
-        stack, "console", accepted_models=json.dumps([parked, later]),
+        stack, "console", accepted_models=json.dumps([parked, later, slow]),
         webhook_secrets=json.dumps([SECRET]), webhook_allow_http="true",
         webhook_allowed_networks=f'["{HOOK_HOST}/32"]', webhook_poll_seconds="0.2",
     ) as echo, sync_playwright() as pw:
@@ -83,7 +84,7 @@ def console(stack: Stack) -> Iterator[Console]:
         browser = pw.chromium.launch(executable_path=CHROMIUM)
         try:
             yield Console(echo, browser, hook, create_api_key(url, f"console-a-{tag}"),
-                          create_api_key(url, f"console-b-{tag}"), parked, later)
+                          create_api_key(url, f"console-b-{tag}"), parked, later, slow)
         finally:
             browser.close()
 
@@ -346,3 +347,39 @@ def test_a_batch_is_cancelled_from_the_page(console: Console, page: Page) -> Non
         expect(row.locator("button.cancel")).to_have_count(0)
         expect(row.locator('button[data-file="errors"]')).to_have_count(1)
         assert client.batches.retrieve(batch.id).status == "cancelled"
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def test_models_show_their_workers_queue_and_when_it_drains(console: Console, page: Page) -> None:
+    st = console.echo.stack.with_env(model=console.slow, max_batch_size="1", max_in_flight="1")
+    worker = start_worker(st.env, st.log_dir, name=f"worker-{console.slow}")
+    try:
+        with console.client(console.a_key) as a:
+            first = submit(a, "console: done first", model=console.slow)
+            assert wait_terminal(a, first)["status"] == "succeeded"
+            # Holds the worker's one slot, so the next three wait behind it.
+            stuck = submit(a, "[echo:hang] console: holds the slot", model=console.slow)
+            waiting = [submit(a, f"console: waits {i}", model=console.slow) for i in range(3)]
+            sign_in(page, console, console.a_key)
+            page.click("nav >> text=Models")
+            row = page.locator(f'#models tr[data-model="{console.slow}"]')
+            cells = row.locator("td")
+            expect(cells.nth(1)).to_have_text("1")  # workers
+            expect(cells.nth(2)).to_have_text("echo")
+            expect(cells.nth(3)).to_have_text("1")  # capacity
+            expect(cells.nth(4)).to_have_text("3")  # queued
+            expect(cells.nth(5)).to_have_text("1")  # running
+            # One job done in the API's five-minute window: 1/300 jobs/s, so three queued
+            # jobs drain in 900 s.
+            expect(cells.nth(7)).to_have_text("15 min")
+            echo_row = page.locator(f'#models tr[data-model="{console.echo.model}"] td')
+            expect(echo_row.nth(4)).to_have_text("0")
+            expect(echo_row.nth(7)).to_have_text("empty")
+            expect(page.locator(f'#models tr[data-model="{console.parked}"]')).to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "console-models.png"))
+            for job_id in [stuck, *waiting]:
+                a.post(f"/v1/jobs/{job_id}/cancel")
+    finally:
+        worker.stop()
