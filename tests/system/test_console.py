@@ -383,3 +383,8 @@ def test_models_show_their_workers_queue_and_when_it_drains(console: Console, pa
                 a.post(f"/v1/jobs/{job_id}/cancel")
     finally:
         worker.stop()
+    # The tenant's jobs of the whole module, every status among them (the README's picture).
+    page.click("nav >> text=Jobs")
+    expect(page.locator(f'#jobs tr[data-job="{stuck}"] .status')).to_have_text("cancelled")
+    page.set_viewport_size({"width": 1100, "height": 560})
+    page.screenshot(path=str(ARTIFACTS / "console-jobs.png"))
