@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import ApiDeps, get_deps
-from shared.errors import Unauthenticated
+from shared.errors import Forbidden, Unauthenticated
 from shared.tenancy import repo as tenancy_repo
 from shared.tenancy.principal import ANONYMOUS_ADMIN
 from shared.tenancy.repo import Authenticated
@@ -55,3 +55,11 @@ async def authenticate(
 def _lookup(deps: ApiDeps, presented: str) -> Authenticated | None:
     with deps.reads() as session:
         return tenancy_repo.authenticate(session, presented)
+
+
+async def require_admin(auth: Authenticated = Depends(authenticate)) -> Authenticated:
+    """For operations on keys and tenants, which no tenant may do for itself."""
+    if not auth.principal.is_admin:
+        raise Forbidden("only an admin key may manage keys and tenants "
+                        "(`vlmq keys create --tenant NAME --admin`)")
+    return auth

@@ -39,6 +39,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _DESCRIPTIONS = {
     400: "bad input; `error.code` says what",
     401: "no API key, or one that is unknown or revoked",
+    403: "the key is not an admin key, which this operation needs",
     404: "no such object (another tenant's objects are not found either)",
     409: "conflicts with the object's state or an earlier request",
     413: "body or image over the size limit",

@@ -47,6 +47,13 @@ class RateLimited(VlmqError):
     http_status = 429
 
 
+class Forbidden(VlmqError):
+    """The key is valid but may not do this (an admin-only operation)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class NotFound(VlmqError):
     code = "not_found"
     http_status = 404

@@ -33,6 +33,7 @@ PAGES = {
     "/submit": "submit.html",
     "/batches": "batches.html",
     "/models": "models.html",
+    "/keys": "keys.html",
 }
 # blob: for images the scripts fetched with the key (an <img src> cannot send a header).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 PREFIX = "vlmq_"
 _ID_CHARS = 12
 _KEY = re.compile(rf"^{PREFIX}(?P<id>[0-9a-f]{{{_ID_CHARS}}})_(?P<secret>[A-Za-z0-9_-]{{43}})$")
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # \Z: no newline after it
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Console:
     parked: str  # accepted, served by no worker: its jobs wait queued
     later: str  # accepted, served by a worker a test starts part way through
     slow: str  # the same, by a worker that runs one job at a time
+    admin_key: str
     problems: list[str] = field(default_factory=list)  # CSP violations and script errors
 
     @property
@@ -84,7 +85,8 @@ def console(stack: Stack) -> Iterator[Console]:
         browser = pw.chromium.launch(executable_path=CHROMIUM)
         try:
             yield Console(echo, browser, hook, create_api_key(url, f"console-a-{tag}"),
-                          create_api_key(url, f"console-b-{tag}"), parked, later, slow)
+                          create_api_key(url, f"console-b-{tag}"), parked, later, slow,
+                          create_api_key(url, f"console-ops-{tag}", admin=True))
         finally:
             browser.close()
 
@@ -388,3 +390,51 @@ def test_models_show_their_workers_queue_and_when_it_drains(console: Console, pa
     expect(page.locator(f'#jobs tr[data-job="{stuck}"] .status')).to_have_text("cancelled")
     page.set_viewport_size({"width": 1100, "height": 560})
     page.screenshot(path=str(ARTIFACTS / "console-jobs.png"))
+
+
+# --- keys (admin) ---------------------------------------------------------------------------
+
+
+def test_keys_are_managed_by_an_admin_key_only(console: Console, page: Page) -> None:
+    sign_in(page, console, console.a_key)
+    expect(page.locator("#nav-keys")).to_be_hidden()
+    page.goto(f"{console.base}/console/keys")
+    expect(page.locator("#not-admin")).to_be_visible()
+    expect(page.locator("#admin")).to_be_hidden()
+    page.click("#signout")
+
+    with console.client(console.b_key) as b:
+        theirs = submit(b, "console: b's job, seen by an admin", model=console.parked)
+    sign_in(page, console, console.admin_key)
+    expect(page.locator(f'#jobs tr[data-job="{theirs}"]')).to_have_count(1)  # every tenant's
+    page.click("#nav-keys")
+    tenant = f"console-new-{uuid.uuid4().hex[:6]}"
+    page.fill("#k-tenant", tenant)
+    page.fill("#k-name", "made in the console")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("#created")).to_be_visible()
+    new_key = page.locator("#new-key").inner_text()
+    with console.client(new_key) as new:
+        assert new.get("/v1/jobs").status_code == 200
+        row = page.locator("#keys tbody tr", has_text="made in the console")
+        expect(row).to_contain_text(tenant)
+
+        limits = page.locator(f'#tenants tr[data-tenant="{tenant}"]')
+        limits.locator('input[name="max_active_jobs"]').fill("3")
+        limits.locator('input[name="image_url_prefixes"]').fill("s3://photos/new")
+        limits.locator("button").click()
+        expect(limits.locator("button")).to_have_text("Saved")
+        with console.client(console.admin_key) as admin:
+            [saved] = [t for t in admin.get("/v1/tenants").json()["data"] if t["id"] == tenant]
+        assert saved["max_active_jobs"] == 3
+        assert saved["image_url_prefixes"] == ["s3://photos/new/"]
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        row.locator("button", has_text="Revoke").click()
+        expect(row.locator("td").nth(6)).not_to_have_text("")
+        expect(row.locator("button")).to_have_count(0)
+        deadline = time.monotonic() + 30  # API processes cache a key for a second
+        while new.get("/v1/jobs").status_code != 401:
+            assert time.monotonic() < deadline, "a key revoked in the console still works"
+            time.sleep(0.2)
+    page.screenshot(path=str(ARTIFACTS / "console-keys.png"))

@@ -2,18 +2,23 @@
 // Everything from the API goes into the page as text (textContent), never as HTML.
 
 const KEY = "vlmq.apiKey";
+// Whether the key is an admin key, learnt at sign-in: it only shows the Keys link, as the
+// API itself refuses every keys call from any other key.
+const ADMIN = "vlmq.admin";
 export const ROOT = document.querySelector('meta[name="vlmq-root"]')?.content ?? "";
 
 export function apiKey() {
   return sessionStorage.getItem(KEY);
 }
 
-export function signIn(key) {
+export function signIn(key, admin) {
   sessionStorage.setItem(KEY, key);
+  sessionStorage.setItem(ADMIN, admin ? "1" : "0");
 }
 
 export function signOut() {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(ADMIN);
   location.assign(`${ROOT}/console/signin`);
 }
 
@@ -64,6 +69,8 @@ export async function signedIn() {
   const who = document.getElementById("who");
   if (who) who.textContent = `key ${key.split("_").slice(0, 2).join("_")}`;
   document.getElementById("signout")?.addEventListener("click", signOut);
+  const keys = document.getElementById("nav-keys");
+  if (keys) keys.hidden = sessionStorage.getItem(ADMIN) !== "1";
   return key;
 }
 

@@ -13,6 +13,13 @@ document.getElementById("signin-form").addEventListener("submit", async (event) 
       ? "That key is unknown or revoked." : err);
     return;
   }
-  signIn(key);
+  let admin = false;
+  try {
+    await api("/v1/tenants", { key });
+    admin = true;
+  } catch {
+    // 403: a tenant's key
+  }
+  signIn(key, admin);
   location.replace(`${ROOT}/console`);
 });
