@@ -380,6 +380,18 @@ def test_models_show_their_workers_queue_and_when_it_drains(console: Console, pa
             expect(echo_row.nth(4)).to_have_text("0")
             expect(echo_row.nth(7)).to_have_text("empty")
             expect(page.locator(f'#models tr[data-model="{console.parked}"]')).to_have_count(0)
+
+            # The plots: every job of this tenant's that succeeded (all within the hour),
+            # and its generated tokens, read through GET /v1/stats/throughput on Postgres.
+            done = a.get("/v1/jobs", params={"status": "succeeded", "limit": 500}).json()["data"]
+            images, tokens = page.locator("#plot-images"), page.locator("#plot-tokens")
+            expect(images).to_have_attribute("data-total", str(len(done)))
+            expect(tokens).to_have_attribute(
+                "data-total", str(sum(j["result"]["completion_tokens"] for j in done)))
+            expect(images.locator("rect.bar")).to_have_count(60)
+            expect(page.locator("#images-recent")).to_contain_text("images/s")
+            page.select_option("#t-model", console.slow)
+            expect(images).to_have_attribute("data-total", "1")  # "done first" alone
             page.screenshot(path=str(ARTIFACTS / "console-models.png"))
             for job_id in [stuck, *waiting]:
                 a.post(f"/v1/jobs/{job_id}/cancel")
