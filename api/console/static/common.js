@@ -91,7 +91,9 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export function showError(err) {
+// `fromPoll`: a live refresh's error, which its next success clears; an action's error
+// stays until the next action.
+export function showError(err, fromPoll = false) {
   const box = document.getElementById("error");
   if (!box) return;
   if (!err) {
@@ -100,7 +102,12 @@ export function showError(err) {
     return;
   }
   box.hidden = false;
+  box.dataset.fromPoll = fromPoll ? "1" : "";
   box.textContent = err instanceof ApiError ? `${err.code}: ${err.message}` : String(err);
+}
+
+export function clearPollError() {
+  if (document.getElementById("error")?.dataset.fromPoll) showError(null);
 }
 
 export function statusBadge(status) {
@@ -139,9 +146,9 @@ export function every(ms, tick) {
     busy = true;
     try {
       await tick();
-      showError(null);
+      clearPollError();
     } catch (err) {
-      showError(err);
+      showError(err, true);
     } finally {
       busy = false;
     }

@@ -1,5 +1,6 @@
 import {
-  ApiError, TERMINAL, api, between, el, every, seconds, showError, signedIn, statusBadge,
+  ApiError, TERMINAL, api, between, clearPollError, el, every, seconds, showError, signedIn,
+  statusBadge,
 } from "./common.js";
 
 await signedIn();
@@ -127,9 +128,9 @@ async function main() {
     try {
       job = await api(`/v1/jobs/${id}?wait=30`);
       render(job);
-      showError(null);
+      clearPollError();
     } catch (err) {
-      showError(err);
+      showError(err, true);
       await new Promise((resolve) => setTimeout(resolve, 3000));
     }
   }
