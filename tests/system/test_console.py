@@ -74,6 +74,7 @@ def console(stack: Stack) -> Iterator[Console]:
         "no chromium: run scripts/install.sh as root, or apt-get install -y "
         "--no-install-recommends chromium chromium-driver")
     ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=WAIT_MS)  # Playwright's default is 5 s
     tag = uuid.uuid4().hex[:6]
     parked, later, slow = f"parked-{tag}", f"later-{tag}", f"slow-{tag}"
     with receiver(host=HOOK_HOST) as hook, echo_stack(
