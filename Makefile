@@ -7,10 +7,14 @@ PYTEST_ARGS ?=
 # even on two cores; whole files go to one worker, as their fixtures are per module.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo up test test-fast bench soak soak-backfill lint
+.PHONY: install browser demo up test test-fast bench soak soak-backfill lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
+
+# Debian's chromium for the console's browser test; only the full suite needs it.
+browser:
+	bash scripts/install-browser.sh
 
 demo: install
 	$(VENV)/bin/vlmq demo
@@ -19,7 +23,7 @@ demo: install
 up: install
 	$(VENV)/bin/vlmq up
 
-test: install
+test: install browser
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The unit tier alone: no Postgres, Redis, S3 or subprocesses; well under a minute.

