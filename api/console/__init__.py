@@ -14,6 +14,7 @@ machine without the internet and a job's text can never run as script.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -25,16 +26,27 @@ from starlette.types import Scope
 CONSOLE_PATH = "/console"
 ASSETS_PATH = f"{CONSOLE_PATH}/static"
 _HERE = Path(__file__).parent
-# Path under /console → page file.
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str  # its body (pages/<name>.html) and script (static/<name>.js)
+    title: str
+    nav: str | None  # the header's link marked as the current one
+    header: bool = True  # sign-in has none
+
+
+# Path under /console → page.
 PAGES = {
-    "": "jobs.html",
-    "/signin": "signin.html",
-    "/job": "job.html",
-    "/submit": "submit.html",
-    "/batches": "batches.html",
-    "/models": "models.html",
-    "/keys": "keys.html",
+    "": Page("jobs", "Jobs", "jobs"),
+    "/signin": Page("signin", "Sign in", None, header=False),
+    "/job": Page("job", "Job", None),
+    "/submit": Page("submit", "Submit", "submit"),
+    "/batches": Page("batches", "Batches", "batches"),
+    "/models": Page("models", "Models", "models"),
+    "/keys": Page("keys", "Keys", "keys"),
 }
+_NAV = ("jobs", "submit", "batches", "models", "keys")
 # blob: for images the scripts fetched with the key (an <img src> cannot send a header).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -57,8 +69,26 @@ class _Assets(StaticFiles):
 
 def install_console(app: FastAPI) -> None:
     app.mount(ASSETS_PATH, _Assets(directory=_HERE / "static"), name="console-assets")
-    for suffix, name in PAGES.items():
-        _add_page(app, f"{CONSOLE_PATH}{suffix}", (_HERE / "pages" / name).read_text())
+    for suffix, page in PAGES.items():
+        _add_page(app, f"{CONSOLE_PATH}{suffix}", render(page))
+
+
+def render(page: Page) -> str:
+    """The page's whole HTML, with `{{root}}` left for the request to fill in: every page
+    shares one layout and, but for sign-in, one header."""
+    header = ""
+    if page.header:
+        header = _read("header")
+        for link in _NAV:
+            current = ' aria-current="page"' if link == page.nav else ""
+            header = header.replace(f"{{{{current:{link}}}}}", current)
+    return (_read("layout").replace("{{title}}", page.title)
+            .replace("{{script}}", page.name).replace("{{header}}", header)
+            .replace("{{main}}", _read(page.name)))
+
+
+def _read(name: str) -> str:
+    return (_HERE / "pages" / f"{name}.html").read_text()
 
 
 def _add_page(app: FastAPI, path: str, template: str) -> None:
