@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
 from shared.migrate import upgrade_head
+from shared.settings import Settings
 from tests.helpers.embedded import embedded_settings
 
 
@@ -45,3 +49,16 @@ def state_root(_migrated_template: Path, tmp_path: Path) -> Path:
     for db_file in _migrated_template.glob("vlmq.db*"):  # the WAL files too, if any
         shutil.copy(db_file, root / db_file.name)
     return root
+
+
+@pytest.fixture()
+def settings(state_root: Path) -> Settings:
+    """The embedded setup on the test's own state (a module may define its own)."""
+    return embedded_settings(state_root)
+
+
+@pytest.fixture()
+def app(settings: Settings) -> Iterator[TestClient]:
+    """The API in process on `settings`."""
+    with TestClient(create_app(settings)) as client:
+        yield client

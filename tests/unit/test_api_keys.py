@@ -5,13 +5,11 @@ every one of them and learns nothing."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from shared.db import make_engine, make_session_factory
 from shared.settings import Settings
 from shared.tenancy import repo as tenancy_repo
@@ -34,12 +32,6 @@ def make_admin_key(settings: Settings) -> str:
 def settings(state_root: Path) -> Settings:
     return embedded_settings(state_root, tenant_submits_per_second=0,
                              tenant_max_active_jobs=0)
-
-
-@pytest.fixture()
-def app(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -5,31 +5,17 @@ clear 409 for a job whose image was given by reference."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from shared.db import make_engine, make_session_factory
 from shared.models import Job
 from shared.settings import Settings
-from shared.tenancy import repo as tenancy_repo
-from tests.helpers.embedded import embedded_settings
 from tests.helpers.images import png_bytes
 from tests.unit.test_api_jobs import error_of, make_key
-
-
-@pytest.fixture()
-def settings(state_root: Path) -> Settings:
-    return embedded_settings(state_root)
-
-
-@pytest.fixture()
-def app(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
+from tests.unit.test_api_keys import make_admin_key
 
 
 def as_tenant(app: TestClient, settings: Settings, tenant: str) -> dict[str, str]:
@@ -77,13 +63,7 @@ def test_an_admin_key_reads_any_tenants_image(app: TestClient, settings: Setting
     alpha = as_tenant(app, settings, "alpha")
     image = png_bytes(64, 48, seed=9)
     job_id = submit(app, alpha, image, "a.png", "image/png")
-    engine = make_engine(settings)
-    try:
-        with make_session_factory(engine)() as session:
-            _, key = tenancy_repo.create_key(session, "ops", "unit test", is_admin=True)
-            session.commit()
-    finally:
-        engine.dispose()
+    key = make_admin_key(settings)
     resp = app.get(f"/v1/jobs/{job_id}/image", headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 200 and resp.content == image
 

@@ -4,33 +4,18 @@ scoped like every other read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from shared.db import make_engine, make_session_factory
 from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.settings import Settings
 from shared.timeutil import utcnow
-from tests.helpers.embedded import embedded_settings
 from tests.unit.test_api_jobs import make_key
 from tests.unit.test_api_keys import make_admin_key
-
-
-@pytest.fixture()
-def settings(state_root: Path) -> Settings:
-    return embedded_settings(state_root)
-
-
-@pytest.fixture()
-def app(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def add_jobs(settings: Settings, *jobs: tuple[str, str, JobStatus, datetime, int]) -> None:
