@@ -105,8 +105,8 @@ class TaskEventSender:
     def _bodies(self, taken: list[TaskEvent]) -> list[dict[str, Any]]:
         # The fields Celery's own dispatcher adds (celery.events.dispatcher), which Flower's
         # state needs to place each event: node, clock, pid and the sender's UTC offset.
-        clock, pid, offset = self._celery.clock, os.getpid(), utcoffset()
-        return [{**fields, "type": kind, "uuid": job_id, "timestamp": at,
-                 "hostname": self.hostname, "utcoffset": offset, "pid": pid,
-                 "clock": clock.forward()}
+        # One logical clock tick per message: its events are ordered by their timestamps.
+        sender = {"hostname": self.hostname, "utcoffset": utcoffset(), "pid": os.getpid(),
+                  "clock": self._celery.clock.forward()}
+        return [dict(fields, type=kind, uuid=job_id, timestamp=at, **sender)
                 for kind, job_id, at, fields in taken]

@@ -3,8 +3,8 @@
     .venv/bin/python -m tests.bench        (or `make bench`)
 
 Arms, cheapest first: the object store's CPU per PUT and GET, ingest, long poll and submits under held polls (one API process),
-the echo worker's ceiling (file store with task events on and off, S3 store), the worker
-feeding a simulated GPU engine,
+the echo worker's ceiling (file and S3 stores), its cost of the task events for Flower (on
+and off, alternating rounds), the worker feeding a simulated GPU engine,
 naive transformers, raw vLLM, the drain of queued jobs by one vLLM worker and the
 light-load rounds, the drain with the S3 store, camera photos, OpenAI batch files against
 vLLM's run_batch, and the full system under closed-loop clients and a burst with uploads.
@@ -27,7 +27,7 @@ from shared.devtools.tiny_model import build_tiny_model
 from tests.bench.api_arms import run_api_stack
 from tests.bench.batches import batch_figures, measure_run_batch, measure_vlmq_batch
 from tests.bench.camera import camera_figures, measure_camera
-from tests.bench.ceiling import measure_ceiling
+from tests.bench.ceiling import measure_ceiling, measure_event_cost
 from tests.bench.drain import drain_s3_figures, measure_drain_s3, run_vllm_stack
 from tests.bench.report import append_history, cpu_line, print_split, table
 from tests.bench.runner import Runner
@@ -79,8 +79,7 @@ def run_all(w: Workload, runner: Runner) -> None:
     runner.attempt("store", lambda: measure_store_ops(logs / "store"))
     runner.group(["ingest", "longpoll", "held"], lambda: run_api_stack(w, logs / "api", runner))
     runner.attempt("echo_file", lambda: measure_ceiling(w, logs / "echo-file", "file"))
-    runner.attempt("echo_quiet", lambda: measure_ceiling(w, logs / "echo-quiet", "file",
-                                                         task_events=False))
+    runner.attempt("events", lambda: measure_event_cost(w, logs / "events"))
     runner.attempt("echo_s3", lambda: measure_ceiling(w, logs / "echo-s3", "s3"))
     runner.attempt("simulated", lambda: measure_simulated(w, logs / "simulated"))
     runner.attempt("naive", lambda: run_arm("naive", w))
@@ -121,10 +120,10 @@ def figures(w: Workload, r: dict[str, Any]) -> dict[str, float]:
     if echo := r.get("echo_file"):
         f["echo_jobs_per_s"] = echo["jobs_per_s"]
         f["echo_worker_cpu_ms_per_job"] = echo["worker_cpu_ms_per_job"]
-    if quiet := r.get("echo_quiet"):
-        f["echo_quiet_jobs_per_s"] = quiet["jobs_per_s"]
-        if echo:
-            f["echo_events_over_quiet"] = echo["jobs_per_s"] / quiet["jobs_per_s"]
+    if events := r.get("events"):
+        f["events_on_worker_cpu_ms_per_job"] = events["on_worker_cpu_ms_per_job"]
+        f["events_off_worker_cpu_ms_per_job"] = events["off_worker_cpu_ms_per_job"]
+        f["echo_events_over_quiet"] = events["on_over_off"]
     if echo_s3 := r.get("echo_s3"):
         f["echo_s3_jobs_per_s"] = echo_s3["jobs_per_s"]
         f["echo_s3_worker_cpu_ms_per_job"] = echo_s3["worker_cpu_ms_per_job"]

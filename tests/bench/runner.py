@@ -12,7 +12,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-ARMS = ["store", "ingest", "longpoll", "held", "echo_file", "echo_quiet", "echo_s3", "simulated", "naive", "raw", "drain",
+ARMS = ["store", "ingest", "longpoll", "held", "echo_file", "events", "echo_s3", "simulated", "naive", "raw", "drain",
         "light", "drain_s3", "camera", "run_batch", "batch_file", "batch_s3", "system"]
 
 

@@ -28,6 +28,10 @@ class Workload:
     light_rounds: int = int(os.environ.get("BENCH_LIGHT_ROUNDS", "3"))
     # Worker-only and API-only arms: enough work that start-up and timer noise vanish.
     echo_jobs: int = int(os.environ.get("BENCH_ECHO_JOBS", "1000"))
+    # The task events' cost is a few percent of a drain that lasts seconds: more jobs and
+    # rounds than the ceiling's own, so that its run-to-run spread does not decide it.
+    event_jobs: int = int(os.environ.get("BENCH_EVENT_JOBS", "3000"))
+    event_rounds: int = int(os.environ.get("BENCH_EVENT_ROUNDS", "4"))
     uploads: int = int(os.environ.get("BENCH_UPLOADS", "600"))
     upload_threads: int = int(os.environ.get("BENCH_UPLOAD_THREADS", "8"))
     poll_jobs: int = int(os.environ.get("BENCH_POLL_JOBS", "200"))

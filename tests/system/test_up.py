@@ -121,8 +121,9 @@ def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
 
 
 def test_up_with_flower_on_the_folder_broker(project: Path) -> None:
-    flower_port = free_port()
-    proc, lines = start_up(project, free_port(), "--flower", "--flower-port", str(flower_port))
+    """Flower on the embedded folder broker, and the jobs of the stack in its task list."""
+    flower_port, port = free_port(), free_port()
+    proc, lines = start_up(project, port, "--flower", "--flower-port", str(flower_port))
     out = "".join(lines)
     try:
         shown = re.search(rf"Flower   http://127.0.0.1:{flower_port}  \(user:password (\S+)\)",
@@ -140,8 +141,33 @@ def test_up_with_flower_on_the_folder_broker(project: Path) -> None:
             assert time.monotonic() < deadline, "Flower did not answer"
             time.sleep(0.5)
         assert httpx.get(f"http://127.0.0.1:{flower_port}/workers").status_code == 401
+        key = KEY.search(out)
+        assert key, out
+        seen = _jobs_seen_by_flower(f"http://127.0.0.1:{port}", key.group(1),
+                                    f"http://127.0.0.1:{flower_port}", (user, password))
+        assert seen["state"] == "SUCCESS" and seen["name"].startswith("vlmq.job."), seen
     finally:
         rest = stop_up(proc)
     assert proc.returncode == 0 and "stopped flower" in rest, out + rest
     flower_log = (project / ".vlmq" / "logs" / "flower.log").read_text()
     assert "Failed to capture events" not in flower_log
+
+
+def _jobs_seen_by_flower(api: str, key: str, flower: str, auth: tuple[str, str]
+                         ) -> dict[str, object]:
+    """Submits jobs until Flower shows one that succeeded (its event queue is bound a moment
+    after it answers, and events sent before that reach nobody); that job's task."""
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=api, timeout=30, headers={"Authorization": f"Bearer {key}"}
+                      ) as client:
+        while True:
+            job = client.post("/v1/jobs", data={"prompt": "Flower?"},
+                              files={"image": ("a.png", png_bytes(32, 32), "image/png")}).json()
+            done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+            assert done["status"] == "succeeded", done
+            for _ in range(10):
+                task = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=30).json().get(job["id"])
+                if task is not None and task["state"] == "SUCCESS":
+                    return task
+                time.sleep(0.5)
+            assert time.monotonic() < deadline, "Flower never showed a job"
