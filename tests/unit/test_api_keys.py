@@ -110,6 +110,11 @@ def test_any_other_key_is_forbidden(app: TestClient, settings: Settings, method:
     assert app.request(method, path, json=body).status_code == 401
 
 
+# Far deeper than the API's JSON parsing accepts: refused before any handler runs. Raw
+# bytes, as no client's encoder would write it.
+NESTED = "[" * 5000 + "]" * 5000
+
+
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
     ("POST", "/v1/keys", {"tenant": "Not A Name"}, 400, "invalid_tenant"),
     ("POST", "/v1/keys", {"tenant": "acme\n"}, 400, "invalid_tenant"),
@@ -119,10 +124,26 @@ def test_any_other_key_is_forbidden(app: TestClient, settings: Settings, method:
     ("PATCH", "/v1/tenants/ops", {"max_active_jobs": -1}, 422, "validation_error"),
     ("PATCH", "/v1/tenants/ops", {"image_url_prefixes": ["https://x"]}, 400, "invalid_prefix"),
     ("POST", "/v1/keys/a%00b/revoke", None, 404, "not_found"),
+    # Over-long and deeply nested input.
+    ("POST", "/v1/keys", {"tenant": "a" * 65}, 422, "validation_error"),
+    ("POST", "/v1/keys", {"tenant": "acme", "name": "n" * 201}, 422, "validation_error"),
+    ("POST", f"/v1/keys/{'k' * 5000}/revoke", None, 404, "not_found"),
+    ("PATCH", f"/v1/tenants/{'t' * 5000}", {"max_active_jobs": 1}, 404, "not_found"),
+    ("PATCH", "/v1/tenants/ops", {"image_url_prefixes": ["s3://b/" + "p" * 5000]}, 422,
+     "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"image_url_prefixes": [f"s3://b/{i}/" for i in range(10_000)]},
+     422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", f'{{"max_active_jobs": {NESTED}}}'.encode(), 400,
+     "invalid_json"),
+    ("POST", "/v1/keys", f'{{"tenant": {NESTED}}}'.encode(), 400, "invalid_json"),
 ])
 def test_bad_admin_requests_are_4xx(app: TestClient, settings: Settings, method: str,
                                     path: str, body: object, status: int, code: str) -> None:
     admin = bearer(make_admin_key(settings))
-    resp = app.request(method, path, json=body, headers=admin)
+    if isinstance(body, bytes):
+        resp = app.request(method, path, content=body,
+                           headers={**admin, "Content-Type": "application/json"})
+    else:
+        resp = app.request(method, path, json=body, headers=admin)
     assert resp.status_code == status, resp.text
     assert error_of(resp) == code

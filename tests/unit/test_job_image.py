@@ -99,3 +99,12 @@ def test_an_image_gone_from_the_store_is_a_404_with_its_own_code(
     resp = app.get(f"/v1/jobs/{job_id}/image", headers=alpha)
     assert resp.status_code == 404
     assert error_of(resp) == "image_not_stored"
+
+
+@pytest.mark.parametrize("job_id", ["not-a-uuid", "9" * 5000, "%00"])
+def test_an_id_that_is_not_a_job_id_is_a_4xx(app: TestClient, settings: Settings,
+                                               job_id: str) -> None:
+    alpha = as_tenant(app, settings, "alpha")
+    resp = app.get(f"/v1/jobs/{job_id}/image", headers=alpha)
+    assert resp.status_code in (404, 422), resp.text
+    assert error_of(resp) in ("not_found", "validation_error")

@@ -90,9 +90,20 @@ def test_an_admin_key_sees_every_tenant_or_the_one_it_names(
     assert by_minute(beta) == {minute(recent): (1, 10, 4)}
 
 
-@pytest.mark.parametrize("params", [{"minutes": 0}, {"minutes": 1441}, {"model": "x" * 300}])
+@pytest.mark.parametrize("params", [{"minutes": 0}, {"minutes": 1441}, {"model": "x" * 300},
+                                    {"tenant": "t" * 300}, {"minutes": "1" * 5000}])
 def test_a_window_out_of_range_is_a_422(app: TestClient, settings: Settings,
                                         params: dict) -> None:
     alpha = {"Authorization": f"Bearer {make_key(settings, 'alpha')}"}
     assert app.get("/v1/stats/throughput", params=params, headers=alpha).status_code == 422
     assert app.get("/v1/stats/throughput").status_code == 401
+
+
+@pytest.mark.parametrize("params", [{"model": "m1\x00"}, {"tenant": "alpha\x00"}])
+def test_a_nul_in_a_filter_matches_nothing(app: TestClient, settings: Settings,
+                                           params: dict) -> None:
+    admin = {"Authorization": f"Bearer {make_admin_key(settings)}"}
+    add_jobs(settings, ("alpha", "m1", JobStatus.succeeded, utcnow() - timedelta(minutes=2), 1))
+    resp = app.get("/v1/stats/throughput", params=params, headers=admin)
+    assert resp.status_code == 200, resp.text
+    assert by_minute(resp.json()) == {}
