@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -28,36 +27,24 @@ from celery.events.event import get_exchange
 from celery.utils.time import utcoffset
 from kombu import Producer
 
+from shared.sender_thread import SenderThread
+
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.1
 EVENTS_PER_MESSAGE = 500
 _MAX_PENDING = 100_000
-_STOP_TIMEOUT_SECONDS = 5.0
 
 # (type, e.g. "task-succeeded"; the job's id; when it happened, Unix seconds; fields)
 TaskEvent = tuple[str, str, float, dict[str, Any]]
 
 
-class TaskEventSender:
+class TaskEventSender(SenderThread):
     def __init__(self, celery: Celery, hostname: str) -> None:
+        super().__init__("task-events")
         self._celery = celery
         self.hostname = hostname
         self._pending: collections.deque[TaskEvent] = collections.deque(maxlen=_MAX_PENDING)
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._failing = False
-        self._thread = threading.Thread(target=self._run, name="task-events", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Sends what is pending, then ends the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout=_STOP_TIMEOUT_SECONDS)
 
     def emit(self, events: Iterable[TaskEvent]) -> None:
         with self._cond:

@@ -15,41 +15,27 @@ The first job after a quiet spell is sent at once; later ones wait at most that 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 
 from celery import Celery
 
 from shared.queue import enqueue_for_model
+from shared.sender_thread import SenderThread
 from shared.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.05
-_STOP_TIMEOUT_SECONDS = 5.0
 
 
-class WakeupSender:
+class WakeupSender(SenderThread):
     def __init__(self, celery: Celery, broker: BrokerSettings) -> None:
+        super().__init__("wakeups")
         self._celery = celery
         self._broker = broker
         # model -> (the latest job id, the most urgent priority) since the last send
         self._pending: dict[str, tuple[uuid.UUID, int]] = {}
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._failing = False
-        self._thread = threading.Thread(target=self._run, name="wakeups", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Sends what is pending, then ends the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout=_STOP_TIMEOUT_SECONDS)
 
     def job_accepted(self, job_id: uuid.UUID, model: str, priority: int) -> None:
         with self._cond:

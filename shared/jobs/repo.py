@@ -161,23 +161,6 @@ class Backlog:
     oldest_queued_at: datetime | None
 
 
-def backlogs(session: Session, models: Sequence[str]) -> dict[str, Backlog]:
-    """Per model, its jobs waiting and running now (batch lines too), in one statement."""
-    if not models:
-        return {}
-    queued = Job.status == JobStatus.queued
-    rows = session.execute(
-        select(Job.model,
-               func.count().filter(queued),
-               func.count().filter(Job.status == JobStatus.running),
-               func.min(Job.created_at).filter(queued))
-        .where(Job.model.in_(models), Job.status.in_((JobStatus.queued, JobStatus.running)))
-        .group_by(Job.model)
-    ).all()
-    found = {model: Backlog(q, r, oldest) for model, q, r, oldest in rows}
-    return {model: found.get(model, Backlog(0, 0, None)) for model in models}
-
-
 @dataclass(frozen=True)
 class ClassBacklog:
     """One model's jobs at one priority (0 runs first) now."""
@@ -208,6 +191,18 @@ def backlogs_by_priority(session: Session, now: datetime) -> list[ClassBacklog]:
     ).all()
     return [ClassBacklog(model, int(priority), int(q), int(r), oldest, int(overdue))
             for model, priority, q, r, oldest, overdue in rows]
+
+
+def backlogs(session: Session, models: Sequence[str]) -> dict[str, Backlog]:
+    """Per model in `models`, its jobs waiting and running now, all priorities together."""
+    totals = {model: Backlog(0, 0, None) for model in models}
+    for c in backlogs_by_priority(session, utcnow()) if models else ():
+        if (was := totals.get(c.model)) is None:
+            continue
+        oldest = min((t for t in (was.oldest_queued_at, c.oldest_queued_at) if t is not None),
+                     default=None)
+        totals[c.model] = Backlog(was.queued + c.queued, was.running + c.running, oldest)
+    return totals
 
 
 def succeeded_since(session: Session, since: datetime) -> dict[str, int]:
