@@ -42,6 +42,7 @@ _DESCRIPTIONS = {
     403: "the key is not an admin key, which this operation needs",
     404: "no such object (another tenant's objects are not found either)",
     409: "conflicts with the object's state or an earlier request",
+    410: "the object's data was removed (retention or a deletion); its id is kept a while",
     413: "body or image over the size limit",
     415: "not multipart/JSON, or an image format not accepted",
     422: "a field out of range",

@@ -64,6 +64,13 @@ class Conflict(VlmqError):
     http_status = 409
 
 
+class Gone(VlmqError):
+    """The object existed, but retention or a deletion removed its data."""
+
+    code = "expired_data"
+    http_status = 410
+
+
 class Unavailable(VlmqError):
     """A dependency (store, DB, broker) is down; the client may retry after `retry_after` s."""
 

@@ -76,6 +76,10 @@ class Tenant(Base):
     max_active_batches: Mapped[int | None] = mapped_column(Integer)
     # `s3://bucket/prefix` references the tenant may give as images; None allows none.
     image_url_prefixes: Mapped[list[str] | None] = mapped_column(JSON)
+    # How long its jobs, batches and files are kept after they end (0: for ever), and
+    # whether a job's image outlives the job; None means the server's default.
+    retention_seconds: Mapped[int | None] = mapped_column(Integer)
+    keep_images: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class ApiKey(Base):
@@ -119,8 +123,20 @@ class StoredFile(Base):
     created_at: Mapped[datetime] = mapped_column(
         UtcDateTime(), nullable=False, default=_utcnow, server_default=func.now()
     )
+    # Its bytes are removed from this moment on (None: kept until deleted); an input file
+    # is kept past it while a batch that reads it has not ended.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Its bytes were removed by retention: reads answer 410 until the row itself goes.
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
-    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_files_expires", "expires_at",
+              postgresql_where=text("purged_at IS NULL AND expires_at IS NOT NULL"),
+              sqlite_where=text("purged_at IS NULL AND expires_at IS NOT NULL")),
+        Index("ix_files_purged", "purged_at", postgresql_where=text("purged_at IS NOT NULL"),
+              sqlite_where=text("purged_at IS NOT NULL")),
+    )
 
 
 class Batch(Base):
@@ -145,6 +161,9 @@ class Batch(Base):
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
+    # OpenAI's output_expires_after: the output and error files expire this long after
+    # they are written (None: the tenant's retention).
+    output_expires_after_seconds: Mapped[int | None] = mapped_column(Integer)
     # Lines turned into jobs so far: an interrupted expansion resumes from here.
     lines_expanded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -166,6 +185,8 @@ class Batch(Base):
     expired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     cancelling_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Retention removed its lines' data and its metadata: reads answer 410.
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
@@ -198,6 +219,10 @@ class Job(Base):
     image_format: Mapped[str | None] = mapped_column(String(16))
     image_width: Mapped[int | None] = mapped_column(Integer)
     image_height: Mapped[int | None] = mapped_column(Integer)
+    # False: the image is removed from the store as soon as the job ends (resolved at
+    # submit from the job's `keep_image`, else its tenant's, else the server's default).
+    keep_image: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True,
+                                             server_default=text("true"))
 
     # A line of a batch: which batch, its line number (0-based) and the client's custom_id.
     batch_id: Mapped[str | None] = mapped_column(
@@ -231,6 +256,10 @@ class Job(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    # Of prompt_tokens, those that stand for the image; and the job's share of the wall
+    # time of the engine steps it was in (the usage ledger sums both).
+    image_tokens: Mapped[int | None] = mapped_column(Integer)
+    engine_seconds: Mapped[float | None] = mapped_column(Float)
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -238,6 +267,9 @@ class Job(Base):
     # Where the terminal event goes; webhook_events None means every terminal event.
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
+    # Retention or a DELETE removed its prompt, image, result and deliveries; what is left
+    # (id, status, timestamps) answers 410 until the row itself goes.
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -261,7 +293,63 @@ class Job(Base):
         # A line becomes one job however often its expansion is retried.
         UniqueConstraint("batch_id", "batch_line", name="uq_jobs_batch_line"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # Retention: each tenant's ended jobs by when they ended (finished_at is set exactly
+        # when a job ends), and the stripped rows by when they were stripped.
+        Index(
+            "ix_jobs_retention", "tenant_id", "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND purged_at IS NULL"),
+            sqlite_where=text("finished_at IS NOT NULL AND purged_at IS NULL"),
+        ),
+        Index("ix_jobs_purged", "purged_at", postgresql_where=text("purged_at IS NOT NULL"),
+              sqlite_where=text("purged_at IS NOT NULL")),
+        # Ended jobs whose image goes at once.
+        Index(
+            "ix_jobs_image_drop", "finished_at",
+            postgresql_where=text("NOT keep_image AND image_key IS NOT NULL "
+                                  "AND finished_at IS NOT NULL"),
+            sqlite_where=text("NOT keep_image AND image_key IS NOT NULL "
+                              "AND finished_at IS NOT NULL"),
+        ),
     )
+
+
+class UsageHour(Base):
+    """The usage ledger: what one tenant's jobs on one model did in one hour.
+
+    Counters only grow, in the transaction that records each outcome, so they always equal
+    what the jobs table says happened; they outlive job deletion and retention. Each writer
+    adds to its own `shard` of the hour, so concurrent API processes and workers never wait
+    on one row; readers sum the shards.
+    """
+
+    __tablename__ = "usage_hours"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accepted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                          server_default="0")
+    succeeded: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                           server_default="0")
+    failed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                        server_default="0")
+    cancelled: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                           server_default="0")
+    expired: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                         server_default="0")
+    images: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                        server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                               server_default="0")
+    image_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                              server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                                   server_default="0")
+    engine_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0,
+                                                  server_default="0")
+
+    __table_args__ = (Index("ix_usage_hours_hour", "hour"),)
 
 
 class Worker(Base):

@@ -268,6 +268,29 @@ class BatchSettings(_Section):
     batch_retry_seconds: float = Field(default=2.0, gt=0)
 
 
+class RetentionSettings(_Section):
+    """How long what vlmq stores is kept, and the passes that remove it (the sweeper's)."""
+
+    # Jobs (prompt, image, result, deliveries), batches and files are kept this long after
+    # they end, unless their tenant has its own (`vlmq keys limits --retention`); 0 keeps
+    # them for ever. A file's own `expires_after` and a batch's `output_expires_after` win.
+    retention_seconds: int = Field(default=30 * 86400, ge=0)
+    # False: a job's uploaded image is removed as soon as the job ends (a job's
+    # `keep_image` and its tenant's setting win over this).
+    keep_images: bool = True
+    # A removed job, batch or file still answers 410 `expired_data` (its id, status and
+    # timestamps) for this long; then its row goes and it is simply not found.
+    tombstone_seconds: int = Field(default=7 * 86400, ge=0)
+    # How often the sweeper looks for what is due, and how many of each it removes per
+    # transaction (objects first, then rows, so an interrupted pass leaves nothing behind).
+    retention_sweep_seconds: float = Field(default=5.0, gt=0)
+    retention_chunk: int = Field(default=500, ge=1, le=10_000)
+    # Objects in the store with no row (an upload whose insert never committed) are removed
+    # by a pass this often, once older than the safety window; 0 turns the pass off.
+    orphan_sweep_seconds: float = Field(default=3600.0, ge=0)
+    orphan_min_age_seconds: float = Field(default=3600.0, ge=60)
+
+
 class ApiSettings(_Section):
     """The HTTP front: `vlmq api` (and where `vlmq flower` listens), auth, request bounds."""
 
@@ -317,6 +340,7 @@ class Settings(
     ImageFetchSettings,
     WebhookSettings,
     BatchSettings,
+    RetentionSettings,
     ApiSettings,
     MetricsSettings,
 ):
@@ -338,6 +362,7 @@ SECTIONS: tuple[type[BaseSettings], ...] = (
     ImageFetchSettings,
     WebhookSettings,
     BatchSettings,
+    RetentionSettings,
     ApiSettings,
     MetricsSettings,
 )

@@ -56,7 +56,7 @@ async def chat_completions(
         image=None, image_url=chat.image_url, prompt=chat.prompt, model=chat.model,
         params=GenerationParams.model_validate(chat.params),
         options=JobOptions(priority=chat.priority if chat.priority is not None else 5),
-        tenant_id=auth.principal.tenant_id,
+        tenant_id=auth.principal.tenant_id, tenant_keep_images=auth.keep_images,
     )
     sub = replace(sub, idempotency_key=idempotency_key(request))
     accepted = await accept(deps, sub)

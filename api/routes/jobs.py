@@ -82,7 +82,7 @@ async def create_job(
             code="unsupported_media_type",
         )
     sub = replace(sub, idempotency_key=idempotency_key(request),
-                  tenant_id=auth.principal.tenant_id)
+                  tenant_id=auth.principal.tenant_id, tenant_keep_images=auth.keep_images)
     accepted = await accept(deps, sub)
     headers = {"Location": f"/v1/jobs/{accepted.job.id}"}
     if accepted.replayed:

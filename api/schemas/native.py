@@ -50,6 +50,11 @@ class JobOptions(BaseModel):
         default=None, ge=1, le=30 * 86400,
         description="expire the job if it has not started this long after submission",
     )
+    keep_image: bool | None = Field(
+        default=None,
+        description="false: remove the uploaded image as soon as the job ends (default: "
+        "the tenant's setting, else the server's VLMQ_KEEP_IMAGES)",
+    )
 
 
 class WebhookOptions(BaseModel):

@@ -59,6 +59,8 @@ class Submission:
     tenant_id: str = DEFAULT_TENANT
     # data: (decoded and stored like an upload), https:// or s3:// (fetched by the worker)
     image_url: str | None = None
+    # The tenant's own keep_images (None: the server's), for a job that does not say.
+    tenant_keep_images: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
         expires_at=_deadline(now, sub.options.max_queue_seconds or settings.max_queue_seconds),
         idempotency_key=sub.idempotency_key,
         request_sha256=fingerprint,
+        keep_image=_keep_image(sub, settings.keep_images),
         webhook_url=sub.webhook.webhook_url,
         webhook_events=(
             [str(e) for e in sub.webhook.webhook_events] if sub.webhook.webhook_events else None
@@ -140,6 +143,13 @@ def _replay(deps: ApiDeps, tenant_id: str, key: str, fingerprint: str) -> Job | 
             code="idempotency_key_reused",
         )
     return earlier
+
+
+def _keep_image(sub: Submission, default: bool) -> bool:
+    for choice in (sub.options.keep_image, sub.tenant_keep_images):
+        if choice is not None:
+            return choice
+    return default
 
 
 def _deadline(now: datetime, seconds: int | None) -> datetime | None:

@@ -122,6 +122,9 @@ class Authenticated:
     # The tenant's own batch caps; None means the server's default.
     max_queued_batch_lines: int | None = None
     max_active_batches: int | None = None
+    # The tenant's own retention settings; None means the server's default.
+    keep_images: bool | None = None
+    retention_seconds: int | None = None
 
 
 def authenticate(session: Session, presented: str) -> Authenticated | None:
@@ -145,6 +148,8 @@ def authenticate(session: Session, presented: str) -> Authenticated | None:
         submits_per_second=tenant.submits_per_second,
         max_queued_batch_lines=tenant.max_queued_batch_lines,
         max_active_batches=tenant.max_active_batches,
+        keep_images=tenant.keep_images,
+        retention_seconds=tenant.retention_seconds,
     )
 
 

@@ -54,6 +54,9 @@ FIELDS_BEFORE_SECTIONS = frozenset({
     "retry_backoff_max_seconds", "retry_backoff_seconds", "s3_access_key_id",
     "s3_create_bucket", "s3_endpoint_url", "s3_region", "s3_secret_access_key",
     "shutdown_grace_seconds", "store_url", "sweep_seconds", "task_events",
+    # Retention (shared/settings.py RetentionSettings).
+    "retention_seconds", "keep_images", "tombstone_seconds", "retention_sweep_seconds",
+    "retention_chunk", "orphan_sweep_seconds", "orphan_min_age_seconds",
     "tenant_max_active_batches",
     "tenant_max_active_jobs", "tenant_max_queued_batch_lines", "tenant_submits_per_second",
     "webhook_allow_http", "webhook_allowed_networks", "webhook_concurrency",
