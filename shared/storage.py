@@ -6,9 +6,10 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
@@ -19,6 +20,12 @@ from shared.settings import StoreSettings
 _CHUNK = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified_at: datetime
+
+
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
@@ -27,6 +34,10 @@ class ObjectStore(Protocol):
     def open(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
+    # Many at once (S3's DeleteObjects, up to 1,000 per request); a missing key is no error.
+    def delete_many(self, keys: Sequence[str]) -> None: ...
+    # Pages of the objects under `prefix`, in no particular order: the orphan pass's walk.
+    def list_pages(self, prefix: str, page_size: int) -> Iterator[list[StoredObject]]: ...
     def check(self) -> None:
         """Raise Unavailable when the store cannot be reached."""
         ...
@@ -73,6 +84,31 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def list_pages(self, prefix: str, page_size: int) -> Iterator[list[StoredObject]]:
+        top = self._path(prefix.rstrip("/"))
+        page: list[StoredObject] = []
+        for folder, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    mtime = os.stat(path).st_mtime
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                # put()'s temporary files are no objects: an unfinished write, not an orphan.
+                if name.startswith("tmp"):
+                    continue
+                page.append(StoredObject(key, datetime.fromtimestamp(mtime, timezone.utc)))
+                if len(page) >= page_size:
+                    yield page
+                    page = []
+        if page:
+            yield page
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -193,6 +229,20 @@ class S3Store:
 
         with _translated(key):
             obstore.delete(self.objects, key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        import obstore
+
+        if keys:
+            with _translated(keys[0]):
+                obstore.delete(self.objects, list(keys))
+
+    def list_pages(self, prefix: str, page_size: int) -> Iterator[list[StoredObject]]:
+        import obstore
+
+        with _translated(prefix):
+            for metas in obstore.list(self.objects, prefix=prefix, chunk_size=page_size):
+                yield [StoredObject(meta["path"], meta["last_modified"]) for meta in metas]
 
     def check(self) -> None:
         try:

@@ -26,6 +26,7 @@ from api.openapi import SUBMIT_BODY
 from api.schemas.native import (
     GenerationParams,
     JobCreate,
+    JobDeleted,
     JobList,
     JobOptions,
     JobOut,
@@ -96,7 +97,7 @@ async def create_job(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=documented(404))
+@router.get("/{job_id}", response_model=JobOut, responses=documented(404, 410))
 async def read_job(
     job_id: uuid.UUID,
     deps: ApiDeps = Depends(get_deps),
@@ -109,7 +110,7 @@ async def read_job(
     return await wait_for_end(deps, job_id, auth.principal.tenant_filter(), wait)
 
 
-@router.get("/{job_id}/image", responses={**documented(404, 409), 200: {
+@router.get("/{job_id}/image", responses={**documented(404, 409, 410), 200: {
     "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
     "description": "the uploaded image, as stored, with its own content type",
 }})
@@ -132,6 +133,19 @@ async def job_image(
                "Content-Disposition": f'inline; filename="{image.filename}"'}
     return StreamingResponse(iterate_in_threadpool(chunks()), media_type=image.content_type,
                              headers=headers)
+
+
+@router.delete("/{job_id}", response_model=JobDeleted, responses=documented(404, 409))
+def delete_job(
+    job_id: uuid.UUID,
+    deps: ApiDeps = Depends(get_deps),
+    auth: Authenticated = Depends(authenticate),
+) -> JobDeleted:
+    """Removes an ended job's image, prompt, result and webhook deliveries; its id, status
+    and timestamps answer 410 `expired_data` for VLMQ_TOMBSTONE_SECONDS. A queued or
+    running job is 409 `job_not_finished`: cancel it first. Deleting again is no error."""
+    jobs_service.delete_job(deps.sessions, deps.store, job_id, auth.principal.tenant_filter())
+    return JobDeleted(id=job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))

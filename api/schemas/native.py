@@ -168,6 +168,12 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+class JobDeleted(BaseModel):
+    id: uuid.UUID
+    object: str = "job"
+    deleted: bool = True
+
+
 class ErrorBody(BaseModel):
     error: JobError
 

@@ -17,13 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import ApiDeps
 from api.schemas.native import JobOut
 from api.services.submit import Accepted, Submission, submit_job
-from shared.errors import Conflict, InvalidInput, NotFound, RateLimited
+from shared.errors import Conflict, Gone, InvalidInput, NotFound, RateLimited
 from shared.images import CONTENT_TYPES
 from shared.jobs import lifecycle
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import TERMINAL, JobStatus
 from shared.models import Job
 from shared.queue import request_abort
+from shared.retention import removal
 from shared.settings import BrokerSettings
 from shared.storage import ObjectStore
 from shared.tenancy.principal import Principal
@@ -54,9 +55,7 @@ async def wait_for_end(deps: ApiDeps, job_id: uuid.UUID, tenant: str | None,
 def _read(deps: ApiDeps, job_id: uuid.UUID, tenant_id: str | None, estimate: bool) -> JobOut:
     """The job as stored; with `estimate`, a queued job's place in line too."""
     with deps.reads() as session:
-        job = jobs_repo.get_job(session, job_id, tenant_id)
-        if job is None:
-            raise NotFound(f"no job with id {job_id}")
+        job = _readable(jobs_repo.get_job(session, job_id, tenant_id), job_id)
         out = JobOut.from_row(job)
         if estimate and job.status == JobStatus.queued:
             place = jobs_repo.queue_estimate(session, job, deps.settings.worker_ttl_seconds)
@@ -121,6 +120,21 @@ def list_jobs(reads: sessionmaker[Session], principal: Principal, *,
         )
 
 
+def delete_job(sessions: sessionmaker[Session], store: ObjectStore, job_id: uuid.UUID,
+               tenant: str | None) -> None:
+    """An ended job's image, prompt, result and deliveries go (Conflict while it runs)."""
+    removal.delete_job(sessions, store, job_id, tenant)
+
+
+def _readable(job: Job | None, job_id: uuid.UUID) -> Job:
+    """The job, unless it is unknown (NotFound) or its data was removed (Gone)."""
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    if job.purged_at is not None:
+        raise removal.gone("job", job_id, job.purged_at)
+    return job
+
+
 @dataclass(frozen=True)
 class StoredImage:
     source: BinaryIO  # the caller closes it
@@ -138,10 +152,11 @@ def open_image(reads: sessionmaker[Session], store: ObjectStore, job_id: uuid.UU
     its callers to any address a client once named. The URL is in the job object already.
     """
     with reads() as session:
-        job = jobs_repo.get_job(session, job_id, tenant)
-        if job is None:
-            raise NotFound(f"no job with id {job_id}")
+        job = _readable(jobs_repo.get_job(session, job_id, tenant), job_id)
         key, fmt = job.image_key, job.image_format
+    if key is None and job.image_url is None:
+        raise Gone(f"job {job_id}'s image was removed when the job ended (keep_image "
+                   "false)", code="expired_data")
     if key is None:
         raise Conflict(f"job {job_id}'s image was given by reference (its image_url), so "
                        "vlmq holds no copy", code="image_by_reference")

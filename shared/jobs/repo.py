@@ -101,8 +101,9 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
-    """Newest first; the cursor is the (created_at, id) of the last row returned."""
-    stmt = select(Job)
+    """Newest first; the cursor is the (created_at, id) of the last row returned. Jobs
+    whose data was removed are left out: they are gone for whoever lists."""
+    stmt = select(Job).where(Job.purged_at.is_(None))
     if tenant_id is not None:
         stmt = stmt.where(Job.tenant_id == tenant_id)
     if batch_id is not None:

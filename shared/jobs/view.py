@@ -30,6 +30,8 @@ class ImageMeta(BaseModel):
     format: str
     width: int
     height: int
+    stored: bool = Field(default=True, description="false once the image was removed from "
+                         "the store (the job's keep_image was false and it ended)")
 
 
 class JobOut(BaseModel):
@@ -69,6 +71,8 @@ class JobOut(BaseModel):
     webhook_events: list[str] | None = None
     batch_id: str | None = Field(default=None, description="the batch this job is a line of")
     custom_id: str | None = Field(default=None, description="the line's custom_id")
+    keep_image: bool = Field(default=True, description="false: the uploaded image is removed "
+                             "from the store as soon as the job ends")
 
     @classmethod
     def from_row(cls, job: Job) -> JobOut:
@@ -103,6 +107,7 @@ class JobOut(BaseModel):
             webhook_events=job.webhook_events,
             batch_id=job.batch_id,
             custom_id=job.custom_id,
+            keep_image=job.keep_image is not False,
         )
 
 
@@ -119,4 +124,5 @@ def _image_meta(job: Job) -> ImageMeta | None:
         format=job.image_format,
         width=job.image_width,
         height=job.image_height,
+        stored=job.image_key is not None,
     )

@@ -1,8 +1,10 @@
 """`vlmq control` (alias `vlmq webhooks`): the CPU control process. It loads no model.
 
-- the job sweeper: leases, deadlines, retention (only one process sweeps at a time, under
-  an advisory lock), so deadlines expire and `job.expired` events go out even while no GPU
+- the job sweeper: leases and deadlines (only one process sweeps at a time, under an
+  advisory lock), so deadlines expire and `job.expired` events go out even while no GPU
   worker runs;
+- the retention sweeper (shared/retention/sweeper.py): images, jobs, batches and files
+  past their time, the rows they leave, and objects no row names, under a lock of its own;
 - batch work (worker/control/batches.py): validation, expansion into jobs, finalization,
   expiry and cancel, each batch under its own lease, so several control processes can run;
 - webhooks (worker/webhooks/): the dispatcher turns due deliveries into messages on the
@@ -25,6 +27,7 @@ import uuid
 from shared.jobs import events as task_events
 from shared.jobs.lifecycle import RetryPolicy as JobRetryPolicy
 from shared.jobs.sweeper import Sweeper
+from shared.retention.sweeper import RetentionSweeper
 from shared.queue import DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
 from shared.storage import make_store
@@ -55,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     sweeper = Sweeper(ctx.db, ctx.sessions, JobRetryPolicy.from_settings(settings),
                       settings.sweep_seconds)
     sweeper.start()
-    batches = BatchRunner(settings, ctx.sessions, make_store(settings), wakeups, metrics)
+    store = make_store(settings)
+    retention = RetentionSweeper(ctx.db, ctx.sessions, store, settings)
+    retention.start()
+    batches = BatchRunner(settings, ctx.sessions, store, wakeups, metrics)
     batches.start()
     watch = None
     try:
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             _wait_for_signal()
     finally:
         batches.stop()
+        retention.stop()
         sweeper.stop()  # before ctx.close(): stopping releases the lock on its connection
         task_events.stop_sending(events)
         wakeups.stop()
