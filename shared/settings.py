@@ -288,7 +288,7 @@ class RetentionSettings(_Section):
     # Objects in the store with no row (an upload whose insert never committed) are removed
     # by a pass this often, once older than the safety window; 0 turns the pass off.
     orphan_sweep_seconds: float = Field(default=3600.0, ge=0)
-    orphan_min_age_seconds: float = Field(default=3600.0, ge=60)
+    orphan_min_age_seconds: float = Field(default=3600.0, gt=0)
 
 
 class ApiSettings(_Section):

@@ -70,11 +70,11 @@ def strip_jobs(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> lis
         .execution_options(synchronize_session=False)
     ))
     if stripped:
-        _delete_deliveries(session, WebhookDelivery.job_id.in_(stripped))
+        delete_deliveries(session, WebhookDelivery.job_id.in_(stripped))
     return stripped
 
 
-def _delete_deliveries(session: Session, which: Any) -> None:
+def delete_deliveries(session: Session, which: Any) -> None:
     # Attempts first: SQLite enforces no ON DELETE CASCADE without a pragma.
     session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(
         select(WebhookDelivery.id).where(which))).execution_options(synchronize_session=False))
@@ -140,7 +140,7 @@ def strip_batch(session: Session, batch_id: str, now: datetime) -> bool:
         .execution_options(synchronize_session=False)
     ).all()
     if stripped:
-        _delete_deliveries(session, WebhookDelivery.batch_id == batch_id)
+        delete_deliveries(session, WebhookDelivery.batch_id == batch_id)
     return bool(stripped)
 
 
@@ -182,11 +182,11 @@ def delete_tombstones(session: Session, before: datetime, limit: int) -> int:
             continue
         if table is Batch:
             # Its lines and deliveries go with it (the lines are tombstones already).
-            _delete_deliveries(session, WebhookDelivery.batch_id.in_(ids))
+            delete_deliveries(session, WebhookDelivery.batch_id.in_(ids))
             session.execute(delete(Job).where(Job.batch_id.in_(ids))
                             .execution_options(synchronize_session=False))
         if table is Job:
-            _delete_deliveries(session, WebhookDelivery.job_id.in_(ids))
+            delete_deliveries(session, WebhookDelivery.job_id.in_(ids))
         removed += session.execute(delete(table).where(table.id.in_(ids))
                                    .execution_options(synchronize_session=False)).rowcount
     return removed
