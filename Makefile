@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # even on two cores; whole files go to one worker, as their fixtures are per module.
 TEST_WORKERS ?= 2
 
-.PHONY: install browser demo up test test-fast bench soak soak-backfill lint
+.PHONY: install browser demo up test test-fast bench soak soak-backfill soak-retention lint
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
@@ -38,6 +38,10 @@ soak: install
 
 soak-backfill: install
 	$(VENV)/bin/python -m tests.soak.backfill
+
+# 10,000 jobs with retention on: the bucket and the jobs table empty as retention allows.
+soak-retention: install
+	$(VENV)/bin/python -m tests.soak.retention
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

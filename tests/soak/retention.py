@@ -1,0 +1,119 @@
+"""`make soak-retention`: 10,000 jobs through an echo worker with retention on (60 s, images
+removed as each job ends), until the bucket and the jobs table hold only what retention
+allows; it prints the retention sweeper's cost and the worker's ceiling with and without
+the sweeper at work.
+
+    .venv/bin/python -m tests.soak.retention [--jobs N] [--retention SECONDS]
+
+Two drains of the same size on one stack (S3 on moto): the first with no control process
+(nothing removed), the second with the control process sweeping as the jobs end. The
+sweeper's own figures come from its log lines (`retention: removed ... in Xs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from sqlalchemy import func, select, update
+
+from shared.db import make_engine, make_session_factory
+from shared.devtools.tiny_model import build_tiny_model
+from shared.models import Job
+from shared.storage import make_store
+from tests.bench.batches import _start_control
+from tests.bench.ceiling import wait_first_claim
+from tests.bench.preload import preload, wait_drained
+from tests.bench.stack import TENANT, alive, stack
+from tests.bench.workload import Workload
+
+_PASS = re.compile(r"retention: removed Swept\(images=(\d+), jobs=(\d+), batches=(\d+), "
+                   r"files=(\d+), tombstones=(\d+), orphans=(\d+)\) in ([0-9.]+)s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="soak-retention")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--retention", type=int, default=60)
+    args = parser.parse_args()
+    w = Workload(model_path=build_tiny_model(Path(".vlmq/models/tiny-qwen2-vl").resolve()))
+    log_dir = Path(tempfile.mkdtemp(prefix="vlmq-soak-retention-"))
+    print(f"soak-retention: {args.jobs} jobs a drain, retention {args.retention}s; logs in "
+          f"{log_dir}", flush=True)
+    settings = {"VLMQ_ENGINE": "echo", "VLMQ_RETENTION_SECONDS": str(args.retention),
+                "VLMQ_TOMBSTONE_SECONDS": str(args.retention),
+                "VLMQ_RETENTION_SWEEP_SECONDS": "1", "VLMQ_KEEP_IMAGES": "false"}
+    with stack(w, log_dir, store="s3", settings=settings) as st:
+        sessions = make_session_factory(make_engine(st.settings))
+        store = make_store(st.settings)
+
+        def drain(name: str, first: int) -> float:
+            ids = preload(st.settings, TENANT, args.jobs, lambda i: w.png(first + i),
+                          w.prompt, w.params())
+            with sessions.begin() as session:  # as VLMQ_KEEP_IMAGES=false makes the API do
+                session.execute(update(Job).where(Job.id.in_(ids)).values(keep_image=False))
+            worker = st.start_worker("echo", ready=False)
+            wait_first_claim(st.settings, worker)
+            drained = wait_drained(st.settings, ids, check=lambda: alive(worker))
+            st.stop(worker)
+            print(f"soak-retention: {name}: {drained.jobs_per_s:.0f} jobs/s", flush=True)
+            return drained.jobs_per_s
+
+        def census() -> tuple[int, int, int]:
+            objects = sum(len(page) for page in store.list_pages("images/", 1000))
+            with sessions() as session:
+                with_data = session.scalar(select(func.count()).select_from(Job)
+                                           .where(Job.purged_at.is_(None))) or 0
+                tombstones = session.scalar(select(func.count()).select_from(Job)
+                                            .where(Job.purged_at.is_not(None))) or 0
+            return objects, with_data, tombstones
+
+        quiet = drain("drain with no sweeper", 0)
+        print(f"soak-retention: after it, objects / rows with data / tombstones: {census()}",
+              flush=True)
+        control = _start_control(st)
+        sweeper_cpu = psutil.Process(control.proc.pid)
+        cpu_before = sweeper_cpu.cpu_times()
+        swept = drain("drain while the sweeper removes", 100_000)
+        started = time.monotonic()
+        while True:
+            objects, with_data, tombstones = census()
+            elapsed = time.monotonic() - started
+            print(f"soak-retention: +{elapsed:.0f}s objects {objects}, rows with data "
+                  f"{with_data}, tombstones {tombstones}", flush=True)
+            if objects == 0 and with_data == 0 and tombstones == 0:
+                break
+            alive(control)
+            if elapsed > 3 * args.retention + 300:
+                sys.exit("soak-retention: the store and the table did not empty in time")
+            time.sleep(5)
+        cpu_after = sweeper_cpu.cpu_times()
+        control_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+        report(control.log_text(), quiet, swept, control_cpu, 2 * args.jobs)
+
+
+def report(log: str, quiet: float, swept: float, control_cpu: float, jobs: int) -> None:
+    totals = [0.0] * 7
+    for match in _PASS.finditer(log):
+        for i, value in enumerate(match.groups()):
+            totals[i] += float(value)
+    images, rows, _, _, tombstones, _, seconds = totals
+    print("\nsoak-retention: the retention sweeper")
+    print(f"  images removed         {images:.0f}  ({images / seconds:.0f} objects/s of pass time)")
+    print(f"  job rows stripped      {rows:.0f}  ({rows / seconds:.0f} rows/s, their images "
+          "already gone)")
+    print(f"  tombstone rows deleted {tombstones:.0f}")
+    print(f"  time in passes         {seconds:.1f} s")
+    print(f"  control process CPU    {control_cpu:.1f} s for {jobs} jobs "
+          f"({1000 * control_cpu / jobs:.2f} ms a job, every pass and the batch poll included)")
+    print(f"  worker ceiling         {swept:.0f} jobs/s with the sweeper at work, {quiet:.0f} "
+          f"without: {swept / quiet:.2f}")
+
+
+if __name__ == "__main__":
+    main()
