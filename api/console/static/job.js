@@ -17,6 +17,7 @@ function render(job) {
   $("job-id").textContent = job.id;
   $("job-status").replaceChildren(statusBadge(job.status));
   $("cancel").hidden = !(job.status === "queued" || job.status === "running");
+  $("delete").hidden = !TERMINAL.has(job.status);
   const image = job.image
     ? `${job.image.format} ${job.image.width}×${job.image.height}, ${job.image.bytes} bytes`
     : "given by reference";
@@ -65,6 +66,10 @@ async function showImage(job) {
     note.textContent = job.image_url ? `Given by reference: ${job.image_url}` : "";
     return;
   }
+  if (!job.image.stored) {
+    note.textContent = "Removed from the store when the job ended (keep_image false).";
+    return;
+  }
   try {
     const blob = await (await api(`/v1/jobs/${job.id}/image`, { raw: true })).blob();
     const img = $("image");
@@ -105,6 +110,18 @@ $("cancel").addEventListener("click", async () => {
   try {
     render(await api(`/v1/jobs/${id}/cancel`, { method: "POST" }));
     await loadDeliveries();
+    showError(null);
+  } catch (err) {
+    showError(err);
+  }
+});
+
+$("delete").addEventListener("click", async () => {
+  if (!confirm("Delete this job's image, prompt, result and webhook deliveries? This cannot be undone.")) return;
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+    for (const part of document.querySelectorAll("main > :not(h1):not(#deleted-note)")) part.hidden = true;
+    $("deleted-note").hidden = false;
     showError(null);
   } catch (err) {
     showError(err);
