@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 @router.post("", response_model=BatchObject,
-             responses={**documented(400, 404, 422), **RATE_LIMITED})
+             responses={**documented(400, 404, 410, 422), **RATE_LIMITED})
 def create_batch(
     body: BatchCreate,
     deps: ApiDeps = Depends(get_deps),
@@ -30,12 +30,13 @@ def create_batch(
         completion_window=body.completion_window, metadata=body.metadata,
         webhook_url=body.webhook_url,
         webhook_events=[str(e) for e in body.webhook_events] if body.webhook_events else None,
+        output_expires_after=body.output_expires_after,
     )
     return _out(service.create_batch(deps.sessions, deps.limits, auth, new,
                                      webhooks=deps.settings, batch_settings=deps.settings))
 
 
-@router.get("/{batch_id}", response_model=BatchObject, responses=documented(404))
+@router.get("/{batch_id}", response_model=BatchObject, responses=documented(404, 410))
 def read_batch(
     batch_id: str,
     deps: ApiDeps = Depends(get_deps),
@@ -57,7 +58,8 @@ def list_batches(
                      last_id=data[-1].id if data else None, has_more=more)
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchObject, responses=documented(404, 409))
+@router.post("/{batch_id}/cancel", response_model=BatchObject,
+             responses=documented(404, 409, 410))
 def cancel_batch(
     batch_id: str,
     deps: ApiDeps = Depends(get_deps),

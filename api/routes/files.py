@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.concurrency import iterate_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
@@ -19,12 +21,19 @@ from api.openapi import FILE_UPLOAD_BODY
 from api.schemas.openai import FileDeleted, FileList, FileObject
 from api.services import files as service
 from shared.errors import InvalidInput
+from shared.retention.policy import retention
 from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _PURPOSES = ("batch",)
 _STREAM_CHUNK = 256 * 1024
+# How the openai client sends `expires_after` in a multipart form (its nested-dict style).
+_ANCHOR_FIELD = "expires_after[anchor]"
+_SECONDS_FIELD = "expires_after[seconds]"
+_DIGITS = re.compile(r"^[0-9]{1,12}$")
+
+
 @router.post("", response_model=FileObject, openapi_extra=FILE_UPLOAD_BODY,
              responses={**documented(400, 413), **RATE_LIMITED})
 async def upload_file(
@@ -45,12 +54,34 @@ async def upload_file(
     if purpose not in _PURPOSES:
         raise InvalidInput(f"purpose must be one of {', '.join(_PURPOSES)}",
                            code="invalid_purpose")
+    seconds = _expires_after(form)
+    # Without its own expiry a file is kept as long as its tenant's data.
+    keep = (retention(auth.retention_seconds, deps.settings.retention_seconds)
+            if seconds is None else timedelta(seconds=seconds))
     row = await run_in_threadpool(
         service.add_file, deps.sessions, deps.store, tenant_id=auth.principal.tenant_id,
         purpose=str(purpose), filename=upload.filename, source=upload.file,
-        size=upload.size if upload.size is not None else 0,
+        size=upload.size if upload.size is not None else 0, keep=keep,
     )
     return FileObject.from_row(row)
+
+
+def _expires_after(form: FormData) -> int | None:
+    """The seconds of the form's `expires_after`, or None without one. Any other spelling
+    of it is refused rather than ignored: a client that meant an expiry gets one or an
+    error, never a file kept for the default time."""
+    stray = [k for k in form if k.startswith("expires_after")
+             and k not in (_ANCHOR_FIELD, _SECONDS_FIELD)]
+    anchor, seconds = form.get(_ANCHOR_FIELD), form.get(_SECONDS_FIELD)
+    if stray or (anchor is None) != (seconds is None):
+        raise InvalidInput(f"send expires_after as the two fields {_ANCHOR_FIELD} and "
+                           f"{_SECONDS_FIELD}, as the openai client does",
+                           code="invalid_expires_after")
+    if anchor is None:
+        return None
+    if isinstance(seconds, str) and _DIGITS.match(seconds):
+        seconds = int(seconds)  # a form field is text; the bounds are checked as a number
+    return service.expires_after_seconds("expires_after", anchor, seconds)
 
 
 @router.get("", response_model=FileList)
@@ -68,7 +99,7 @@ def list_files(
                     last_id=data[-1].id if data else None, has_more=more)
 
 
-@router.get("/{file_id}", response_model=FileObject, responses=documented(404))
+@router.get("/{file_id}", response_model=FileObject, responses=documented(404, 410))
 def read_file(
     file_id: str,
     deps: ApiDeps = Depends(get_deps),
@@ -78,7 +109,7 @@ def read_file(
                                                 auth.principal.tenant_filter()))
 
 
-@router.get("/{file_id}/content", responses={**documented(404), 200: {
+@router.get("/{file_id}/content", responses={**documented(404, 410), 200: {
     "content": {"application/octet-stream": {"schema": {"type": "string",
                                                          "format": "binary"}}},
     "description": "the file's bytes",

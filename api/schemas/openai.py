@@ -21,6 +21,11 @@ Metadata = dict[Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
                 Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)]]
 # More than there are batch events; a list only repeats them past that.
 MAX_BATCH_WEBHOOK_EVENTS = 16
+# OpenAI's bounds on a file's `expires_after` and a batch's `output_expires_after`: from one
+# hour to 30 days after the anchor, the file's creation (the only anchor there is).
+EXPIRES_AFTER_ANCHORS = ("created_at",)
+MIN_EXPIRES_AFTER_SECONDS = 3600
+MAX_EXPIRES_AFTER_SECONDS = 30 * 86400
 
 
 def _seconds(moment: datetime | None) -> int | None:
@@ -41,7 +46,28 @@ class FileObject(BaseModel):
     @classmethod
     def from_row(cls, row: StoredFile) -> FileObject:
         return cls(id=row.id, bytes=row.bytes, created_at=_seconds(row.created_at) or 0,
-                   filename=row.filename, purpose=row.purpose)
+                   filename=row.filename, purpose=row.purpose,
+                   expires_at=_seconds(row.expires_at))
+
+
+_ANCHOR_DOC = "what `seconds` count from: `created_at`, the file's creation, the only anchor"
+_SECONDS_DOC = (f"seconds after the anchor, from {MIN_EXPIRES_AFTER_SECONDS} (1 hour) to "
+                f"{MAX_EXPIRES_AFTER_SECONDS} (30 days)")
+# The bounds are documented here and checked by the services (api/services/files.py), so
+# a value out of them is a 400 `invalid_expires_after`, as OpenAI answers, not a 422.
+_ANCHOR_SCHEMA = {"enum": list(EXPIRES_AFTER_ANCHORS)}
+_SECONDS_SCHEMA = {"minimum": MIN_EXPIRES_AFTER_SECONDS, "maximum": MAX_EXPIRES_AFTER_SECONDS}
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiry policy for a file: it is removed `seconds` after its `anchor`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: str = Field(max_length=64, description=_ANCHOR_DOC,
+                        json_schema_extra=_ANCHOR_SCHEMA)
+    seconds: int = Field(strict=True, description=_SECONDS_DOC,
+                         json_schema_extra=_SECONDS_SCHEMA)
 
 
 class FileUpload(BaseModel):
@@ -49,6 +75,13 @@ class FileUpload(BaseModel):
 
     file: bytes = Field(description="the JSONL file, one request per line")
     purpose: Literal["batch"]
+    # The openai client sends `expires_after` as these two fields; without them the file
+    # expires after its tenant's retention (VLMQ_RETENTION_SECONDS).
+    expires_after_anchor: Literal["created_at"] | None = Field(
+        default=None, alias="expires_after[anchor]", description=_ANCHOR_DOC)
+    expires_after_seconds: int | None = Field(
+        default=None, alias="expires_after[seconds]", description=_SECONDS_DOC,
+        ge=MIN_EXPIRES_AFTER_SECONDS, le=MAX_EXPIRES_AFTER_SECONDS)
 
 
 class FileList(BaseModel):
@@ -80,6 +113,10 @@ class BatchCreate(BaseModel):
     webhook_events: list[BatchEvent] | None = Field(
         default=None, min_length=1, max_length=MAX_BATCH_WEBHOOK_EVENTS,
         description="default: every batch event",
+    )
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None, description="when the output and error files expire, counted from "
+        "each file's creation; default: the tenant's retention",
     )
 
 

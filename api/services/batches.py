@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.infra.quotas import SubmitLimits
 from api.schemas.native import WebhookOptions
+from api.schemas.openai import ExpiresAfter
+from api.services.files import expires_after_seconds
 from api.services.submit import check_webhook
 from shared.batches import repo as batches
 from shared.batches import transitions as batch_transitions
@@ -18,6 +20,7 @@ from shared.batches.repo import Counts
 from shared.batches.status import BatchStatus
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Batch
+from shared.retention.removal import gone
 from shared.settings import BatchSettings, WebhookSettings
 from shared.tenancy.repo import Authenticated
 from shared.timeutil import utcnow
@@ -44,6 +47,7 @@ class NewBatch:
     metadata: dict[str, str] | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    output_expires_after: ExpiresAfter | None = None
 
 
 def create_batch(sessions: sessionmaker[Session], limits: SubmitLimits, auth: Authenticated,
@@ -56,6 +60,9 @@ def create_batch(sessions: sessionmaker[Session], limits: SubmitLimits, auth: Au
         raise InvalidInput(f"endpoint must be one of {', '.join(ENDPOINTS)}",
                            code="invalid_endpoint")
     window = _window(new.completion_window)
+    output_expiry = None if new.output_expires_after is None else expires_after_seconds(
+        "output_expires_after", new.output_expires_after.anchor,
+        new.output_expires_after.seconds)
     check_webhook(webhooks, WebhookOptions(webhook_url=new.webhook_url))
     tenant = auth.principal.tenant_id
     with sessions.begin() as session:
@@ -63,6 +70,8 @@ def create_batch(sessions: sessionmaker[Session], limits: SubmitLimits, auth: Au
         file = batches.get_file(session, new.input_file_id, tenant, lock="share")
         if file is None:
             raise NotFound(f"no file with id {new.input_file_id}")
+        if file.purged_at is not None:  # its lines are gone: there is nothing to run
+            raise gone("input file", file.id, file.purged_at)
         if file.purpose != "batch":
             raise InvalidInput("the input file's purpose must be batch", code="invalid_file")
         batch = batches.add_batch(
@@ -70,6 +79,7 @@ def create_batch(sessions: sessionmaker[Session], limits: SubmitLimits, auth: Au
             completion_window=window, window_text=new.completion_window,
             priority=batch_settings.batch_priority, metadata=new.metadata,
             webhook_url=new.webhook_url, webhook_events=new.webhook_events,
+            output_expires_after_seconds=output_expiry,
         )
         return _view(session, batch)
 
@@ -106,9 +116,13 @@ def cancel_batch(sessions: sessionmaker[Session], batch_id: str,
 
 
 def _batch(session: Session, batch_id: str, tenant: str | None) -> Batch:
+    """The batch; 410 once retention purged it, checked after the tenant so that another
+    tenant's purged batch stays a 404."""
     batch = batches.get_batch(session, batch_id, tenant)
     if batch is None:
         raise NotFound(f"no batch with id {batch_id}")
+    if batch.purged_at is not None:
+        raise gone("batch", batch.id, batch.purged_at)
     return batch
 
 

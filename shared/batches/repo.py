@@ -22,7 +22,7 @@ from shared.batches import status as batch_status
 from shared.batches import transitions as batch_transitions
 from shared.batches.status import BatchStatus
 from shared.jobs.status import JobStatus
-from shared.models import Batch, Job, StoredFile
+from shared.models import Batch, Job, StoredFile, Tenant
 from shared.timeutil import utcnow
 
 # Ids are ours (`file-<hex>`, `batch_<hex>`); anything else cannot name a row.
@@ -43,10 +43,19 @@ def new_batch_id() -> str:
 # -- files ------------------------------------------------------------------------------
 
 
+def expiry(created_at: datetime, keep: timedelta | None) -> datetime | None:
+    """When a file made at `created_at` and kept for `keep` expires (None: never)."""
+    return None if keep is None else created_at + keep
+
+
 def add_file(session: Session, *, file_id: str, tenant_id: str, purpose: str, filename: str,
-             size: int, object_key: str) -> StoredFile:
+             size: int, object_key: str, keep: timedelta | None) -> StoredFile:
+    """`keep`: the file's own `expires_after`, else its tenant's retention (None: kept
+    until deleted)."""
+    now = utcnow()
     row = StoredFile(id=file_id, tenant_id=tenant_id, purpose=purpose, filename=filename,
-                     bytes=size, object_key=object_key, created_at=utcnow())
+                     bytes=size, object_key=object_key, created_at=now,
+                     expires_at=expiry(now, keep))
     session.add(row)
     session.flush()
     return row
@@ -54,8 +63,10 @@ def add_file(session: Session, *, file_id: str, tenant_id: str, purpose: str, fi
 
 def get_file(session: Session, file_id: str, tenant_id: str | None,
              lock: str | None = None) -> StoredFile | None:
-    """The file, if `tenant_id` may see it. `lock` ("share" or "update") holds its row until
-    the transaction ends: a batch naming the file and the file's deletion serialise on it."""
+    """The file, if `tenant_id` may see it, purged or not (the caller tells the two apart,
+    so another tenant's purged file is not found, never gone). `lock` ("share" or "update")
+    holds its row until the transaction ends: a batch naming the file and the file's
+    deletion serialise on it."""
     if not _ID.match(file_id):
         return None
     row = session.get(StoredFile, file_id, with_for_update=(
@@ -67,8 +78,17 @@ def get_file(session: Session, file_id: str, tenant_id: str | None,
 
 def list_files(session: Session, tenant_id: str | None, purpose: str | None, limit: int,
                after: str | None) -> tuple[list[StoredFile], bool]:
-    return _after_page(session, StoredFile, tenant_id, limit, after,
-                       [StoredFile.purpose == purpose] if purpose else [])
+    """A page of the files whose bytes are still there: purged ones are not listed."""
+    conditions = [StoredFile.purged_at.is_(None)]
+    if purpose:
+        conditions.append(StoredFile.purpose == purpose)
+    return _after_page(session, StoredFile, tenant_id, limit, after, conditions)
+
+
+def tenant_retention(session: Session, tenant_id: str) -> int | None:
+    """The tenant's own retention in seconds; None for the server's default (as for a
+    tenant without a row, when auth is off)."""
+    return session.scalar(select(Tenant.retention_seconds).where(Tenant.id == tenant_id))
 
 
 def file_in_use(session: Session, file_id: str) -> bool:
@@ -113,7 +133,8 @@ def _after_page(session: Session, entity: Any, tenant_id: str | None, limit: int
 def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id: str,
               completion_window: timedelta, window_text: str, priority: int,
               metadata: dict[str, str] | None, webhook_url: str | None = None,
-              webhook_events: list[str] | None = None) -> Batch:
+              webhook_events: list[str] | None = None,
+              output_expires_after_seconds: int | None = None) -> Batch:
     now = utcnow()
     batch = batch_transitions.created(
         id=new_batch_id(), tenant_id=tenant_id, endpoint=endpoint, input_file_id=input_file_id,
@@ -121,6 +142,7 @@ def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id:
         metadata_=metadata, webhook_url=webhook_url, webhook_events=webhook_events,
         lines_expanded=0, total=0, created_at=now,
         expires_at=now + completion_window,
+        output_expires_after_seconds=output_expires_after_seconds,
     )
     session.add(batch)
     session.flush()
@@ -128,6 +150,7 @@ def add_batch(session: Session, *, tenant_id: str, endpoint: str, input_file_id:
 
 
 def get_batch(session: Session, batch_id: str, tenant_id: str | None) -> Batch | None:
+    """The batch, if `tenant_id` may see it, purged or not (as `get_file`)."""
     if not _ID.match(batch_id):
         return None
     batch = session.get(Batch, batch_id, populate_existing=True)
@@ -138,7 +161,8 @@ def get_batch(session: Session, batch_id: str, tenant_id: str | None) -> Batch |
 
 def list_batches(session: Session, tenant_id: str | None, limit: int,
                  after: str | None) -> tuple[list[Batch], bool]:
-    return _after_page(session, Batch, tenant_id, limit, after, [])
+    """A page of the batches retention has not purged."""
+    return _after_page(session, Batch, tenant_id, limit, after, [Batch.purged_at.is_(None)])
 
 
 @dataclass(frozen=True)

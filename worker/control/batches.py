@@ -50,6 +50,7 @@ from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile
 from shared.outages import unreachable
 from shared.queue import request_abort
+from shared.retention.policy import retention
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.tenancy.repo import tenant_rules
@@ -402,10 +403,11 @@ class BatchRunner:
         with outputs, errors:
             n_out, n_err = self._write_lines(batch, target, outputs, errors)
             files = {}
+            keep = self._output_keep(batch) if n_out or n_err else None
             for kind, spool, n in (("output", outputs, n_out), ("error", errors, n_err)):
                 if n:
                     spool.seek(0)
-                    files[kind] = self._store_file(batch, kind, spool)
+                    files[kind] = self._store_file(batch, kind, spool, keep)
         now = utcnow()
         with self.sessions() as session:
             for file in files.values():
@@ -474,21 +476,34 @@ class BatchRunner:
                     yield False, output.missing_line(request.custom_id, code, uuid.uuid4().hex)
 
     def _input(self, session: Session, batch: Batch) -> BinaryIO:
-        """The batch's input file, open; InputGone when its row was deleted."""
+        """The batch's input file, open; InputGone when its row was deleted or its bytes
+        purged (retention keeps an active batch's input, so only a crossed race gets here)."""
         file = batches.get_file(session, batch.input_file_id, batch.tenant_id)
-        if file is None:
+        if file is None or file.purged_at is not None:
             raise InputGone(f"batch {batch.id}: its input file {batch.input_file_id} is gone")
         return self.store.open(file.object_key)
 
-    def _store_file(self, batch: Batch, kind: str, source: BinaryIO) -> StoredFile:
+    def _output_keep(self, batch: Batch) -> timedelta | None:
+        """How long the batch's output and error files are kept: its
+        `output_expires_after`, else its tenant's retention (None: until deleted)."""
+        if batch.output_expires_after_seconds is not None:
+            return timedelta(seconds=batch.output_expires_after_seconds)
+        with self.sessions() as session:
+            own = batches.tenant_retention(session, batch.tenant_id)
+        return retention(own, self.settings.retention_seconds)
+
+    def _store_file(self, batch: Batch, kind: str, source: BinaryIO,
+                    keep: timedelta | None) -> StoredFile:
         file_id = batches.new_file_id()
         key = f"files/{file_id}"
         size = source.seek(0, 2)
         source.seek(0)
         self.store.put_file(key, source, "application/jsonl")
+        # As OpenAI's: the expiry counts from the file's creation, not the batch's.
+        now = utcnow()
         return StoredFile(id=file_id, tenant_id=batch.tenant_id, purpose="batch_output",
                           filename=f"{batch.id}_{kind}.jsonl", bytes=size, object_key=key,
-                          created_at=utcnow())
+                          created_at=now, expires_at=batches.expiry(now, keep))
 
 
 def _chunks(items: Iterator[batch_input.Request], first: int,
