@@ -11,10 +11,16 @@ Failures are contained:
   loads a fresh backend; requests still waiting are kept for it;
 - a `solo` request runs with nothing else in the engine (a suspected poison input);
 - a request in the engine longer than `max_job_seconds` is aborted (JobTimedOut).
+
+Engine seconds (the usage ledger's): each step's wall time is shared equally among the
+requests inside the engine during it, and a request's output carries the sum of its
+shares. A running total of "seconds per request so far" makes that O(1) per step: a
+request's share is the total's growth between its admission and its result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -47,6 +53,7 @@ class BatchingEngine:
         max_wait_ms: int,
         metrics: WorkerMetrics,
         max_job_seconds: float = 600,
+        step_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.backend_factory = backend_factory
         self.backend = backend_factory()
@@ -55,10 +62,15 @@ class BatchingEngine:
         self.max_wait = max_wait_ms / 1000
         self.max_job_seconds = max_job_seconds
         self.metrics = metrics
+        self.step_clock = step_clock
         self._inbox: queue.Queue[Item] = queue.Queue()
         self._futures: dict[str, Future[GenerationOutput]] = {}
         self._admitted_at: dict[str, float] = {}
         self._uncounted: set[str] = set()
+        # Seconds of engine step each request inside would have received had it been
+        # there from the start; and its value when each request was admitted.
+        self._share_total = 0.0
+        self._share_at: dict[str, float] = {}
         self._solo_waiting: Item | None = None
         self._solo_running: str | None = None
         self._aborts: queue.Queue[str] = queue.Queue()
@@ -106,8 +118,22 @@ class BatchingEngine:
             self._admit(batch)
         if self.backend.num_unfinished():
             self.metrics.batch_size.observe(self.backend.num_unfinished())
-            self._deliver(self.backend.step())
+            started = self.step_clock()
+            finished = self.backend.step()
+            self._share_step(self.step_clock() - started)
+            self._deliver(finished)
         self.metrics.in_flight.set(self.backend.num_unfinished())
+
+    def _share_step(self, seconds: float) -> None:
+        """Shares a step's wall time among the requests inside; the metric counts the part
+        of it that fell to counted requests (not warm-up), as the ledger does."""
+        inside = len(self._futures)
+        if not inside:
+            return
+        self._share_total += seconds / inside
+        counted = inside - len(self._uncounted)
+        if counted > 0:
+            self.metrics.engine_step_seconds.inc(seconds * counted / inside)
 
     def _reload(self) -> None:
         try:
@@ -157,6 +183,7 @@ class BatchingEngine:
         for request, future in batch:
             self._futures[request.request_id] = future
             self._admitted_at[request.request_id] = now
+            self._share_at[request.request_id] = self._share_total
             if not request.counted:
                 self._uncounted.add(request.request_id)
         self.metrics.admitted_together.observe(len(batch))
@@ -167,6 +194,7 @@ class BatchingEngine:
             for request, future in batch:
                 self._futures.pop(request.request_id, None)
                 self._admitted_at.pop(request.request_id, None)
+                self._share_at.pop(request.request_id, None)
                 self._inbox.put((request, future))
             if self._solo_running in {request.request_id for request, _ in batch}:
                 self._solo_running = None
@@ -178,6 +206,7 @@ class BatchingEngine:
         for request_id, outcome in results:
             future = self._futures.pop(request_id, None)
             admitted = self._admitted_at.pop(request_id, now)
+            share = self._share_total - self._share_at.pop(request_id, self._share_total)
             counted = request_id not in self._uncounted
             self._uncounted.discard(request_id)
             if request_id == self._solo_running:
@@ -194,7 +223,7 @@ class BatchingEngine:
             self.metrics.prompt_tokens.inc(outcome.prompt_tokens)
             self.metrics.completion_tokens.inc(outcome.completion_tokens)
             self.metrics.images.inc()
-            future.set_result(outcome)
+            future.set_result(dataclasses.replace(outcome, engine_seconds=share))
 
     def _abort_overdue(self) -> None:
         cutoff = time.monotonic() - self.max_job_seconds
@@ -246,6 +275,7 @@ class BatchingEngine:
                 future.set_exception(exc)
         self._futures.clear()
         self._admitted_at.clear()
+        self._share_at.clear()
         self._uncounted.clear()
         self._solo_running = None
 

@@ -196,7 +196,8 @@ class Intake:
         if exc is None:
             out = done.result()
             return Succeeded(job.id, job.attempt, Result(
-                out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason))
+                out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason,
+                image_tokens=out.image_tokens, engine_seconds=out.engine_seconds))
         if isinstance(exc, RequestAborted):
             if self.stopping.is_set():  # handed back at shutdown: not the job's fault
                 return Failed(job.id, job.attempt, "worker_stopped",

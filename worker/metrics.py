@@ -36,6 +36,12 @@ class WorkerMetrics:
             buckets=_TIME_BUCKETS,
             registry=self.registry,
         )
+        self.engine_step_seconds = Counter(
+            "vlmq_engine_step_seconds",
+            "Wall time of engine steps, the time the usage ledger shares among the jobs in "
+            "each step (warm-up excluded)",
+            registry=self.registry,
+        )
         self.prompt_tokens = Counter(
             "vlmq_prompt_tokens", "Prompt tokens processed", registry=self.registry
         )

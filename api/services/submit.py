@@ -5,7 +5,7 @@ The order means a queued job always has its image. Once the row is committed the
 accepted: workers claim queued jobs from Postgres and poll it on their own, so the broker
 message after the commit is only a wake-up, sent in the background (shared/wakeups.py).
 Without an Idempotency-Key the happy path is one decode of the image, one object put and
-one autocommitted INSERT. A tenant near its active-jobs quota has its insert counted under
+one autocommitted INSERT (which counts the job in the usage ledger too). A tenant near its active-jobs quota has its insert counted under
 a per-tenant advisory lock instead (api/infra/quotas.py), so no race takes it past the quota.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -37,10 +37,10 @@ from shared.net.urls import resolve_webhook_url
 from shared.settings import WebhookSettings
 from shared.tenancy.principal import DEFAULT_TENANT
 from shared.timeutil import utcnow
+from shared.usage import ledger as usage_ledger
 
 log = logging.getLogger(__name__)
 
-_INSERT_JOB = insert(Job)
 # The first key of the quota's advisory locks (pg_advisory_xact_lock(int4, int4)): the
 # second is the tenant's hash, so two tenants' locks collide only by chance, and then they
 # merely wait for each other.
@@ -174,12 +174,15 @@ def check_webhook(webhook_settings: WebhookSettings, webhook: WebhookOptions) ->
 
 
 def _insert_row(deps: ApiDeps, row: dict[str, Any], reservation: Reservation) -> None:
-    """One autocommitted INSERT: a single round trip, and the job exists once it returns.
-    Near the tenant's quota, a transaction that counts under the tenant's lock first."""
+    """One autocommitted statement, the INSERT with its count in the usage ledger: a single
+    round trip, and the job exists once it returns. Near the tenant's quota, a transaction
+    that counts under the tenant's lock first. SQLite counts the job in a statement of its
+    own, so there the two share a transaction."""
     key = row.get("image_key")  # None for an image given by reference: nothing to clean up
     exact = reservation.limit is not None
+    transaction = exact or is_sqlite(deps.settings)
     try:
-        conn = (deps.engine if exact else deps.autocommit).connect()
+        conn = (deps.engine if transaction else deps.autocommit).connect()
     except Exception as exc:  # nothing was sent, so the image has no job
         _delete_quietly(deps, key)
         raise Unavailable("the database is unreachable; retry shortly") from exc
@@ -187,8 +190,11 @@ def _insert_row(deps: ApiDeps, row: dict[str, Any], reservation: Reservation) ->
         try:
             if exact:
                 _insert_counted(deps, conn, row, reservation)
+            elif transaction:
+                with conn.begin():
+                    usage_ledger.insert_job(conn, row)
             else:
-                conn.execute(_INSERT_JOB, row)
+                usage_ledger.insert_job(conn, row)
         except (IntegrityError, RateLimited):
             _delete_quietly(deps, key)
             raise
@@ -226,7 +232,7 @@ def _insert_counted(deps: ApiDeps, conn: Connection, row: dict[str, Any],
         if counted >= limit:
             deps.metrics.refused.labels(tenant, "quota_exceeded").inc()
             raise deps.limits.quota_refusal(tenant, limit)
-        conn.execute(_INSERT_JOB, row)
+        usage_ledger.insert_job(conn, row)
 
 
 def _delete_quietly(deps: ApiDeps, key: str | None) -> None:

@@ -24,6 +24,7 @@ from shared.batches.status import BatchStatus
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile, Tenant
 from shared.timeutil import utcnow
+from shared.usage import ledger as usage_ledger
 
 # Ids are ours (`file-<hex>`, `batch_<hex>`); anything else cannot name a row.
 _ID = re.compile(r"^(file-|batch_)[0-9a-f]{24}$")
@@ -254,13 +255,17 @@ def work_succeeded(session: Session, batch_id: str) -> None:
 
 
 def insert_lines(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Jobs for a chunk of lines; a line already expanded (a resumed chunk) is skipped."""
+    """Jobs for a chunk of lines; a line already expanded (a resumed chunk) is skipped. The
+    lines inserted are counted in the usage ledger, by one statement for the chunk."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(Job).on_conflict_do_nothing(index_elements=["batch_id", "batch_line"])
-    session.execute(stmt, rows)
+    inserted = session.execute(stmt.returning(*usage_ledger.CREATED_COLUMNS), rows).all()
+    tally = usage_ledger.Tally()
+    tally.created(inserted)
+    tally.write(session)
 
 
 def advance(session: Session, batch_id: str, expanded_from: int, expanded_to: int) -> bool:

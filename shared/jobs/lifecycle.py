@@ -51,6 +51,10 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # Of prompt_tokens, those standing for the image, where the engine tells them apart.
+    image_tokens: int | None = None
+    # The attempt's share of the wall time of the engine steps it was in.
+    engine_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

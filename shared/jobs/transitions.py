@@ -6,6 +6,8 @@ claimed (fencing, `attempts = :claimed`), so a stale or duplicate actor changes 
 the verb says so (False, or fewer rows). Work that comes in many rows (claims, results,
 expiry, a batch's lines) is one statement for all of them. Verbs flush and leave the
 commit to their caller, so one transaction can hold a move and its webhook delivery row.
+A terminal move counts its jobs in the usage ledger (shared/usage/ledger.py) in the same
+statement on Postgres, in the same transaction on SQLite.
 
 Nothing else writes `jobs.status`: tests/unit/test_status_writes.py scans for it.
 """
@@ -18,13 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Row, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, Update, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.jobs import events
 from shared.jobs.status import ALLOWED_FROM, CREATED_AS, TERMINAL, JobStatus
 from shared.models import Job
 from shared.timeutil import utcnow
+from shared.usage import ledger
 from shared.webhooks import repo as deliveries_repo
 
 if TYPE_CHECKING:
@@ -99,16 +102,36 @@ def _move_one(session: Session, verb: str, job_id: uuid.UUID, attempt: int | Non
     conditions = [Job.id == job_id, _from(verb)]
     if attempt is not None:
         conditions.append(Job.attempts == attempt)
-    rows = session.execute(
-        update(Job)
-        .where(*conditions)
-        .values(status=target, **values)
-        .returning(*_MOVED_COLUMNS)
-        .execution_options(synchronize_session=False)
-    ).all()
+    rows = _execute_move(
+        session,
+        update(Job).where(*conditions).values(status=target, **values)
+        .returning(*_MOVED_COLUMNS),
+        target, values.get("finished_at"), usage=verb == "succeed_many",
+    )
     _add_deliveries(session, target, rows)
     _note_moved(session, event[0], rows, utcnow(), **event[1])
     return bool(rows)
+
+
+def _execute_move(session: Session, move: Update, target: JobStatus, at: datetime | None, *,
+                  usage: bool = False) -> list[Row[Any]]:
+    """Runs a move's UPDATE ... RETURNING (which names tenant_id and model); a terminal
+    move's jobs are counted in the usage ledger as `target` at the hour of `at`, and with
+    `usage` their tokens and engine seconds too."""
+    if target not in TERMINAL:
+        return list(session.execute(move.execution_options(synchronize_session=False)).all())
+    assert at is not None
+    if usage:
+        move = move.returning(*ledger.USAGE_COLUMNS)
+    if session.get_bind().dialect.name == "postgresql":
+        moved = move.cte("moved")
+        counted = ledger.count_moved(moved, target, at, usage=usage).cte("counted")
+        return list(session.execute(select(moved).add_cte(counted)).all())
+    rows = list(session.execute(move.execution_options(synchronize_session=False)).all())
+    tally = ledger.Tally()
+    tally.moved(rows, target, at, usage=usage)
+    tally.write(session)
+    return rows
 
 
 # -- creation ---------------------------------------------------------------------------
@@ -220,20 +243,30 @@ def _sql_in(verb: str) -> str:
     return "IN (" + ", ".join(f"'{s}'" for s in sources) + ")"
 
 
-_SUCCEED_MANY = text(f"""
+_SUCCEEDED_RETURNS = ("id", "webhook_url", "webhook_events", "started_at", "tenant_id",
+                      "model", *ledger.USAGE)
+_SUCCEED_MOVE = text(f"""
 UPDATE jobs SET status = '{VERBS["succeed_many"].target}', finished_at = :now,
        lease_expires_at = NULL,
        -- an earlier attempt's transient error no longer applies
        error_code = NULL, error_message = NULL, result_text = r.text,
        prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
-       finish_reason = r.finish_reason
+       finish_reason = r.finish_reason, image_tokens = r.image_tokens,
+       engine_seconds = r.engine_seconds
 FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:texts AS text[]),
             CAST(:prompt_tokens AS integer[]), CAST(:completion_tokens AS integer[]),
-            CAST(:finish_reasons AS text[]))
-     AS r(id, attempt, text, prompt_tokens, completion_tokens, finish_reason)
+            CAST(:finish_reasons AS text[]), CAST(:image_tokens AS integer[]),
+            CAST(:engine_seconds AS double precision[]))
+     AS r(id, attempt, text, prompt_tokens, completion_tokens, finish_reason, image_tokens,
+          engine_seconds)
 WHERE jobs.id = r.id AND jobs.attempts = r.attempt AND jobs.status {_sql_in("succeed_many")}
-RETURNING jobs.id, jobs.webhook_url, jobs.webhook_events, jobs.started_at
-""")
+RETURNING {", ".join(f"jobs.{name}" for name in _SUCCEEDED_RETURNS)}
+""").columns(*(Job.__table__.c[name] for name in _SUCCEEDED_RETURNS)).cte("moved")
+# The move and its count in the usage ledger, one statement built once: the hour and the
+# shard are parameters (ledger.where).
+_SUCCEED_MANY = select(_SUCCEED_MOVE).add_cte(
+    ledger.count_moved(_SUCCEED_MOVE, VERBS["succeed_many"].target, None, usage=True)
+    .cte("counted"))
 
 
 def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]:
@@ -252,12 +285,14 @@ def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]
                 lease_expires_at=None, error_code=None, error_message=None,
                 result_text=w.result.text, prompt_tokens=w.result.prompt_tokens,
                 completion_tokens=w.result.completion_tokens,
-                finish_reason=w.result.finish_reason,
+                finish_reason=w.result.finish_reason, image_tokens=w.result.image_tokens,
+                engine_seconds=w.result.engine_seconds,
             )
         ]
     # Arrays through unnest keep the SQL text fixed whatever the batch size, so it is
     # prepared once instead of compiled per batch.
     returned = session.execute(_SUCCEED_MANY, {
+        **ledger.where(now),
         "now": now,
         "ids": [w.job_id for w in wins],
         "attempts": [w.attempt for w in wins],
@@ -265,6 +300,8 @@ def succeed_many(session: Session, wins: Sequence[Succeeded]) -> list[uuid.UUID]
         "prompt_tokens": [w.result.prompt_tokens for w in wins],
         "completion_tokens": [w.result.completion_tokens for w in wins],
         "finish_reasons": [w.result.finish_reason for w in wins],
+        "image_tokens": [w.result.image_tokens for w in wins],
+        "engine_seconds": [w.result.engine_seconds for w in wins],
     }).all()
     _add_deliveries(session, VERBS["succeed_many"].target, returned)
     if events.enabled():
@@ -326,13 +363,14 @@ def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1
         .limit(limit)
         .scalar_subquery()
     )
-    rows = session.execute(
+    rows = _execute_move(
+        session,
         update(Job)
         .where(Job.id.in_(overdue), _from("expire_overdue"))
         .values(status=target, finished_at=now, error_code="expired", error_message=message)
-        .returning(*_MOVED_COLUMNS)
-        .execution_options(synchronize_session=False)
-    ).all()
+        .returning(*_MOVED_COLUMNS),
+        target, now,
+    )
     _add_deliveries(session, target, rows)
     _note_moved(session, "task-revoked", rows, now, expired=True, terminated=False)
     return len(rows)
@@ -344,14 +382,16 @@ def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1
 def _stop_batch_lines(session: Session, verb: str, batch_id: str, code: str,
                       message: str) -> list[uuid.UUID]:
     now = utcnow()
-    rows = session.execute(
+    target = VERBS[verb].target
+    rows = _execute_move(
+        session,
         update(Job)
         .where(Job.batch_id == batch_id, _from(verb))
-        .values(status=VERBS[verb].target, finished_at=now, error_code=code,
+        .values(status=target, finished_at=now, error_code=code,
                 error_message=message, lease_expires_at=None)
-        .returning(Job.id, Job.started_at, *_SUMMARY_COLUMNS)
-        .execution_options(synchronize_session=False)
-    ).all()
+        .returning(Job.id, Job.started_at, *_SUMMARY_COLUMNS),
+        target, now,
+    )
     _note_moved(session, "task-revoked", rows, now,
                 expired=VERBS[verb].target == JobStatus.expired, terminated=False)
     return [row.id for row in rows if row.started_at is not None]

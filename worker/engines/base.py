@@ -70,6 +70,10 @@ class GenerationOutput:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # Of prompt_tokens, the image's placeholders, where the engine tells them apart.
+    image_tokens: int | None = None
+    # The request's share of the engine steps it was in (set by the micro-batcher).
+    engine_seconds: float = 0.0
 
 
 class Engine(Protocol):

@@ -5,7 +5,8 @@ measure the worker's own ceiling: everything else (claim, storage, image decode,
 micro-batcher, result writes, webhooks) runs exactly as with vLLM.
 
 Token counts are plausible rather than exact: the prompt is counted at about four
-characters a token plus Qwen2-VL's one token per 28x28 patch of the image, and the reply
+characters a token plus Qwen2-VL's one token per 28x28 patch of the image (its image
+tokens), and the reply
 is as many tokens as its words, capped at the job's `max_tokens`. Nothing is templated or
 tokenized, so the special-token guard of worker/prompting.py has nothing to guard here.
 
@@ -202,10 +203,13 @@ def _max_tokens(request: GenerationRequest) -> int:
     return max(1, int(request.params.get("max_tokens") or 1))
 
 
-def _prompt_tokens(request: GenerationRequest) -> int:
+def _image_tokens(request: GenerationRequest) -> int:
     width, height = request.image.size
-    image_tokens = max(1, round(width / _PATCH) * round(height / _PATCH))
-    return len(request.prompt) // 4 + image_tokens + 8
+    return max(1, round(width / _PATCH) * round(height / _PATCH))
+
+
+def _prompt_tokens(request: GenerationRequest) -> int:
+    return len(request.prompt) // 4 + _image_tokens(request) + 8
 
 
 def _answer(request: GenerationRequest) -> GenerationOutput:
@@ -217,6 +221,7 @@ def _answer(request: GenerationRequest) -> GenerationOutput:
         prompt_tokens=_prompt_tokens(request),
         completion_tokens=len(words),
         finish_reason="length" if len(words) == max_tokens else "stop",
+        image_tokens=_image_tokens(request),
     )
 
 
@@ -230,4 +235,5 @@ def _full_answer(request: GenerationRequest) -> GenerationOutput:
         prompt_tokens=_prompt_tokens(request),
         completion_tokens=max_tokens,
         finish_reason="length",
+        image_tokens=_image_tokens(request),
     )

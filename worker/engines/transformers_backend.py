@@ -42,6 +42,9 @@ class TransformersBackend:
         self.ignore_eos = ignore_eos
         self.eos_ids = _eos_ids(self.model, self.processor.tokenizer)
         self.pad_id = self.processor.tokenizer.pad_token_id
+        # Qwen2-VL's <|image_pad|>: the prompt's image placeholders are counted as its
+        # image tokens.
+        self.image_token_id = getattr(self.model.config, "image_token_id", None)
         self._pending: list[tuple[GenerationRequest, str]] = []
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
@@ -122,6 +125,9 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
         )
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        image_counts: list[int | None] = (
+            (inputs["input_ids"] == self.image_token_id).sum(dim=1).tolist()
+            if self.image_token_id is not None else [None] * len(group))
         results: list[StepResult] = []
         for row, (request, _) in enumerate(group):
             ids, hit_eos = _trim(out[row, prompt_len:].tolist(), self.eos_ids)
@@ -136,6 +142,7 @@ class TransformersBackend:
                         prompt_tokens=int(prompt_counts[row]),
                         completion_tokens=len(ids) + (1 if hit_eos else 0),
                         finish_reason="stop" if hit_eos or hit_stop else "length",
+                        image_tokens=image_counts[row],
                     ),
                 )
             )

@@ -30,6 +30,7 @@ class VllmBackend:
         self.tokenizer = engine.get_tokenizer()
         self.chat = ChatPrompt(self.tokenizer)
         self.ignore_eos = ignore_eos
+        self.image_token_id = _image_token_id(engine)
         self._closed = threading.Event()
         threading.Thread(target=self._watch_engine_core, name="engine-watch", daemon=True).start()
 
@@ -107,10 +108,19 @@ class VllmBackend:
                         prompt_tokens=len(out.prompt_token_ids or []),
                         completion_tokens=len(completion.token_ids),
                         finish_reason=completion.finish_reason or "stop",
+                        image_tokens=self._image_tokens(out.prompt_token_ids),
                     ),
                 )
             )
         return finished
+
+    def _image_tokens(self, prompt_token_ids: list[int] | None) -> int | None:
+        """The image's placeholders in the prompt, which the processor expanded to one per
+        patch group: a count in C over a list of a few thousand ids at most."""
+        if self.image_token_id is None or prompt_token_ids is None:
+            return None
+        ids = prompt_token_ids if isinstance(prompt_token_ids, list) else list(prompt_token_ids)
+        return ids.count(self.image_token_id)
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
@@ -159,3 +169,11 @@ class VllmBackend:
             ignore_eos=self.ignore_eos,
             skip_special_tokens=True,
         )
+
+
+def _image_token_id(engine: Any) -> int | None:
+    """The id of the model's image placeholder token (Qwen2-VL's <|image_pad|>), if its
+    config names one."""
+    config = getattr(getattr(engine, "model_config", None), "hf_config", None)
+    token_id = getattr(config, "image_token_id", None)
+    return token_id if isinstance(token_id, int) else None
