@@ -33,6 +33,7 @@ from functools import partial
 from itertools import islice
 from typing import Any, BinaryIO
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import input as batch_input
@@ -47,7 +48,7 @@ from shared.jobs import transitions as jobs_transitions
 from shared.jobs.intake import Intake
 from shared.jobs.params import GenerationParams
 from shared.jobs.status import JobStatus
-from shared.models import Batch, Job, StoredFile
+from shared.models import Batch, Job, StoredFile, Tenant
 from shared.outages import unreachable
 from shared.queue import request_abort
 from shared.retention.policy import retention
@@ -317,6 +318,7 @@ class BatchRunner:
         started = time.monotonic()
         with self.sessions() as session:
             source = self._input(session, batch)
+            keep_image = self._keeps_images(session, batch.tenant_id)
         with source:
             pending = (r for r in batch_input.requests(source, batch.endpoint,
                                                        self.max_line_bytes)
@@ -324,7 +326,8 @@ class BatchRunner:
             for chunk in _chunks(pending, FIRST_CHUNK_LINES, CHUNK_LINES):
                 if self._stop.is_set() or not self._still(batch.id, BatchStatus.in_progress):
                     return
-                rows = list(self._lines_pool.map(partial(self._row, batch), chunk))
+                rows = list(self._lines_pool.map(partial(self._row, batch, keep_image),
+                                                 chunk))
                 with self.sessions() as session:
                     batches.insert_lines(session, rows)
                     advanced = batches.advance(session, batch.id, done, done + len(rows))
@@ -343,7 +346,14 @@ class BatchRunner:
         log.info("batch %s: %d of %d lines expanded (%.0f lines/s)", batch.id, done,
                  batch.total, rate)
 
-    def _row(self, batch: Batch, request: batch_input.Request) -> dict[str, Any]:
+    def _keeps_images(self, session: Session, tenant_id: str) -> bool:
+        """Whether the tenant's lines keep their images once they end (its own setting,
+        else the server's)."""
+        own = session.scalar(select(Tenant.keep_images).where(Tenant.id == tenant_id))
+        return self.settings.keep_images if own is None else own
+
+    def _row(self, batch: Batch, keep_image: bool,
+             request: batch_input.Request) -> dict[str, Any]:
         """The job for one line; a line the pipeline cannot run becomes a failed job."""
         now = utcnow()
         row: dict[str, Any] = jobs_transitions.created(
@@ -351,7 +361,7 @@ class BatchRunner:
             batch_line=request.index, custom_id=request.custom_id, attempts=0,
             engine_failures=0, priority=batch.priority, created_at=now, runnable_at=now,
             expires_at=batch.expires_at, model=batch.model or self.settings.model,
-            prompt="", params={},
+            prompt="", params={}, keep_image=keep_image,
         )
         try:
             chat = parse_chat_request(request.body)
