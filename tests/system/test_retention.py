@@ -25,8 +25,16 @@ from shared.models import Job, StoredFile, Tenant
 from shared.retention.sweeper import RetentionSweeper
 from shared.storage import make_store
 from shared.timeutil import utcnow
-from tests.helpers.echo_stack import EchoStack, echo_stack
-from tests.helpers.images import png_bytes
+from tests.helpers.echo_stack import (
+    ENDPOINT,
+    EchoStack,
+    echo_stack,
+    openai_client,
+    upload,
+    wait_batch,
+)
+from tests.helpers.echo_stack import batch_line as line
+from tests.helpers.images import data_url, png_bytes
 from tests.helpers.services import bearer, create_api_key, fresh_database, start_control
 from tests.helpers.stack import Stack, db_sessions
 from tests.helpers.store import s3_client, store_location
@@ -125,6 +133,31 @@ def test_ended_jobs_past_retention_lose_their_data_and_the_rest_stays(ret: Reten
     assert ret.object_exists(f"images/{waiting}")
     whole = ret.keeper.get(f"/v1/jobs/{kept}").json()
     assert whole["result"] is not None and ret.object_exists(f"images/{kept}")
+
+
+def test_a_batch_and_its_files_past_retention_answer_410_and_leave_the_store(
+        ret: Retention) -> None:
+    with openai_client(ret.base, ret.stack.api_key) as client:
+        image = data_url(png_bytes(16, 16))
+        input_id = upload(client, [line(f"l{i}", ret.model, image) for i in range(3)])
+        batch = client.batches.create(input_file_id=input_id, endpoint=ENDPOINT,
+                                      completion_window="24h")
+        done = wait_batch(client, batch.id, {"completed"})
+        lines = [uuid.UUID(j["id"]) for j in ret.tests.get(
+            "/v1/jobs", params={"batch_id": batch.id}).json()["data"]]
+        assert len(lines) == 3 and done.output_file_id is not None
+        files = (input_id, done.output_file_id)
+
+        eventually(lambda: ret.tests.get(f"/v1/batches/{batch.id}").status_code == 410
+                   and all(ret.tests.get(f"/v1/files/{f}").status_code == 410 for f in files),
+                   what="the batch and its files answer 410")
+    content = ret.tests.get(f"/v1/files/{done.output_file_id}/content")
+    assert content.status_code == 410 and content.json()["error"]["code"] == "expired_data"
+    assert not any(ret.object_exists(f"files/{f}") for f in files)
+    with db_sessions(ret.stack.settings)() as session:
+        stripped = session.scalars(select(Job).where(Job.id.in_(lines))).all()
+    assert len(stripped) == 3 and all(j.purged_at is not None and j.result_text is None
+                                      for j in stripped)
 
 
 def test_an_image_not_kept_goes_when_its_job_ends_and_the_job_stays(ret: Retention) -> None:
