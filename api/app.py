@@ -18,7 +18,18 @@ from api.infra.http_limits import HeaderLimits
 from api.infra.image_budget import release_freed_pixels
 from api.infra.metrics import ApiMetrics, RequestMetrics
 from api.openapi import install_openapi
-from api.routes import batches, chat, deliveries, files, health, jobs, keys, models, stats
+from api.routes import (
+    batches,
+    chat,
+    deliveries,
+    files,
+    health,
+    jobs,
+    keys,
+    models,
+    stats,
+    usage,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_console(app)
     app.include_router(health.router)
     for router in (jobs.router, models.router, deliveries.router,
-                   files.router, batches.router, chat.router, keys.router, stats.router):
+                   files.router, batches.router, chat.router, keys.router, stats.router,
+                   usage.router):
         # At the router, so no /v1 route can be added without a key check.
         app.include_router(router, responses={**UNAUTHENTICATED, **OUTAGE},
                            dependencies=[Depends(authenticate)])

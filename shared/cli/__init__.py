@@ -14,6 +14,7 @@ from vlmq.backfill import cli as backfill_cli
 from shared.cli import keys as keys_cli
 from shared.cli import preflight
 from shared.cli import tenants as tenants_cli
+from shared.cli import usage as usage_cli
 from shared.settings import Settings
 
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands that need a migrated database; `migrate`, `up` and `demo` make it themselves.
-_USE_THE_DATABASE = frozenset({"api", "worker", "control", "webhooks", "keys", "tenants"})
+_USE_THE_DATABASE = frozenset({"api", "worker", "control", "webhooks", "keys", "tenants",
+                               "usage"})
 _SERVERS = frozenset({"api", "worker", "control", "webhooks"})
 
 
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keys_cli.add_parser(sub)
     tenants_cli.add_parser(sub)
+    usage_cli.add_parser(sub)
     backfill_cli.add_parser(sub)
 
     model = sub.add_parser("make-test-model", help="build a tiny random-weight Qwen2-VL offline")
