@@ -16,6 +16,9 @@ more than the limit. "Far below" leaves room for the tenant's whole rate for a c
 seconds (other processes' acceptances since the count was taken), and for this process's
 inserts in flight; with no rate limit, every insert under a quota is counted.
 
+A tenant's own limit of 0 lifts it for that tenant, and one left unset takes the server's
+default (`shared.tenancy.limits.effective_limit`, the only reading of them).
+
 Batches have their own caps (lines queued or running, batches not ended), checked at
 POST /v1/batches; files and batches count against the same submission rate as jobs.
 """
@@ -41,6 +44,7 @@ from shared.jobs import repo as jobs_repo
 from shared.queue import is_redis
 from shared.settings import BrokerSettings, LimitsSettings, Settings
 from shared.tenancy import usage
+from shared.tenancy.limits import effective_limit
 from shared.tenancy.repo import Authenticated, TenantRules, tenant_rules
 
 log = logging.getLogger(__name__)
@@ -93,8 +97,10 @@ class SubmitLimits:
     def apply_to(self, auth: Authenticated) -> bool:
         """Whether any limit applies; without one a submission skips the check entirely."""
         limits = self._limits
-        return bool(auth.submits_per_second or limits.tenant_submits_per_second
-                    or auth.max_active_jobs or limits.tenant_max_active_jobs)
+        return (effective_limit(auth.submits_per_second, limits.tenant_submits_per_second)
+                is not None
+                or effective_limit(auth.max_active_jobs, limits.tenant_max_active_jobs)
+                is not None)
 
     def admit(self, auth: Authenticated) -> None:
         """Raises RateLimited (429, with headers) when the tenant is over either limit."""
@@ -118,16 +124,17 @@ class SubmitLimits:
         tenant = auth.principal.tenant_id
         limits = self._limits
         self._check_rate(tenant, auth.submits_per_second)
-        max_batches = auth.max_active_batches or limits.tenant_max_active_batches
-        max_lines = auth.max_queued_batch_lines or limits.tenant_max_queued_batch_lines
-        if not (max_batches or max_lines):
+        max_batches = effective_limit(auth.max_active_batches, limits.tenant_max_active_batches)
+        max_lines = effective_limit(auth.max_queued_batch_lines,
+                                    limits.tenant_max_queued_batch_lines)
+        if max_batches is None and max_lines is None:
             return
         with self._reads() as session:
-            if max_batches and usage.active_batches(session, tenant) >= max_batches:
+            if max_batches is not None and usage.active_batches(session, tenant) >= max_batches:
                 raise _refusal(
                     f"tenant {tenant!r} has {max_batches} batches in progress, its limit",
                     max_batches, _BATCH_RETRY_AFTER)
-            if max_lines and usage.queued_batch_lines(session, tenant) >= max_lines:
+            if max_lines is not None and usage.queued_batch_lines(session, tenant) >= max_lines:
                 raise _refusal(
                     f"tenant {tenant!r} has {max_lines} or more batch lines queued or "
                     "running, its limit", max_lines, _BATCH_RETRY_AFTER)
@@ -155,12 +162,12 @@ class SubmitLimits:
         and keeps this process's count of the tenant's active jobs up to date."""
         rules = self.rules(tenant)
         limits = self._limits
-        limit = rules.max_active_jobs or limits.tenant_max_active_jobs
-        if not limit:
+        limit = effective_limit(rules.max_active_jobs, limits.tenant_max_active_jobs)
+        if limit is None:
             yield Reservation(None)
             return
-        rate = rules.submits_per_second or limits.tenant_submits_per_second
-        headroom = math.ceil(rate * _HEADROOM_SECONDS) if rate else limit
+        rate = effective_limit(rules.submits_per_second, limits.tenant_submits_per_second)
+        headroom = math.ceil(rate * _HEADROOM_SECONDS) if rate is not None else limit
         if self._active(tenant, fresh=False) + self._pending_of(tenant) + headroom < limit:
             yield from self._fast(tenant)
             return
@@ -198,8 +205,8 @@ class SubmitLimits:
             return self._tenant_locks.setdefault(tenant, threading.Lock())
 
     def _check_rate(self, tenant: str, own_rate: float | None) -> None:
-        rate = own_rate or self._limits.tenant_submits_per_second
-        if not rate:
+        rate = effective_limit(own_rate, self._limits.tenant_submits_per_second)
+        if rate is None:
             return
         item = _per_window(rate)
         try:
@@ -223,8 +230,8 @@ class SubmitLimits:
         )
 
     def _check_quota(self, tenant: str, own_limit: int | None) -> None:
-        limit = own_limit or self._limits.tenant_max_active_jobs
-        if not limit:
+        limit = effective_limit(own_limit, self._limits.tenant_max_active_jobs)
+        if limit is None:
             return
         pending = self._pending_of(tenant)
         if (self._active(tenant, fresh=False) + pending < limit

@@ -15,6 +15,7 @@ from api.schemas.admin import (
     KeyCreated,
     KeyList,
     KeyOut,
+    TenantDefaults,
     TenantLimits,
     TenantList,
     TenantOut,
@@ -49,18 +50,15 @@ def revoke_key(key_id: str, deps: ApiDeps = Depends(get_deps)) -> KeyOut:
 
 @router.get("/tenants", response_model=TenantList, responses=documented(403))
 def list_tenants(deps: ApiDeps = Depends(get_deps)) -> TenantList:
-    return TenantList(data=[TenantOut.from_row(t) for t in service.list_tenants(deps.reads)])
+    """Each tenant's own settings (null: the server's, which `defaults` gives; 0: no limit)."""
+    return TenantList(data=[TenantOut.from_row(t) for t in service.list_tenants(deps.reads)],
+                      defaults=TenantDefaults.from_settings(deps.settings))
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut,
               responses=documented(400, 403, 404, 422))
 def set_limits(tenant_id: str, body: TenantLimits,
                deps: ApiDeps = Depends(get_deps)) -> TenantOut:
-    """The tenant's own limits: a field left out stays, 0 returns to the server's default."""
-    tenant = service.set_limits(
-        deps.sessions, tenant_id, max_active_jobs=body.max_active_jobs,
-        submits_per_second=body.submits_per_second,
-        max_queued_batch_lines=body.max_queued_batch_lines,
-        max_active_batches=body.max_active_batches,
-        image_url_prefixes=body.image_url_prefixes)
-    return TenantOut.from_row(tenant)
+    """The tenant's own limits and retention: a field left out stays, null returns it to
+    the server's default, 0 lifts a limit for this tenant (a retention of 0 keeps for ever)."""
+    return TenantOut.from_row(service.set_limits(deps.sessions, tenant_id, body.changes()))

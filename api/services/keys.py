@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import NotFound
@@ -38,17 +41,12 @@ def list_tenants(reads: sessionmaker[Session]) -> list[Tenant]:
         return repo.list_tenants(session)
 
 
-def set_limits(sessions: sessionmaker[Session], tenant_id: str, *,
-               max_active_jobs: int | None, submits_per_second: float | None,
-               max_queued_batch_lines: int | None, max_active_batches: int | None,
-               image_url_prefixes: list[str] | None) -> Tenant:
-    """Takes effect within a second on every API process (their tenant rules are read at
-    most once a second)."""
+def set_limits(sessions: sessionmaker[Session], tenant_id: str,
+               changes: Mapping[str, Any]) -> Tenant:
+    """Sets the named settings of the tenant (`repo.set_limits`: None is the server's
+    default, 0 no limit); the others stay. Takes effect within a second on every API
+    process (their tenant rules are read at most once a second)."""
     if not key_format.TENANT_NAME.match(tenant_id):
         raise NotFound(f"no tenant {tenant_id!r}")
     with sessions.begin() as session:
-        return repo.set_limits(
-            session, tenant_id, max_active_jobs=max_active_jobs,
-            submits_per_second=submits_per_second,
-            max_queued_batch_lines=max_queued_batch_lines,
-            max_active_batches=max_active_batches, image_url_prefixes=image_url_prefixes)
+        return repo.set_limits(session, tenant_id, **changes)

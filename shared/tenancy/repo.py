@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from shared.errors import InvalidInput, NotFound
 from shared.models import ApiKey, Tenant
 from shared.net.image_refs import canonical_prefix
-from shared.tenancy import keys
+from shared.tenancy import keys, limits
+from shared.tenancy.limits import KEEP, Unchanged
 from shared.tenancy.principal import Principal
 from shared.timeutil import as_utc, utcnow
 
@@ -35,34 +36,53 @@ def ensure_tenant(session: Session, tenant_id: str) -> Tenant:
     return tenant
 
 
-def set_limits(session: Session, tenant_id: str, *, max_active_jobs: int | None = None,
-               submits_per_second: float | None = None,
-               max_queued_batch_lines: int | None = None, max_active_batches: int | None = None,
-               image_url_prefixes: Sequence[str] | None = None) -> Tenant:
-    """Overrides the server's default limits for one tenant; a value <= 0 clears it, None
-    leaves it. `image_url_prefixes` replaces the tenant's list (empty: it may name none)."""
+def set_limits(session: Session, tenant_id: str, *,
+               max_active_jobs: int | None | Unchanged = KEEP,
+               submits_per_second: float | None | Unchanged = KEEP,
+               max_queued_batch_lines: int | None | Unchanged = KEEP,
+               max_active_batches: int | None | Unchanged = KEEP,
+               retention_seconds: int | None | Unchanged = KEEP,
+               keep_images: bool | None | Unchanged = KEEP,
+               image_url_prefixes: Sequence[str] | None | Unchanged = KEEP) -> Tenant:
+    """Sets a tenant's own settings (shared/tenancy/limits.py says what they mean): KEEP
+    leaves one as it is, None returns it to the server's default, 0 lifts a limit (and
+    keeps for ever, for retention). `image_url_prefixes` replaces the tenant's list (None
+    or empty: it may name none, the default). Every value is checked before any is set,
+    so a refused call changes nothing."""
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id!r}")
-    if max_active_jobs is not None:
-        tenant.max_active_jobs = max_active_jobs if max_active_jobs > 0 else None
-    if submits_per_second is not None:
-        tenant.submits_per_second = submits_per_second if submits_per_second > 0 else None
-    if max_queued_batch_lines is not None:
-        tenant.max_queued_batch_lines = (max_queued_batch_lines if max_queued_batch_lines > 0
-                                         else None)
-    if max_active_batches is not None:
-        tenant.max_active_batches = max_active_batches if max_active_batches > 0 else None
-    if image_url_prefixes is not None:
-        canonical = list(dict.fromkeys(canonical_prefix(p) for p in image_url_prefixes))
-        tenant.image_url_prefixes = canonical or None
+    changes: dict[str, object] = {}
+    for name, value in (("max_active_jobs", max_active_jobs),
+                        ("max_queued_batch_lines", max_queued_batch_lines),
+                        ("max_active_batches", max_active_batches)):
+        if value is not KEEP:
+            changes[name] = None if value is None else limits.check_count(name, value)
+    if submits_per_second is not KEEP:
+        changes["submits_per_second"] = (None if submits_per_second is None else
+                                         limits.check_rate("submits_per_second",
+                                                           submits_per_second))
+    if retention_seconds is not KEEP:
+        changes["retention_seconds"] = (None if retention_seconds is None
+                                        else limits.check_retention(retention_seconds))
+    if keep_images is not KEEP:
+        if keep_images is not None and not isinstance(keep_images, bool):
+            raise InvalidInput(f"keep_images: true, false or null, not {keep_images!r}",
+                               code="invalid_limit")
+        changes["keep_images"] = keep_images
+    if image_url_prefixes is not KEEP:
+        canonical = list(dict.fromkeys(canonical_prefix(p) for p in image_url_prefixes or ()))
+        changes["image_url_prefixes"] = canonical or None
+    for name, value in changes.items():
+        setattr(tenant, name, value)
     session.flush()
     return tenant
 
 
 @dataclass(frozen=True)
 class TenantRules:
-    """A tenant's own settings as the submit path reads them; None means the default."""
+    """A tenant's own settings as the submit path reads them: None means the server's
+    default, 0 no limit (`shared.tenancy.limits.effective_limit` says which applies)."""
 
     max_active_jobs: int | None = None
     submits_per_second: float | None = None
@@ -117,12 +137,14 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
 @dataclass(frozen=True)
 class Authenticated:
     principal: Principal
+    # The tenant's own limits: None means the server's default, 0 no limit
+    # (`shared.tenancy.limits.effective_limit`).
     max_active_jobs: int | None
     submits_per_second: float | None
-    # The tenant's own batch caps; None means the server's default.
     max_queued_batch_lines: int | None = None
     max_active_batches: int | None = None
-    # The tenant's own retention settings; None means the server's default.
+    # The tenant's own retention settings; None means the server's default (retention 0:
+    # kept for ever).
     keep_images: bool | None = None
     retention_seconds: int | None = None
 

@@ -434,14 +434,36 @@ def test_keys_are_managed_by_an_admin_key_only(console: Console, page: Page) -> 
         expect(row).to_contain_text(tenant)
 
         limits = page.locator(f'#tenants tr[data-tenant="{tenant}"]')
-        limits.locator('input[name="max_active_jobs"]').fill("3")
+        jobs_input = limits.locator('input[name="max_active_jobs"]')
+        # Empty is the server's default, which the first row gives in words (the stack's
+        # API has no active-jobs limit, and the usual cap on batches).
+        expect(jobs_input).to_have_value("")
+        expect(jobs_input).to_have_attribute("placeholder", "default")
+        expect(page.locator("#tenants tr.defaults td")).to_have_text(
+            ["server default", "unlimited", "unlimited", "100000", "10", "30d", "yes", "none",
+             ""])
+        # A bare 0 is refused in the page: it once meant the default.
+        limits.locator('input[name="max_active_batches"]').fill("0")
+        limits.locator("button").click()
+        expect(page.locator("#error")).to_contain_text('say "unlimited"')
+        jobs_input.fill("3")
+        limits.locator('input[name="max_active_batches"]').fill("unlimited")
+        limits.locator('input[name="retention_seconds"]').fill("7d")
+        limits.locator('select[name="keep_images"]').select_option("false")
         limits.locator('input[name="image_url_prefixes"]').fill("s3://photos/new")
         limits.locator("button").click()
         expect(limits.locator("button")).to_have_text("Saved")
         with console.client(console.admin_key) as admin:
             [saved] = [t for t in admin.get("/v1/tenants").json()["data"] if t["id"] == tenant]
-        assert saved["max_active_jobs"] == 3
+        assert (saved["max_active_jobs"], saved["max_active_batches"]) == (3, 0)
+        assert (saved["submits_per_second"], saved["max_queued_batch_lines"]) == (None, None)
+        assert (saved["retention_seconds"], saved["keep_images"]) == (7 * 86400, False)
         assert saved["image_url_prefixes"] == ["s3://photos/new/"]
+        page.reload()  # drawn afresh from what was saved, in the words typed
+        expect(limits.locator('input[name="max_active_batches"]')).to_have_value("unlimited")
+        expect(limits.locator('input[name="retention_seconds"]')).to_have_value("7d")
+        expect(limits.locator('select[name="keep_images"]')).to_have_value("false")
+        expect(limits.locator('input[name="submits_per_second"]')).to_have_value("")
 
         page.once("dialog", lambda dialog: dialog.accept())
         row.locator("button", has_text="Revoke").click()

@@ -211,11 +211,11 @@ def test_the_cli_sets_and_clears_batch_caps_and_prefixes(stack: Stack) -> None:
     out = set_limits(stack, tenant, "--max-queued-batch-lines=500", "--max-active-batches=2",
                      "--image-url-prefix", "s3://bucket-a/team/", "--image-url-prefix",
                      "s3://bucket-b")
-    assert "max queued batch lines 500" in out and "max active batches 2" in out
+    assert "max queued batch lines: 500\n" in out and "max active batches: 2\n" in out
     assert "s3://bucket-a/team/, s3://bucket-b/" in out
-    out = set_limits(stack, tenant, "--max-active-batches=0", "--no-image-url-prefixes")
-    assert "max active batches default" in out and "max queued batch lines 500" in out
-    assert "s3:// image prefixes none" in out
+    out = set_limits(stack, tenant, "--max-active-batches=default", "--no-image-url-prefixes")
+    assert "max active batches: default (" in out and "max queued batch lines: 500\n" in out
+    assert "s3:// image prefixes: none" in out
     bad = subprocess.run([sys.executable, "-m", "shared.cli", "keys", "limits", "--tenant",
                           tenant, "--image-url-prefix", "s3://bucket-a/x/../y"],
                          env=stack.env, capture_output=True, text=True, timeout=60)

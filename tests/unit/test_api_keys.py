@@ -88,8 +88,8 @@ def test_an_admin_sets_a_tenants_limits_and_they_apply(
     while submit(app, headers=acme).status_code != 429:
         assert time.monotonic() < deadline, "the new limit never applied"
         time.sleep(0.2)
-    # Left out stays; 0 is the server's default again.
-    reset = app.patch("/v1/tenants/acme", json={"max_active_jobs": 0}, headers=admin).json()
+    # Left out stays; null is the server's default again.
+    reset = app.patch("/v1/tenants/acme", json={"max_active_jobs": None}, headers=admin).json()
     assert reset["max_active_jobs"] is None and reset["image_url_prefixes"] == [
         "s3://photos/acme/"]
 
@@ -122,6 +122,26 @@ NESTED = "[" * 5000 + "]" * 5000
     ("POST", "/v1/keys", {"tenant": "acme", "extra": 1}, 422, "validation_error"),
     ("PATCH", "/v1/tenants/nobody", {"max_active_jobs": 1}, 404, "not_found"),
     ("PATCH", "/v1/tenants/ops", {"max_active_jobs": -1}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_jobs": 2**31}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_jobs": 10**400}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_jobs": "5"}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_jobs": 2.5}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_jobs": True}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_active_batches": "unlimited"}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"max_queued_batch_lines": "\u0000"}, 422,
+     "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"submits_per_second": -0.5}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"submits_per_second": 1e10}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", b'{"submits_per_second": NaN}', 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", b'{"submits_per_second": Infinity}', 422,
+     "validation_error"),
+    ("PATCH", "/v1/tenants/ops", b'{"submits_per_second": -Infinity}', 422,
+     "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"retention_seconds": -1}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"retention_seconds": 2**31}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"retention_seconds": "30d"}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"keep_images": "no"}, 422, "validation_error"),
+    ("PATCH", "/v1/tenants/ops", {"keep_images": 0}, 422, "validation_error"),
     ("PATCH", "/v1/tenants/ops", {"image_url_prefixes": ["https://x"]}, 400, "invalid_prefix"),
     ("POST", "/v1/keys/a%00b/revoke", None, 404, "not_found"),
     # Over-long and deeply nested input.
