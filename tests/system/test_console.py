@@ -223,6 +223,13 @@ def test_a_queued_job_is_cancelled_from_its_page(console: Console, page: Page) -
         expect(page.locator("#job-status")).to_have_text("cancelled")
         expect(page.locator("#cancel")).to_be_hidden()
         assert a.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        # Ended, it may be deleted, once the browser's confirmation is accepted.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        expect(page.locator("#deleted-note")).to_be_visible()
+        expect(page.locator("#prompt")).to_be_hidden()
+        gone = a.get(f"/v1/jobs/{job_id}")
+        assert gone.status_code == 410 and gone.json()["error"]["code"] == "expired_data"
 
 
 def test_a_tenants_console_never_shows_another_tenants_job(
