@@ -1,5 +1,6 @@
 """The control process's metrics, on VLMQ_METRICS_PORT when it is set: webhook delivery's
-(worker/webhooks/metrics.py), batch work's, and the queue's (worker/control/queue_metrics.py)."""
+(worker/webhooks/metrics.py), batch work's, the queue's (worker/control/queue_metrics.py) and
+the usage ledger's (worker/control/usage_metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from prometheus_client import Counter
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.control.queue_metrics import QueueCollector
+from worker.control.usage_metrics import UsageCollector
 from worker.webhooks.metrics import WebhookMetrics
 
 
@@ -23,5 +25,7 @@ class ControlMetrics(WebhookMetrics):
         )
 
     def watch_queues(self, sessions: sessionmaker[Session], worker_ttl_seconds: float) -> None:
-        """Adds the queue's families, read from the database at each scrape."""
+        """Adds the queue's families and the usage ledger's counters, read from the
+        database at each scrape."""
         self.registry.register(QueueCollector(sessions, worker_ttl_seconds))
+        self.registry.register(UsageCollector(sessions))
