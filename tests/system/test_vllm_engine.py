@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, text
 
 from tests.helpers.images import png_bytes
 from tests.helpers.services import Service, free_port, start_worker, wait_terminal
@@ -131,7 +132,8 @@ def test_unknown_model_is_rejected(client: httpx.Client) -> None:
 
 
 def test_vllm_job_runs_end_to_end_and_matches_transformers(
-    client: httpx.Client, worker: Service, vllm_stack: Stack, vllm_worker: Service
+    client: httpx.Client, worker: Service, vllm_stack: Stack, vllm_worker: Service,
+    db_engine: Engine,
 ) -> None:
     before = sample(metrics(vllm_stack), "vlmq_jobs_finished_total", outcome="succeeded")
     # Same image, prompt and greedy decoding, routed by model to each worker.
@@ -149,6 +151,13 @@ def test_vllm_job_runs_end_to_end_and_matches_transformers(
     assert vllm_job["result"]["prompt_tokens"] == hf_job["result"]["prompt_tokens"]
     after = sample(metrics(vllm_stack), "vlmq_jobs_finished_total", outcome="succeeded")
     assert after == before + 1, "the vLLM worker did not run the job routed to its model"
+    # The usage ledger's image tokens: the prompt's image placeholders, counted alike.
+    with db_engine.connect() as conn:
+        usage = {model: conn.execute(
+            text("SELECT image_tokens, engine_seconds FROM jobs WHERE id = :id"),
+            {"id": job["id"]}).one() for model, job in by_engine.items()}
+    assert usage[VLLM_MODEL].image_tokens == usage["tiny-qwen2-vl"].image_tokens > 0
+    assert min(u.engine_seconds for u in usage.values()) > 0
 
 
 def test_greedy_token_ids_match_transformers(tiny_model: Path) -> None:
