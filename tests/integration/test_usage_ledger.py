@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.jobs import transitions
 from shared.jobs.status import JobStatus
-from shared.models import Job, Tenant, UsageHour
+from shared.models import Batch, Job, Tenant, UsageHour
 from shared.timeutil import utcnow
 from shared.usage import ledger, report
 from tests.unit.test_usage_ledger import (
@@ -33,10 +33,18 @@ def direct(pg_sessions: sessionmaker[Session]) -> Iterator[Engine]:
     yield bind.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def test_the_ledger_equals_the_jobs_it_counts(pg_sessions: sessionmaker[Session],
-                                              direct: Engine) -> None:
+def test_the_ledger_equals_the_jobs_it_counts_and_outlives_them(
+    pg_sessions: sessionmaker[Session], direct: Engine,
+) -> None:
     run_mixed_outcomes(pg_sessions, direct)
     assert_ledger_matches_jobs(pg_sessions)
+    with pg_sessions() as session:
+        counted = report.per_tenant_and_model(session)
+    with pg_sessions.begin() as session:  # every job, batch and tenant gone
+        for table in (Job, Batch, Tenant):
+            session.execute(delete(table))
+    with pg_sessions() as session:
+        assert report.per_tenant_and_model(session) == counted
 
 
 def test_an_insert_and_its_count_are_one_statement(pg_sessions: sessionmaker[Session],
