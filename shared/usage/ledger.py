@@ -74,6 +74,7 @@ def shard() -> int:
 
 
 def hour_of(moment: datetime) -> datetime:
+    """The UTC hour a moment falls in: the ledger's grain."""
     return as_utc(moment).astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
