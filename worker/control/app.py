@@ -27,8 +27,8 @@ import uuid
 from shared.jobs import events as task_events
 from shared.jobs.lifecycle import RetryPolicy as JobRetryPolicy
 from shared.jobs.sweeper import Sweeper
-from shared.retention.sweeper import RetentionSweeper
 from shared.queue import DELIVER_WEBHOOK_TASK
+from shared.retention.sweeper import RetentionSweeper
 from shared.settings import Settings
 from shared.storage import make_store
 from shared.wakeups import WakeupSender
