@@ -115,7 +115,7 @@ class ExclusiveLoop:
             conn.close()
             return False
         self._lock_conn = conn
-        log.info("this process runs the %s now", self.name)
+        log.info("this process is the %s now", self.name)
         return True
 
     def _still_held(self, conn: Connection) -> bool:

@@ -434,5 +434,5 @@ def test_the_job_view_of_an_upload_is_unchanged() -> None:
     )
     out = JobOut.from_row(job).model_dump(mode="json")
     assert out["image"] == {"sha256": "0" * 64, "bytes": 10, "format": "PNG", "width": 4,
-                            "height": 3}
+                            "height": 3, "stored": True}
     assert out["image_url"] is None
