@@ -62,9 +62,14 @@ def main() -> None:
                 session.execute(update(Job).where(Job.id.in_(ids)).values(keep_image=False))
             worker = st.start_worker("echo", ready=False)
             wait_first_claim(st.settings, worker)
+            cpu_before = _cpu(worker.proc.pid)
             drained = wait_drained(st.settings, ids, check=lambda: alive(worker))
+            cpu_ms = 1000 * (_cpu(worker.proc.pid) - cpu_before) / drained.jobs
             st.stop(worker)
-            print(f"soak-retention: {name}: {drained.jobs_per_s:.0f} jobs/s", flush=True)
+            # The worker's own CPU a job says whether its path changed; the rate also says
+            # how the two cores were shared with moto, Postgres and the control process.
+            print(f"soak-retention: {name}: {drained.jobs_per_s:.0f} jobs/s, worker "
+                  f"{cpu_ms:.2f} CPU ms a job", flush=True)
             return drained.jobs_per_s
 
         def census() -> tuple[int, int, int]:
@@ -104,6 +109,11 @@ def main() -> None:
         control_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
         # Both control processes log to the one file: it holds every pass.
         report(control.log_text(), (before + after) / 2, swept, control_cpu, 2 * args.jobs)
+
+
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def report(log: str, quiet: float, swept: float, control_cpu: float, jobs: int) -> None:
