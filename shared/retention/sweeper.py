@@ -67,20 +67,26 @@ class RetentionSweeper(ExclusiveLoop):
     name = "retention sweeper"
 
     def __init__(self, engine: Engine, sessions: sessionmaker[Session], store: ObjectStore,
-                 settings: RetentionSettings) -> None:
+                 settings: RetentionSettings,
+                 on_swept: Callable[[Swept, float], None] | None = None) -> None:
         super().__init__(engine, RETENTION_LOCK_KEY, settings.retention_sweep_seconds)
         self.sessions = sessions
         self.store = store
         self.settings = settings
+        # Told what each pass removed and how long it took (the control process's metrics).
+        self.on_swept = on_swept
         self.chunk = settings.retention_chunk
         self._orphans_due = time.monotonic() + settings.orphan_sweep_seconds
 
     def work(self) -> None:
         started = time.monotonic()
         swept = self.sweep()
+        seconds = time.monotonic() - started
+        if self.on_swept is not None:
+            self.on_swept(swept, seconds)
         if swept:
             # The line `make soak-retention` reads the sweeper's cost from.
-            log.info("retention: removed %s in %.3fs", swept, time.monotonic() - started)
+            log.info("retention: removed %s in %.3fs", swept, seconds)
 
     def sweep(self, *, orphans_now: bool = False) -> Swept:
         """One pass over everything due; public so tests and `vlmq` commands can drive it."""

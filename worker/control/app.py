@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
                       settings.sweep_seconds)
     sweeper.start()
     store = make_store(settings)
-    retention = RetentionSweeper(ctx.db, ctx.sessions, store, settings)
+    retention = RetentionSweeper(ctx.db, ctx.sessions, store, settings,
+                                 on_swept=metrics.count_swept)
     retention.start()
     batches = BatchRunner(settings, ctx.sessions, store, wakeups, metrics)
     batches.start()
