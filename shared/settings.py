@@ -105,6 +105,9 @@ class EngineSettings(_Section):
     limit_mm_per_prompt: int = 1
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
+    # A vLLM outside the tested releases (worker/engines/vllm_version.py) stops the worker;
+    # true runs it anyway, with a warning, for whoever knowingly tries a newer one.
+    allow_untested_vllm: bool = False
     # The echo engine plays engine failures for prompts marked [echo:crash] / [echo:hang].
     echo_faults: bool = False
     # Above 0 the echo engine simulates a GPU engine: steps of this many milliseconds, at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from shared.settings import EngineKind, EngineSettings, Settings
 from shared.storage import ObjectStore, make_store
 from worker.batcher import BatchingEngine
 from worker.engines.base import Engine, StepBackend
+from worker.engines.vllm_version import installed_vllm, require_tested
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def load_backend(engine_settings: EngineSettings) -> StepBackend:
                                     max_num_seqs=engine_settings.max_num_seqs)
         return EchoBackend(faults=engine_settings.echo_faults)
     if engine_settings.engine == EngineKind.vllm:
-        _require_vllm()
+        _require_vllm(allow_untested=engine_settings.allow_untested_vllm)
         from worker.engines.vllm_backend import VllmBackend
 
         return VllmBackend.from_settings(engine_settings)
@@ -97,13 +99,22 @@ _NO_VLLM = (
 )
 
 
-def _require_vllm() -> None:
-    """Stops the worker at start when vLLM is missing.
+def _require_vllm(*, allow_untested: bool = False) -> None:
+    """Stops the worker at start when vLLM is missing or outside the tested releases.
 
     Falling back to another engine unasked would hide a broken install behind a much slower
-    worker; SystemExit gives the user the way out instead of a traceback.
+    worker; SystemExit gives the user the way out instead of a traceback. The version is
+    read from vLLM's metadata before the import, as an untested vLLM may fail to import in
+    ways that hide the real cause.
     """
+    found = installed_vllm()
+    if found is not None and found.version:
+        require_tested(found, allow_untested=allow_untested)
     try:
-        importlib.import_module("vllm")
+        module = importlib.import_module("vllm")
     except ImportError as exc:
         raise SystemExit(_NO_VLLM.format(error=exc)) from None
+    if found is not None and not found.version:  # a source tree: no metadata, but the module
+        found = dataclasses.replace(found, version=str(getattr(module, "__version__", "")),
+                                    distribution="vllm.__version__")
+        require_tested(found, allow_untested=allow_untested)

@@ -57,6 +57,8 @@ FIELDS_BEFORE_SECTIONS = frozenset({
     # Retention (shared/settings.py RetentionSettings).
     "retention_seconds", "keep_images", "tombstone_seconds", "retention_sweep_seconds",
     "retention_chunk", "orphan_sweep_seconds", "orphan_min_age_seconds",
+    # The escape hatch of the tested vLLM range (EngineSettings).
+    "allow_untested_vllm",
     "tenant_max_active_batches",
     "tenant_max_active_jobs", "tenant_max_queued_batch_lines", "tenant_submits_per_second",
     "webhook_allow_http", "webhook_allowed_networks", "webhook_concurrency",
