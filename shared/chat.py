@@ -2,7 +2,7 @@
 
 A batch line's `body` and a `POST /v1/chat/completions` body map the same way: the text
 of the system and user messages becomes the job's prompt, the one `image_url` part its
-image, and the sampling fields its generation parameters. What a job cannot express (more
+image, and the sampling and `response_format` fields its generation parameters. What a job cannot express (more
 than one image, an assistant turn, tools, streaming, n > 1) is refused with the field it
 concerns, so a client learns which part of its request to change.
 """
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidInput, clipped, quoted, quoted_list
+from shared.jobs.structured import MAX_CHOICES, MAX_REGEX_CHARS, Choice, ResponseFormat
 from shared.models import Job
 
 # Fields a chat-completions client may send that change nothing here; anything else
@@ -57,8 +58,13 @@ class ChatRequest(BaseModel):
     )] = None
     n: int | None = None
     stream: bool | None = None
+    # OpenAI's structured output (shared/jobs/structured.py).
+    response_format: ResponseFormat | None = None
     # vlmq's own: 0 runs first, 9 last.
     priority: int | None = Field(default=None, ge=0, le=9)
+    # vlmq's own constraints, as on /v1/jobs: one of these labels, or a regular expression.
+    choices: list[Choice] | None = Field(default=None, min_length=1, max_length=MAX_CHOICES)
+    regex: str | None = Field(default=None, min_length=1, max_length=MAX_REGEX_CHARS)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,11 @@ def _params(req: ChatRequest) -> dict[str, Any]:
             params[name] = value
     if req.stop is not None:
         params["stop"] = req.stop
+    if req.response_format is not None and req.response_format.type != "text":
+        params["response_format"] = req.response_format.model_dump(exclude_none=True)
+    for name in ("choices", "regex"):
+        if getattr(req, name) is not None:
+            params[name] = getattr(req, name)
     return params
 
 

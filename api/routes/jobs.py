@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from pydantic_core import from_json
 from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -36,10 +37,12 @@ from api.schemas.native import (
 from api.services import jobs as jobs_service
 from api.services.jobs import accept, admit, idempotency_key, wait_for_end
 from api.services.submit import Submission
+from shared.chat import MAX_STOP_SEQUENCES
 from shared.cursor import encode_cursor
 from shared.errors import InvalidInput, UnsupportedMediaType, quoted_list
 from shared.jobs import repo as jobs_repo
 from shared.jobs.status import JobStatus
+from shared.jobs.structured import MAX_CHOICES
 from shared.tenancy.repo import Authenticated
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -48,9 +51,12 @@ _FORM_PARAMS = set(GenerationParams.model_fields)
 _FORM_OPTIONS = set(JobOptions.model_fields)
 _FORM_WEBHOOK = set(WebhookOptions.model_fields)
 _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
+# Repeated form fields, one value each: `stop`, and `choices` (one label per part).
+_FORM_LISTS = {"stop", "choices"}
+_MAX_FORM_FIELDS = len(_FORM_FIELDS) + MAX_STOP_SEQUENCES + MAX_CHOICES
 # A page of GET /v1/jobs stops early, with a cursor to the rest, once its jobs take this
 # many bytes. Every stored field is bounded, so one job is too (about 6 bytes per prompt
-# character, escaped, plus 24 KiB, plus a result that max_tokens bounds), and a response is
+# character, escaped, plus 40 KiB, plus a result that max_tokens bounds), and a response is
 # at most this plus one job whatever `limit` asks for.
 MAX_PAGE_BYTES = 4 * 1024 * 1024
 _IMAGE_CHUNK = 256 * 1024
@@ -201,7 +207,7 @@ def _page_response(page: jobs_repo.Page) -> Response:
 
 async def _from_multipart(request: Request) -> Submission:
     try:
-        form: FormData = await request.form(max_files=1, max_fields=len(_FORM_FIELDS) + 8)
+        form: FormData = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
     except HTTPException as exc:  # Starlette's wrapping of a malformed multipart body
         raise InvalidInput(
             f"malformed multipart body: {exc.detail}", code="invalid_multipart"
@@ -213,9 +219,11 @@ async def _from_multipart(request: Request) -> Submission:
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise InvalidInput("multipart field `image` must be a file", code="missing_image")
-    raw: dict[str, object] = {k: form.get(k) for k in _FORM_PARAMS - {"stop"} if k in form}
-    if "stop" in form:
-        raw["stop"] = form.getlist("stop")
+    raw: dict[str, object] = {k: form.get(k) for k in _FORM_PARAMS - _FORM_LISTS if k in form}
+    for name in _FORM_LISTS & set(form.keys()):
+        raw[name] = form.getlist(name)
+    if isinstance(raw.get("response_format"), str):
+        raw["response_format"] = _json_field("response_format", str(raw["response_format"]))
     params = GenerationParams.model_validate(raw)
     options = JobOptions.model_validate({k: form.get(k) for k in _FORM_OPTIONS if k in form})
     webhook = WebhookOptions.model_validate(_webhook_form(form))
@@ -229,6 +237,15 @@ async def _from_multipart(request: Request) -> Submission:
         options=options,
         webhook=webhook,
     )
+
+
+def _json_field(name: str, value: str) -> object:
+    """A form field that holds JSON (`response_format`)."""
+    try:
+        return from_json(value)
+    except ValueError as exc:
+        raise InvalidInput(f"form field `{name}` must be JSON ({exc})",
+                           code="invalid_json") from exc
 
 
 def _webhook_form(form: FormData) -> dict[str, object]:

@@ -19,8 +19,9 @@ from shared.webhooks.events import BatchEvent, DeliveryStatus, WebhookEvent
 # More than there are events; a list only repeats them past that.
 MAX_WEBHOOK_EVENTS = 16
 # The stored `params` as JSON, worst case (every stop string at its bound, each character
-# escaped as \uXXXX): the field bounds keep it under this, tests/test_bounds.py checks it.
-MAX_PARAMS_BYTES = 16 * 1024
+# escaped as \uXXXX, about 12 KiB; and one structured-output constraint at its bound,
+# MAX_CONSTRAINT_BYTES): the field bounds keep it under this, tests/test_bounds.py checks it.
+MAX_PARAMS_BYTES = 32 * 1024
 
 
 class ImageSource(BaseModel):
@@ -94,10 +95,12 @@ class JobCreate(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
 class JobCreateForm(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
     """Multipart form of POST /v1/jobs: the JSON form's fields, with the image as a file part.
 
-    Documents the form; the route reads it field by field (repeated `stop` and
+    Documents the form; the route reads it field by field (repeated `stop`, `choices` and
     `webhook_events` parts, one file) and validates it with the same models as JSON.
     """
 
+    response_format: str | None = Field(  # type: ignore[assignment]
+        default=None, description="the JSON form's `response_format` object, as JSON text")
     image: bytes = Field(description="the image file (JPEG, PNG, WEBP, GIF, BMP or TIFF)")
     prompt: str = Field(description=_PROMPT)
 

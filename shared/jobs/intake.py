@@ -26,6 +26,7 @@ from shared.chat import decode_data_url
 from shared.errors import InvalidInput, Unavailable, quoted
 from shared.images import ImageInfo, inspect_image
 from shared.jobs.params import GenerationParams
+from shared.jobs.structured import check_compiles
 from shared.models import Job
 from shared.net.image_refs import check_image_url, check_tenant_image_url
 from shared.outages import log_failure
@@ -69,7 +70,9 @@ class Intake:
     def check_fields(
         self, prompt: str | None, model: str | None, params: GenerationParams
     ) -> tuple[str, str, dict[str, object]]:
-        """The prompt, model and resolved generation parameters, or InvalidInput."""
+        """The prompt, model and resolved generation parameters, or InvalidInput; a
+        structured-output constraint is compiled here, so one the engine would refuse is
+        never queued."""
         settings = self.settings
         return (
             _check_prompt(prompt, settings.max_prompt_chars),
@@ -154,7 +157,7 @@ def _storable(model: str) -> bool:
 
 
 def _resolve_params(params: GenerationParams, default_max: int, limit: int) -> dict[str, object]:
-    resolved = params.model_dump()
+    resolved = params.stored()
     if resolved["max_tokens"] is None:
         resolved["max_tokens"] = default_max
     if resolved["max_tokens"] > limit:
@@ -162,4 +165,5 @@ def _resolve_params(params: GenerationParams, default_max: int, limit: int) -> d
             f"max_tokens {resolved['max_tokens']} is above this server's limit {limit}",
             code="max_tokens_too_large",
         )
+    check_compiles(resolved)
     return resolved

@@ -6,17 +6,26 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.jobs.status import JobStatus
+from shared.jobs.structured import parsed_json
 from shared.models import Job
 
 
 class JobResult(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # `json` would shadow a BaseModel method; it is `json` on the wire.
+    json_: Any = Field(
+        default=None, alias="json",
+        description="for a response_format job, the text parsed as JSON; null for other jobs "
+        "and for text that is not complete JSON (cut short: finish_reason `length`)",
+    )
 
 
 class JobError(BaseModel):
@@ -83,6 +92,7 @@ class JobOut(BaseModel):
                 prompt_tokens=job.prompt_tokens or 0,
                 completion_tokens=job.completion_tokens or 0,
                 finish_reason=job.finish_reason or "stop",
+                json=parsed_json(job.params, job.result_text),
             )
         error = None
         if job.error_code is not None:

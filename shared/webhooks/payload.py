@@ -1,7 +1,9 @@
 """The body of a webhook: a Standard Webhooks envelope around the public job object.
 
-Receivers should not have to accept large bodies, so the job's long text fields are cut,
-longest first, until the body fits; a cut payload says so and links to the full job.
+Receivers should not have to accept large bodies, so a body over the bound first loses the
+job's structured-output constraint and `result.json` (the text repeats it), then its long
+text fields are cut, longest first, until it fits; a cut payload says so and links to the
+full job.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shared.jobs.params import STRUCTURED_FIELDS
 from shared.jobs.view import JobOut
 from shared.models import Job
 from shared.timeutil import as_utc, utcnow
@@ -34,10 +37,41 @@ def build_payload(job: Job, event: str, *, public_url: str | None, max_bytes: in
     data["truncated"] = False
     envelope = {"type": event, "timestamp": moment.isoformat(), "data": data}
     body = _dump(envelope)
+    for drop in _DROPPABLE:
+        if len(body.encode()) <= max_bytes:
+            return body
+        if drop(data):
+            data["truncated"] = True
+            body = _dump(envelope)
     while len(body.encode()) > max_bytes and _cut_longest(data, len(body.encode()) - max_bytes):
         data["truncated"] = True
         body = _dump(envelope)
     return body
+
+
+def _drop_constraint(data: dict[str, Any]) -> bool:
+    """The job's structured-output constraint (a schema may take most of the budget): the
+    receiver sent it, and the linked job holds it."""
+    params = data.get("params")
+    if not isinstance(params, dict):
+        return False
+    found = [k for k in STRUCTURED_FIELDS if k in params]
+    for key in found:
+        del params[key]
+    return bool(found)
+
+
+def _drop_parsed_json(data: dict[str, Any]) -> bool:
+    """`result.json` repeats `result.text` parsed; the text alone still carries it."""
+    result = data.get("result")
+    if isinstance(result, dict) and result.get("json") is not None:
+        result["json"] = None
+        return True
+    return False
+
+
+# Whole values dropped, in this order, before any text is cut.
+_DROPPABLE = (_drop_constraint, _drop_parsed_json)
 
 
 def _dump(envelope: dict[str, Any]) -> str:

@@ -20,6 +20,13 @@ from sqlalchemy import Engine, func, select
 from api.routes.jobs import MAX_PAGE_BYTES
 from api.schemas.native import MAX_PARAMS_BYTES, GenerationParams
 from shared.chat import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+from shared.jobs.structured import (
+    MAX_CHOICE_CHARS,
+    MAX_CONSTRAINT_BYTES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_NAME_CHARS,
+    MAX_REGEX_CHARS,
+)
 from shared.models import Batch, Job, StoredFile
 from tests.helpers.images import png_bytes
 from tests.helpers.stack import Stack
@@ -234,12 +241,35 @@ def test_long_idempotency_key_is_refused(
     assert footprint() == before
 
 
-def test_maximal_params_fit_their_stored_bound() -> None:
+def _maximal_constraints() -> list[dict[str, Any]]:
+    """Each structured-output constraint as large as its bounds let it be, in escaped
+    characters (only one is allowed a job)."""
+    spec: dict[str, Any] = {"name": "n" * MAX_NAME_CHARS,
+                            "description": WORST * MAX_DESCRIPTION_CHARS, "strict": True,
+                            "schema": {"type": "object", "description": ""}}
+    room = MAX_CONSTRAINT_BYTES - len(json.dumps(spec))
+    spec["schema"]["description"] = WORST * (room // 6)
+    assert len(json.dumps(spec)) <= MAX_CONSTRAINT_BYTES
+    label = WORST * MAX_CHOICE_CHARS
+    count = MAX_CONSTRAINT_BYTES // len(json.dumps([label]))
+    choices = [label[:-3] + f"{i:03d}" for i in range(count)]
+    assert len(json.dumps(choices)) <= MAX_CONSTRAINT_BYTES
+    return [
+        {"response_format": {"type": "json_schema", "json_schema": spec}},
+        {"choices": choices},
+        {"regex": WORST * MAX_REGEX_CHARS},
+    ]
+
+
+@pytest.mark.parametrize("constraint", _maximal_constraints(),
+                         ids=["response_format", "choices", "regex"])
+def test_maximal_params_fit_their_stored_bound(constraint: dict[str, Any]) -> None:
     """The stored params, every field at its bound and every stop character escaped."""
     params = GenerationParams(max_tokens=32768, temperature=1.999999, top_p=0.999999,
                               top_k=1000, seed=2**63 - 1,
-                              stop=[WORST * MAX_STOP_CHARS] * MAX_STOP_SEQUENCES)
-    assert len(json.dumps(params.model_dump())) <= MAX_PARAMS_BYTES
+                              stop=[WORST * MAX_STOP_CHARS] * MAX_STOP_SEQUENCES,
+                              **constraint)
+    assert len(json.dumps(params.stored())) <= MAX_PARAMS_BYTES
     assert len(params.model_dump_json().encode()) <= MAX_PARAMS_BYTES
 
 

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from shared.jobs.structured import constraint_kind
+
 
 class EngineError(Exception):
     """The engine itself failed; the job may succeed on another attempt.
@@ -44,6 +46,14 @@ def unprocessable(exc: Exception) -> RequestRejected:
         "invalid_request",
         f"the model's input processor could not handle this request ({exc.__class__.__name__}: "
         f"{exc}); check the image and prompt",
+    )
+
+
+def structured_output_unsupported(engine: str) -> RequestRejected:
+    return RequestRejected(
+        "structured_output_unsupported",
+        f"the {engine} engine cannot constrain its output (response_format, choices, "
+        "regex); submit the job to a model served by a worker with VLMQ_ENGINE=vllm",
     )
 
 
@@ -84,6 +94,20 @@ class Engine(Protocol):
 
 
 StepResult = tuple[str, GenerationOutput | Exception]
+
+
+def refuse_constrained(
+    requests: list[GenerationRequest], engine: str
+) -> tuple[list[GenerationRequest], list[StepResult]]:
+    """For an engine without constrained decoding: the requests it can run, and those with
+    a structured-output constraint refused (a permanent failure; never run unconstrained,
+    which would hand back text the caller asked never to get)."""
+    if not any(constraint_kind(r.params) is not None for r in requests):
+        return requests, []
+    runnable = [r for r in requests if constraint_kind(r.params) is None]
+    refused: list[StepResult] = [(r.request_id, structured_output_unsupported(engine))
+                                 for r in requests if constraint_kind(r.params) is not None]
+    return runnable, refused
 
 
 class StepBackend(Protocol):

@@ -36,7 +36,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker.engines.base import GenerationOutput, GenerationRequest, StepResult
+from worker.engines.base import (
+    GenerationOutput,
+    GenerationRequest,
+    StepResult,
+    refuse_constrained,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,9 @@ class EchoBackend:
         self._admitted: list[GenerationRequest] = []
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
+        requests, refused = refuse_constrained(requests, "echo")
         self._admitted.extend(requests)
-        return []
+        return refused
 
     def step(self) -> list[StepResult]:
         if self.faults and any(CRASH_MARKER in r.prompt for r in self._admitted):
@@ -121,9 +127,10 @@ class TimedEchoBackend(EchoBackend):
         return self.max_num_seqs / (max_tokens * self.step_seconds)
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
+        requests, refused = refuse_constrained(requests, "echo")
         now = self._clock()
         self._waiting.extend(_Waiting(request, now) for request in requests)
-        return []
+        return refused
 
     def step(self) -> list[StepResult]:
         results: list[StepResult] = []

@@ -17,6 +17,7 @@ from worker.engines.base import (
     GenerationRequest,
     RequestRejected,
     StepResult,
+    refuse_constrained,
     unprocessable,
 )
 from worker.prompting import ChatPrompt, check_prompt_fits, cut_at_stop
@@ -48,7 +49,7 @@ class TransformersBackend:
         self._pending: list[tuple[GenerationRequest, str]] = []
 
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
-        rejected: list[StepResult] = []
+        requests, rejected = refuse_constrained(requests, "transformers")
         for request in requests:
             text = self.chat.render(request.prompt)
             try:

@@ -11,6 +11,7 @@ import os
 import threading
 from typing import Any
 
+from shared.jobs.structured import INVALID, constraint_kind
 from shared.settings import EngineSettings
 from worker.engines.base import (
     GenerationOutput,
@@ -31,6 +32,8 @@ class VllmBackend:
         self.chat = ChatPrompt(self.tokenizer)
         self.ignore_eos = ignore_eos
         self.image_token_id = _image_token_id(engine)
+        # Requests with a structured-output constraint, until they finish.
+        self._constrained: set[str] = set()
         self._closed = threading.Event()
         threading.Thread(target=self._watch_engine_core, name="engine-watch", daemon=True).start()
 
@@ -60,6 +63,11 @@ class VllmBackend:
             mm_processor_kwargs=mm_kwargs or None,
             scheduling_policy="priority",
             disable_log_stats=True,
+            # xgrammar alone, the library intake compiles constraints with: "auto" would
+            # fall back to other backends for schemas it refuses, each its own dialect.
+            # Compact JSON: with whitespace allowed between tokens, a weak model can spend
+            # its max_tokens on blanks and return JSON cut short.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         return cls(LLMEngine.from_engine_args(args), ignore_eos=engine_settings.ignore_eos)
 
@@ -69,6 +77,7 @@ class VllmBackend:
 
         rejected: list[StepResult] = []
         for request in requests:
+            constrained = constraint_kind(request.params) is not None
             try:
                 self.engine.add_request(
                     request.request_id,
@@ -80,13 +89,18 @@ class VllmBackend:
                     priority=int(request.params.get("priority", 0)),
                 )
             except VLLMValidationError as exc:
-                code = "prompt_too_long" if "maximum model length" in str(exc) else "invalid_params"
+                code = ("prompt_too_long" if "maximum model length" in str(exc)
+                        else INVALID if constrained else "invalid_params")
                 rejected.append((request.request_id, RequestRejected(code, str(exc))))
+                continue
             except EngineDeadError:
                 raise
             except Exception as exc:  # input processing of this one request failed
                 log.warning("request %s rejected by the processor", request.request_id, exc_info=True)
                 rejected.append((request.request_id, unprocessable(exc)))
+                continue
+            if constrained:
+                self._constrained.add(request.request_id)
         return rejected
 
     def step(self) -> list[StepResult]:
@@ -95,6 +109,15 @@ class VllmBackend:
             if not out.finished:
                 continue
             completion = out.outputs[0]
+            constrained = out.request_id in self._constrained
+            self._constrained.discard(out.request_id)
+            if constrained and completion.finish_reason == "error":
+                # The engine could not compile the job's grammar (intake compiles it too,
+                # but a slim API without xgrammar checks its shape only).
+                finished.append((out.request_id, RequestRejected(
+                    INVALID, "the engine could not compile the job's structured output "
+                    "constraint into a grammar")))
+                continue
             ids = list(completion.token_ids)
             eos = self.tokenizer.eos_token_id
             if ids and ids[-1] == eos and completion.finish_reason == "stop":
@@ -124,6 +147,7 @@ class VllmBackend:
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
+            self._constrained.difference_update(request_ids)
             self.engine.abort_request(request_ids)
 
     def num_unfinished(self) -> int:
@@ -166,9 +190,29 @@ class VllmBackend:
             top_k=top_k if top_k > 0 else 0,
             seed=params.get("seed"),
             stop=list(params.get("stop") or []) or None,
-            ignore_eos=self.ignore_eos,
+            # A grammar ends the answer itself; ignoring EOS would run on past it.
+            ignore_eos=self.ignore_eos and constraint_kind(params) is None,
             skip_special_tokens=True,
+            structured_outputs=_structured_outputs(params),
         )
+
+
+def _structured_outputs(params: dict[str, Any]) -> Any:
+    """vLLM's form of the job's constraint (shared/jobs/structured.py), or None. Each
+    request carries its own: requests with different schemas run in one batch, and the
+    engine's xgrammar compiler caches each grammar by its text."""
+    kind = constraint_kind(params)
+    if kind is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if kind == "json_schema":
+        return StructuredOutputsParams(json=params["response_format"]["json_schema"]["schema"])
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "choices":
+        return StructuredOutputsParams(choice=list(params["choices"]))
+    return StructuredOutputsParams(regex=params["regex"])
 
 
 def _image_token_id(engine: Any) -> int | None:

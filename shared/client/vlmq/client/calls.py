@@ -4,6 +4,7 @@ so the sync and async clients differ only in how they wait and send."""
 from __future__ import annotations
 
 import base64
+import json
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -54,8 +55,11 @@ def submit(
     data = image if isinstance(image, bytes) else Path(str(image)).read_bytes()
     name = "image" if isinstance(image, bytes) else Path(str(image)).name
     form = {k: ",".join(map(str, v)) if k == "webhook_events" else v for k, v in params.items()}
-    if isinstance(form.get("stop"), list):  # repeated form fields
-        form["stop"] = list(form["stop"])
+    for name in ("stop", "choices"):  # repeated form fields
+        if isinstance(form.get(name), list):
+            form[name] = list(form[name])
+    if isinstance(form.get("response_format"), dict):  # a JSON form field
+        form["response_format"] = json.dumps(form["response_format"])
     return Call("POST", "/v1/jobs", headers=headers, data={"prompt": prompt, **form},
                 files={"image": (name, data, "application/octet-stream")})
 

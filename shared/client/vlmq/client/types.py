@@ -15,6 +15,15 @@ class JobResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # For a response_format job, the text parsed as JSON; None otherwise.
+    json: Any = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobResult:
+        """Fields a newer server adds are ignored."""
+        return cls(text=data["text"], prompt_tokens=data["prompt_tokens"],
+                   completion_tokens=data["completion_tokens"],
+                   finish_reason=data["finish_reason"], json=data.get("json"))
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Job:
             started_at=_maybe_when(data.get("started_at")),
             finished_at=_maybe_when(data.get("finished_at")),
             attempts=data.get("attempts", 0), priority=data.get("priority", 5),
-            result=JobResult(**result) if result else None,
+            result=JobResult.from_json(result) if result else None,
             error=JobError(code=error["code"], message=error["message"]) if error else None,
             image_url=data.get("image_url"), batch_id=data.get("batch_id"),
             custom_id=data.get("custom_id"), queue_position=data.get("queue_position"),
