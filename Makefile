@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 # even on two cores; whole files go to one worker, as their fixtures are per module.
 TEST_WORKERS ?= 2
 
-.PHONY: install browser demo up test test-fast bench soak soak-backfill soak-retention lint
+.PHONY: install browser demo up test test-fast bench soak soak-backfill soak-retention lint \
+	gpu-check
 
 install:
 	PYTHON=$(PYTHON) VLMQ_VENV=$(VENV) bash scripts/install.sh
@@ -42,6 +43,15 @@ soak-backfill: install
 # 10,000 jobs with retention on: the bucket and the jobs table empty as retention allows.
 soak-retention: install
 	$(VENV)/bin/python -m tests.soak.retention
+
+# On a machine with an NVIDIA GPU, installed with `pip install -e '.[gpu]'` (or without vLLM:
+# '.[worker]'), not by `make install`, whose vLLM is the CPU build: the worker's engine path
+# against the raw engine on a random-weight Qwen2-VL-2B. Never part of `make test`.
+# GPU_CHECK_ARGS passes options (`--images 100 --engine transformers`; --help lists them).
+GPU_CHECK_PYTHON ?= $(shell test -x $(VENV)/bin/python && echo $(VENV)/bin/python || echo $(PYTHON))
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_CHECK_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: install
 	$(VENV)/bin/python -m ruff check .

@@ -65,12 +65,28 @@ class Preset:
     vision_depth: int
     vision_heads: int
     vocab_target: int = 1024
+    # The model's vocabulary, when larger than the trained tokenizer's: the tokenizer is
+    # padded with plain entries up to it, so every id a random model emits decodes.
+    vocab_size: int | None = None
+    tie_embeddings: bool = False
+    max_positions: int = 4096
+    dtype: str = "float32"
+    max_pixels: int = MAX_PIXELS
+
+
 
 
 # Text head_dim is hidden/heads = 64 in both: vLLM's CPU attention rejects smaller ones.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(128, 2, 2, 2, 256, vision_embed=64, vision_depth=2, vision_heads=4),
     "bench": Preset(512, 4, 8, 2, 1024, vision_embed=256, vision_depth=4, vision_heads=4),
+    # Qwen/Qwen2-VL-2B-Instruct's shape (its config.json): text hidden 1536, 28 layers,
+    # 12 heads (head_dim 128), 2 KV heads, MLP 8960, vocabulary 151936, tied embeddings;
+    # vision 32 blocks of width 1280, 16 heads, merged into the text width; bfloat16.
+    # Random weights give its real compute cost (make gpu-check) without a download.
+    "qwen2-vl-2b": Preset(1536, 28, 12, 2, 8960, vision_embed=1280, vision_depth=32,
+                          vision_heads=16, vocab_size=151_936, tie_embeddings=True,
+                          max_positions=32_768, dtype="bfloat16", max_pixels=12_845_056),
 }
 
 _WORDS = {
@@ -95,8 +111,14 @@ _SENTENCES = [
 ]
 
 
-def build_tiny_model(out_dir: Path, *, size: str = "tiny", seed: int = 0) -> Path:
-    """Builds the model into `out_dir` (unless a completed build of it is there) and returns it."""
+def build_tiny_model(
+    out_dir: Path, *, size: str = "tiny", seed: int = 0, device: str = "cpu"
+) -> Path:
+    """Builds the model into `out_dir` (unless a completed build of it is there) and returns it.
+
+    `device` is where the random weights are drawn: "cuda" makes a 2B model in seconds
+    rather than the minutes a CPU takes.
+    """
     if size not in PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(PRESETS)}")
     out_dir = Path(out_dir)
@@ -105,7 +127,7 @@ def build_tiny_model(out_dir: Path, *, size: str = "tiny", seed: int = 0) -> Pat
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        _write_model(staging, PRESETS[size], seed)
+        _write_model(staging, PRESETS[size], seed, device)
         marker = {"size": size, "seed": seed, "format": FORMAT_VERSION}
         (staging / MARKER).write_text(json.dumps(marker) + "\n")
         _publish(staging, out_dir, size, seed)
@@ -140,7 +162,7 @@ def _publish(staging: Path, out_dir: Path, size: str, seed: int) -> None:
         os.replace(path, out_dir / path.name)
 
 
-def _write_model(out_dir: Path, preset: Preset, seed: int) -> None:
+def _write_model(out_dir: Path, preset: Preset, seed: int, device: str = "cpu") -> None:
     import torch
     from transformers import (
         GenerationConfig,
@@ -150,20 +172,28 @@ def _write_model(out_dir: Path, preset: Preset, seed: int) -> None:
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = _train_tokenizer(preset.vocab_target, seed)
+    tokenizer = _train_tokenizer(preset.vocab_target, seed, pad_to=preset.vocab_size)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     config = _model_config(preset, len(tokenizer), ids)
-    with torch.random.fork_rng(devices=[]):
+    dtype = getattr(torch, preset.dtype)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+        # Built in its own dtype: a 2B model in float32 first would need twice the memory.
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = Qwen2VLForConditionalGeneration(config).to(dtype).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
     )
     model.save_pretrained(out_dir)
+    del model
 
-    pixels = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+    pixels = {"min_pixels": MIN_PIXELS, "max_pixels": preset.max_pixels}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         # Explicit, so transformers does not warn about its default changing in v5.22.
@@ -189,7 +219,7 @@ def _model_config(preset: Preset, vocab_size: int, ids: dict[str, int]):
         "num_hidden_layers": preset.text_layers,
         "num_attention_heads": preset.text_heads,
         "num_key_value_heads": preset.text_kv_heads,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": preset.max_positions,
         "max_window_layers": preset.text_layers,
         "rope_parameters": {
             "rope_type": "default",
@@ -199,7 +229,7 @@ def _model_config(preset: Preset, vocab_size: int, ids: dict[str, int]):
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": preset.tie_embeddings,
     }
     vision = {
         "depth": preset.vision_depth,
@@ -221,12 +251,12 @@ def _model_config(preset: Preset, vocab_size: int, ids: dict[str, int]):
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-        dtype="float32",
+        tie_word_embeddings=preset.tie_embeddings,
+        dtype=preset.dtype,
     )
 
 
-def _train_tokenizer(vocab_target: int, seed: int):
+def _train_tokenizer(vocab_target: int, seed: int, pad_to: int | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -240,6 +270,8 @@ def _train_tokenizer(vocab_target: int, seed: int):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(seed), trainer)
+    if pad_to is not None:
+        tok = _padded(tok, pad_to)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -249,6 +281,25 @@ def _train_tokenizer(vocab_target: int, seed: int):
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
+
+
+def _padded(tok, size: int):
+    """`tok` with plain vocabulary entries added up to `size` ids. No merge produces them, so
+    encoding is unchanged; they exist so a model with a real-sized vocabulary (random, it
+    emits any id) decodes every id it generates."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    next_id = max(vocab.values()) + 1
+    n = 0
+    while next_id < size:
+        entry = f"\u0120w{n}"  # " w<n>" in byte-level form: printable when decoded
+        n += 1
+        if entry not in vocab:
+            vocab[entry] = next_id
+            next_id += 1
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _corpus(seed: int, n: int = 2000) -> Iterator[str]:

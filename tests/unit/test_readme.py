@@ -34,6 +34,6 @@ def test_every_client_variable_is_documented() -> None:
 
 def test_readme_commands_are_make_targets() -> None:
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
-    for target in ("demo", "up", "test", "bench", "lint"):
+    for target in ("demo", "up", "test", "bench", "lint", "gpu-check"):
         assert f"make {target}" in README
         assert re.search(rf"^{target}:", makefile, re.M), f"Makefile has no {target} target"
