@@ -132,7 +132,8 @@ class LimitsSettings(_Section):
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_image_side: int = 16_384
-    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    # Pillow's format names; HEIF covers iPhones' HEIC (shared/images.py opens it).
+    allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"]
     max_prompt_chars: int = 16_000
 
     # Decoded pixels that one API process may hold at once while checking uploads; an
@@ -154,6 +155,13 @@ class LimitsSettings(_Section):
     # yet ended. POST /v1/batches is refused with 429 at either; 0 = no limit.
     tenant_max_queued_batch_lines: int = Field(default=100_000, ge=0)
     tenant_max_active_batches: int = Field(default=10, ge=0)
+
+    # An upload's format is compared with Pillow's name for it, so a list naming "heic" or
+    # "HEIC" (the name users know iPhone photos by) must not refuse them.
+    @field_validator("allowed_formats")
+    @classmethod
+    def _format_names(cls, formats: list[str]) -> list[str]:
+        return [{"HEIC": "HEIF"}.get(f.upper(), f.upper()) for f in formats]
 
 
 class LifecycleSettings(_Section):

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                              ".heic", ".heif", ".hif", ".avif"})
 # Manifest columns that are generation or scheduling fields of the job.
 JOB_FIELDS = frozenset({"prompt", "model", "max_tokens", "temperature", "top_p", "top_k",
                         "seed", "priority"})
