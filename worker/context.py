@@ -17,7 +17,7 @@ from shared.settings import EngineKind, EngineSettings, Settings
 from shared.storage import ObjectStore, make_store
 from worker.batcher import BatchingEngine
 from worker.engines.base import Engine, StepBackend
-from worker.engines.vllm_version import installed_vllm, require_tested
+from worker.engines.vllm_version import INSTALL_HINT, installed_vllm, require_tested
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ def load_backend(engine_settings: EngineSettings) -> StepBackend:
 _NO_VLLM = (
     "The vllm engine (VLMQ_ENGINE=vllm, the default) needs vLLM, which cannot be imported: "
     "{error}\n"
-    "Install it: `pip install vllm` on a CUDA machine (`pip install -e '.[gpu]'` in a "
-    "checkout), or `make install` for the CPU build.\n"
+    f"Install it: {INSTALL_HINT}.\n"
     "Or choose another engine explicitly: VLMQ_ENGINE=transformers (no vLLM, one padded "
     "batch at a time) or VLMQ_ENGINE=echo (no model; load tests)."
 )

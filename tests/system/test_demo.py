@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from worker.engines.vllm_version import SUPPORTED
+
 STARTED = re.compile(r"started (\w+) \(pid (\d+)")
 RESULT_LINE = re.compile(
     r"^\s+[0-9a-f-]{36}\s+succeeded\s+\d+\+\d+ tokens\s+\w+\s+(['\"]).*\1$", re.MULTILINE
@@ -193,6 +195,6 @@ def test_worker_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "vllm is broken here" in out
-    assert "pip install vllm" in out
+    assert f"pip install 'vllm{SUPPORTED}'" in out  # the tested range, not any vLLM
     assert "VLMQ_ENGINE=transformers" in out and "VLMQ_ENGINE=echo" in out
     assert "ready." not in out
