@@ -219,6 +219,10 @@ class Job(Base):
     image_format: Mapped[str | None] = mapped_column(String(16))
     image_width: Mapped[int | None] = mapped_column(Integer)
     image_height: Mapped[int | None] = mapped_column(Integer)
+    # The second and later images, in prompt order (None: one image), each
+    # {"key", "url", "sha256", "bytes", "format", "width", "height"}: an upload has its key
+    # (images/<id>.<n>, None once removed) and description, a reference only its url.
+    extra_images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # False: the image is removed from the store as soon as the job ends (resolved at
     # submit from the job's `keep_image`, else its tenant's, else the server's default).
     keep_image: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True,

@@ -135,6 +135,12 @@ class LimitsSettings(_Section):
     # Pillow's format names; HEIF covers iPhones' HEIC (shared/images.py opens it).
     allowed_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"]
     max_prompt_chars: int = 16_000
+    # Images one job may hold (`images: [...]`, repeated `image` parts, image_url parts).
+    # Each image is held to the limits above; together a job's images are held to these
+    # totals, which also size the request body limit (api/app.py).
+    max_images_per_job: int = Field(default=8, ge=1, le=64)
+    max_job_image_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_job_image_pixels: int = Field(default=100_000_000, ge=1)
 
     # Decoded pixels that one API process may hold at once while checking uploads; an
     # upload that cannot get its share within the wait is answered 503 with Retry-After.

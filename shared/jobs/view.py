@@ -43,6 +43,20 @@ class ImageMeta(BaseModel):
                          "the store (the job's keep_image was false and it ended)")
 
 
+class JobImage(BaseModel):
+    """One of a job's images, in prompt order: an upload's description, or a reference."""
+
+    url: str | None = Field(default=None, description="where the worker fetches the image "
+                            "from; null for an upload")
+    sha256: str | None = None
+    bytes: int | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    stored: bool = Field(default=False, description="whether vlmq holds the image (GET "
+                         "/v1/jobs/{id}/image?index=n); false for a reference and once removed")
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     status: JobStatus
@@ -55,6 +69,9 @@ class JobOut(BaseModel):
     image_url: str | None = Field(
         default=None, description="where the worker fetches the image from, when not uploaded"
     )
+    images: list[JobImage] = Field(
+        default_factory=list, description="every image of the job in prompt order, the "
+        "first being `image` / `image_url`")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -105,6 +122,7 @@ class JobOut(BaseModel):
             params=job.params,
             image=_image_meta(job),
             image_url=job.image_url,
+            images=_images(job),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -136,3 +154,13 @@ def _image_meta(job: Job) -> ImageMeta | None:
         height=job.image_height,
         stored=job.image_key is not None,
     )
+
+
+def _images(job: Job) -> list[JobImage]:
+    first = JobImage(url=job.image_url, sha256=job.image_sha256, bytes=job.image_bytes,
+                     format=job.image_format, width=job.image_width, height=job.image_height,
+                     stored=job.image_key is not None)
+    return [first, *(JobImage(url=e.get("url"), sha256=e.get("sha256"), bytes=e.get("bytes"),
+                              format=e.get("format"), width=e.get("width"),
+                              height=e.get("height"), stored=e.get("key") is not None)
+                     for e in job.extra_images or ())]

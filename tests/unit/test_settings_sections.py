@@ -59,6 +59,8 @@ FIELDS_BEFORE_SECTIONS = frozenset({
     "retention_chunk", "orphan_sweep_seconds", "orphan_min_age_seconds",
     # The escape hatch of the tested vLLM range (EngineSettings).
     "allow_untested_vllm",
+    # Several images per job (LimitsSettings).
+    "max_images_per_job", "max_job_image_bytes", "max_job_image_pixels",
     "tenant_max_active_batches",
     "tenant_max_active_jobs", "tenant_max_queued_batch_lines", "tenant_submits_per_second",
     "webhook_allow_http", "webhook_allowed_networks", "webhook_concurrency",
