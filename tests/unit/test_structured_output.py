@@ -270,3 +270,16 @@ def test_vllm_sampling_params_carry_each_constraint() -> None:
     assert _structured_outputs(stored(response_format={"type": "json_object"})).json_object
     assert _structured_outputs(stored(choices=["a", "b"])).choice == ["a", "b"]
     assert _structured_outputs(stored(regex="a+")).regex == "a+"
+
+
+def test_the_transformers_engine_refuses_constrained_jobs() -> None:
+    """Refused before the processor sees it, so no model is needed to check it."""
+    pytest.importorskip("transformers")
+    from worker.engines.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend.__new__(TransformersBackend)
+    backend._pending = []
+    refused = backend.add([request({"response_format": {"type": "json_object"}}, "json")])
+    assert [(rid, exc.code) for rid, exc in refused  # type: ignore[union-attr]
+            ] == [("json", "structured_output_unsupported")]
+    assert backend.num_unfinished() == 0
