@@ -30,6 +30,7 @@ from api.routes import (
     stats,
     usage,
 )
+from shared.jobs.images import job_images_bytes
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # At the router, so no /v1 route can be added without a key check.
         app.include_router(router, responses={**UNAUTHENTICATED, **OUTAGE},
                            dependencies=[Depends(authenticate)])
-    # base64 in JSON inflates the image by 4/3.
+    # base64 in JSON inflates the images by 4/3.
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + _BODY_OVERHEAD,
+        BodySizeLimit, max_bytes=job_images_bytes(settings) * 4 // 3 + _BODY_OVERHEAD,
         larger={"/v1/files": settings.max_file_bytes + _BODY_OVERHEAD},
     )
     app.add_middleware(HeaderLimits, max_headers=settings.api_max_headers,

@@ -222,7 +222,8 @@ class Job(Base):
     # The second and later images, in prompt order (None: one image), each
     # {"key", "url", "sha256", "bytes", "format", "width", "height"}: an upload has its key
     # (images/<id>.<n>, None once removed) and description, a reference only its url.
-    extra_images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # None is SQL NULL, not JSON null: the usage ledger counts the list's length in SQL.
+    extra_images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     # False: the image is removed from the store as soon as the job ends (resolved at
     # submit from the job's `keep_image`, else its tenant's, else the server's default).
     keep_image: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True,

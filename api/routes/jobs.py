@@ -26,6 +26,7 @@ from api.errors import RATE_LIMITED, documented
 from api.openapi import SUBMIT_BODY
 from api.schemas.native import (
     GenerationParams,
+    ImageSource,
     JobCreate,
     JobDeleted,
     JobList,
@@ -80,7 +81,7 @@ async def create_job(
     await admit(deps, auth)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        sub = await _from_multipart(request)
+        sub = await _from_multipart(request, deps.settings.max_images_per_job)
     elif content_type == "application/json":
         sub = _from_json(await request.body())
     else:
@@ -124,11 +125,13 @@ async def job_image(
     job_id: uuid.UUID,
     deps: ApiDeps = Depends(get_deps),
     auth: Authenticated = Depends(authenticate),
+    index: Annotated[int, Query(ge=0, le=63, description="which of the job's `images`, "
+                                "from 0 (the first)")] = 0,
 ) -> StreamingResponse:
-    """The job's image. 409 `image_by_reference` for a job whose image was given as an
-    `image_url`: vlmq keeps no copy of it, and the job object names where it is."""
+    """The job's image (`index`: one of several). 409 `image_by_reference` for an image
+    given by URL: vlmq keeps no copy of it, and the job object names where it is."""
     image = await run_in_threadpool(jobs_service.open_image, deps.reads, deps.store, job_id,
-                                    auth.principal.tenant_filter())
+                                    auth.principal.tenant_filter(), index)
 
     def chunks() -> Iterator[bytes]:
         with image.source:
@@ -205,10 +208,15 @@ def _page_response(page: jobs_repo.Page) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def _from_multipart(request: Request) -> Submission:
+async def _from_multipart(request: Request, max_images: int) -> Submission:
     try:
-        form: FormData = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
+        # One file past the limit, so that many is refused as too_many_images by intake.
+        form: FormData = await request.form(max_files=max_images + 1,
+                                            max_fields=_MAX_FORM_FIELDS)
     except HTTPException as exc:  # Starlette's wrapping of a malformed multipart body
+        if "too many files" in str(exc.detail).lower():
+            raise InvalidInput(f"a job takes at most {max_images} images "
+                               "(VLMQ_MAX_IMAGES_PER_JOB)", code="too_many_images") from exc
         raise InvalidInput(
             f"malformed multipart body: {exc.detail}", code="invalid_multipart"
         ) from exc
@@ -216,8 +224,8 @@ async def _from_multipart(request: Request) -> Submission:
     if unknown:
         raise InvalidInput(f"unknown form fields: {quoted_list(sorted(unknown))}",
                            code="unknown_field")
-    upload = form.get("image")
-    if not isinstance(upload, UploadFile):
+    uploads = form.getlist("image")
+    if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
         raise InvalidInput("multipart field `image` must be a file", code="missing_image")
     raw: dict[str, object] = {k: form.get(k) for k in _FORM_PARAMS - _FORM_LISTS if k in form}
     for name in _FORM_LISTS & set(form.keys()):
@@ -229,8 +237,10 @@ async def _from_multipart(request: Request) -> Submission:
     webhook = WebhookOptions.model_validate(_webhook_form(form))
     prompt, model = form.get("prompt"), form.get("model")
     model = ModelChoice.model_validate({"model": model or None}).model
+    images = tuple([(await u.read(), None) for u in uploads if isinstance(u, UploadFile)])
     return Submission(
-        image=await upload.read(),
+        image=images[0][0],
+        images=images if len(images) > 1 else (),
         prompt=prompt if isinstance(prompt, str) else None,
         model=model,
         params=params,
@@ -269,19 +279,30 @@ def _from_json(body: bytes) -> Submission:
         req = JobCreate.model_validate_json(body)
     except ValidationError as exc:
         raise _json_error(exc) from exc
-    data = None
-    if req.image.url is None:  # else a data:, https:// or s3:// reference (api/services/submit.py)
-        try:
-            data = base64.b64decode(req.image.base64 or "", validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput("image.base64 is not valid base64", code="invalid_base64") from exc
+    sources = req.images if req.images is not None else [req.image] if req.image else []
+    if not sources:
+        raise InvalidInput('`image` ({"base64": ...}) or `images` is required',
+                           code="missing_image")
+    named = "images[{}]" if req.images is not None else "image"
+    images = tuple((_base64_image(s, named.format(i)), s.url) for i, s in enumerate(sources))
     params = GenerationParams.model_validate(req.model_dump(include=_FORM_PARAMS))
     options = JobOptions.model_validate(req.model_dump(include=_FORM_OPTIONS))
     webhook = WebhookOptions.model_validate(req.model_dump(include=_FORM_WEBHOOK))
     return Submission(
-        image=data, image_url=req.image.url, prompt=req.prompt, model=req.model, params=params,
-        options=options, webhook=webhook,
+        image=images[0][0], image_url=images[0][1],
+        images=images if req.images is not None else (),
+        prompt=req.prompt, model=req.model, params=params, options=options, webhook=webhook,
     )
+
+
+def _base64_image(source: ImageSource, name: str) -> bytes | None:
+    """The decoded upload; None for a data:, https:// or s3:// reference (checked by intake)."""
+    if source.url is not None:
+        return None
+    try:
+        return base64.b64decode(source.base64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{name}.base64 is not valid base64", code="invalid_base64") from exc
 
 
 def _json_error(exc: ValidationError) -> Exception:

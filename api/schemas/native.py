@@ -88,8 +88,17 @@ _PROMPT = "at most VLMQ_MAX_PROMPT_CHARS characters (16,000 unless the operator 
 class JobCreate(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
     """JSON form of POST /v1/jobs; generation and scheduling fields sit beside the prompt."""
 
-    image: ImageSource
+    image: ImageSource | None = Field(default=None, description="the image; or `images`")
+    images: list[ImageSource] | None = Field(
+        default=None, description="several images, placed in the prompt in this order: at "
+        "most VLMQ_MAX_IMAGES_PER_JOB (8 unless the operator changed it); or `image`")
     prompt: str = Field(description=_PROMPT)
+
+    @model_validator(mode="after")
+    def _image_or_images(self) -> JobCreate:
+        if self.image is not None and self.images is not None:
+            raise ValueError("give `image` or `images`, not both")
+        return self
 
 
 class JobCreateForm(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
@@ -101,7 +110,9 @@ class JobCreateForm(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
 
     response_format: str | None = Field(  # type: ignore[assignment]
         default=None, description="the JSON form's `response_format` object, as JSON text")
-    image: bytes = Field(description="the image file (JPEG, PNG, WEBP, GIF, BMP or TIFF)")
+    image: bytes = Field(description="the image file (JPEG, PNG, WEBP, GIF, BMP, TIFF, HEIC "
+                         "or AVIF); repeat the part for several images, placed in the prompt "
+                         "in the order sent (at most VLMQ_MAX_IMAGES_PER_JOB)")
     prompt: str = Field(description=_PROMPT)
 
 

@@ -143,7 +143,7 @@ class StoredImage:
 
 
 def open_image(reads: sessionmaker[Session], store: ObjectStore, job_id: uuid.UUID,
-               tenant: str | None) -> StoredImage:
+               tenant: str | None, index: int = 0) -> StoredImage:
     """The job's uploaded image as a stream, with its content type.
 
     A job whose image was given by reference (`image_url`) has nothing in our store: that is
@@ -153,8 +153,15 @@ def open_image(reads: sessionmaker[Session], store: ObjectStore, job_id: uuid.UU
     """
     with reads() as session:
         job = _readable(jobs_repo.get_job(session, job_id, tenant), job_id)
-        key, fmt = job.image_key, job.image_format
-    if key is None and job.image_url is None:
+        key, fmt, url = job.image_key, job.image_format, job.image_url
+        extra = job.extra_images or []
+    if index > len(extra):
+        raise NotFound(f"job {job_id} has {len(extra) + 1} image(s); `index` counts from 0",
+                       code="image_not_found")
+    if index > 0:
+        entry = extra[index - 1]
+        key, fmt, url = entry.get("key"), entry.get("format"), entry.get("url")
+    if key is None and url is None:
         raise Gone(f"job {job_id}'s image was removed when the job ended (keep_image "
                    "false)", code="expired_data")
     if key is None:
@@ -169,4 +176,5 @@ def open_image(reads: sessionmaker[Session], store: ObjectStore, job_id: uuid.UU
     # never taken from the client.
     content_type = CONTENT_TYPES.get(fmt or "", "application/octet-stream")
     extension = (fmt or "bin").lower().replace("jpeg", "jpg")
-    return StoredImage(source, content_type, f"{job_id}.{extension}")
+    name = f"{job_id}.{extension}" if index == 0 else f"{job_id}.{index}.{extension}"
+    return StoredImage(source, content_type, name)

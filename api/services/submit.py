@@ -30,7 +30,8 @@ from shared.db import is_sqlite
 from shared.errors import Conflict, InvalidInput, RateLimited, Unavailable
 from shared.jobs import repo as jobs_repo
 from shared.jobs import transitions as jobs_transitions
-from shared.jobs.intake import CheckedImage
+from shared.jobs.images import stored_keys
+from shared.jobs.intake import CheckedImage, ImageInput
 from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.net.urls import resolve_webhook_url
@@ -61,6 +62,12 @@ class Submission:
     image_url: str | None = None
     # The tenant's own keep_images (None: the server's), for a job that does not say.
     tenant_keep_images: bool | None = None
+    # Every image in prompt order, for a job of several (`images: [...]`, repeated `image`
+    # parts, image_url parts); empty: the one of `image` / `image_url`.
+    images: tuple[ImageInput, ...] = ()
+
+    def given_images(self) -> tuple[ImageInput, ...]:
+        return self.images or ((self.image, self.image_url),)
 
 
 @dataclass(frozen=True)
@@ -74,15 +81,15 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     intake = deps.intake
     prompt, model, params = intake.check_fields(sub.prompt, sub.model, sub.params)
     check_webhook(settings, sub.webhook)
-    image = intake.check_image(sub.image, sub.image_url, sub.tenant_id)
+    images = intake.check_images(sub.given_images(), sub.tenant_id)
     fingerprint = None
     if sub.idempotency_key is not None:
-        fingerprint = _fingerprint(image, prompt, model, params, sub.options, sub.webhook)
+        fingerprint = _fingerprint(images, prompt, model, params, sub.options, sub.webhook)
         earlier = _replay(deps, sub.tenant_id, sub.idempotency_key, fingerprint)
         if earlier is not None:
             return Accepted(earlier, replayed=True)
     job_id = uuid.uuid4()
-    columns = intake.store_image(job_id, image)
+    columns = intake.store_images(job_id, images)
     now = utcnow()
     row: dict[str, Any] = jobs_transitions.created(
         id=job_id,
@@ -120,14 +127,17 @@ def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
 
 
 def _fingerprint(
-    image: CheckedImage,
+    images: list[CheckedImage],
     prompt: str,
     model: str,
     params: dict[str, object],
     options: JobOptions,
     webhook: WebhookOptions,
 ) -> str:
-    body = {"image": image.identity, "prompt": prompt, "model": model, "params": params,
+    # One image is fingerprinted as it always was, so a retry across an upgrade replays.
+    identity: str | list[str] = (images[0].identity if len(images) == 1
+                                 else [i.identity for i in images])
+    body = {"image": identity, "prompt": prompt, "model": model, "params": params,
             "options": options.model_dump(), "webhook": webhook.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -178,13 +188,14 @@ def _insert_row(deps: ApiDeps, row: dict[str, Any], reservation: Reservation) ->
     round trip, and the job exists once it returns. Near the tenant's quota, a transaction
     that counts under the tenant's lock first. SQLite counts the job in a statement of its
     own, so there the two share a transaction."""
-    key = row.get("image_key")  # None for an image given by reference: nothing to clean up
+    # None for images given by reference: nothing to clean up.
+    keys = stored_keys(row.get("image_key"), row.get("extra_images"))
     exact = reservation.limit is not None
     transaction = exact or is_sqlite(deps.settings)
     try:
         conn = (deps.engine if transaction else deps.autocommit).connect()
     except Exception as exc:  # nothing was sent, so the image has no job
-        _delete_quietly(deps, key)
+        deps.intake.delete_quietly(keys)
         raise Unavailable("the database is unreachable; retry shortly") from exc
     with conn:
         try:
@@ -196,7 +207,7 @@ def _insert_row(deps: ApiDeps, row: dict[str, Any], reservation: Reservation) ->
             else:
                 usage_ledger.insert_job(conn, row)
         except (IntegrityError, RateLimited):
-            _delete_quietly(deps, key)
+            deps.intake.delete_quietly(keys)
             raise
         except Exception as exc:
             # The INSERT may have committed before the connection broke: keep the image
@@ -233,12 +244,3 @@ def _insert_counted(deps: ApiDeps, conn: Connection, row: dict[str, Any],
             deps.metrics.refused.labels(tenant, "quota_exceeded").inc()
             raise deps.limits.quota_refusal(tenant, limit)
         usage_ledger.insert_job(conn, row)
-
-
-def _delete_quietly(deps: ApiDeps, key: str | None) -> None:
-    if key is None:
-        return
-    try:
-        deps.store.delete(key)
-    except Exception as exc:
-        log.warning("could not delete orphaned image %s: %s: %s", key, exc.__class__.__name__, exc)

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from shared.settings import LimitsSettings
+
 PREFIX = "images/"
 _KEY = re.compile(r"images/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
                   r"(?:\.([1-9][0-9]{0,2}))?")
@@ -40,3 +42,12 @@ def without_keys(extra_images: Iterable[Mapping[str, Any]] | None) -> list[dict[
     if extra_images is None:
         return None
     return [{**e, "key": None} for e in extra_images]
+
+
+def job_images_bytes(limits: LimitsSettings) -> int:
+    """The most bytes one job's images may take together: what a request or a batch line
+    must have room for (each image within VLMQ_MAX_UPLOAD_BYTES, all of them within
+    VLMQ_MAX_JOB_IMAGE_BYTES)."""
+    return max(limits.max_upload_bytes,
+               min(limits.max_upload_bytes * limits.max_images_per_job,
+                   limits.max_job_image_bytes))

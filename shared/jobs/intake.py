@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import workers_repo
 from shared.chat import decode_data_url
-from shared.errors import InvalidInput, Unavailable, quoted
+from shared.errors import InvalidInput, PayloadTooLarge, Unavailable, VlmqError, quoted
 from shared.images import ImageInfo, inspect_image
+from shared.jobs.images import image_key
 from shared.jobs.params import GenerationParams
 from shared.jobs.structured import check_compiles
 from shared.models import Job
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Holds `pixels` of decoded image within a budget while the image is inspected.
 Reserve = Callable[[int], AbstractContextManager[object]]
+# One image as given: bytes (an upload, base64 decoded), or a URL (data:, https://, s3://).
+ImageInput = tuple[bytes | None, str | None]
 
 
 def no_budget(nbytes: int) -> AbstractContextManager[object]:
@@ -106,20 +109,93 @@ class Intake:
         )
         return CheckedImage(data=data, info=info)
 
+    def check_images(self, given: Sequence[ImageInput], tenant_id: str) -> list[CheckedImage]:
+        """check_image for each of a job's images, in order, and their totals: at most
+        VLMQ_MAX_IMAGES_PER_JOB, VLMQ_MAX_JOB_IMAGE_BYTES and VLMQ_MAX_JOB_IMAGE_PIXELS
+        together. The images are inspected one after another, each holding its share of
+        the image memory budget only while it is inspected, so a job of eight images needs
+        no more of it at once than its largest image. An error names the image at fault
+        (`images[2]: ...`) when there are several."""
+        settings = self.settings
+        if not given:
+            raise InvalidInput("an image is required", code="missing_image")
+        limit = settings.max_images_per_job
+        if len(given) > limit:
+            raise InvalidInput(f"{len(given)} images; a job takes at most {limit} "
+                               "(VLMQ_MAX_IMAGES_PER_JOB)", code="too_many_images")
+        checked: list[CheckedImage] = []
+        total_bytes = total_pixels = 0
+        for index, (data, url) in enumerate(given):
+            try:
+                image = self.check_image(data, url, tenant_id)
+            except VlmqError as exc:
+                if len(given) == 1:
+                    raise
+                raise type(exc)(f"images[{index}]: {exc.message}", code=exc.code,
+                                headers=exc.headers) from exc
+            if image.info is not None:
+                total_bytes += image.info.size
+                total_pixels += image.info.width * image.info.height
+            if total_bytes > settings.max_job_image_bytes:
+                raise PayloadTooLarge(
+                    f"images[0..{index}] take {total_bytes} bytes together; a job's images "
+                    f"may take {settings.max_job_image_bytes} (VLMQ_MAX_JOB_IMAGE_BYTES)",
+                    code="images_too_large")
+            if total_pixels > settings.max_job_image_pixels:
+                raise PayloadTooLarge(
+                    f"images[0..{index}] hold {total_pixels} pixels together; a job's images "
+                    f"may hold {settings.max_job_image_pixels} (VLMQ_MAX_JOB_IMAGE_PIXELS)",
+                    code="images_too_large")
+            checked.append(image)
+        return checked
+
     def store_image(self, job_id: uuid.UUID, image: CheckedImage) -> dict[str, Any]:
         """Puts an uploaded image in the store; the job columns that describe the image.
         Unavailable when the store does not take it."""
-        if image.info is None or image.data is None:
-            return {"image_url": image.url}
-        key = f"images/{job_id}"
-        info = image.info
-        try:
-            self.store.put(key, image.data, info.content_type)
-        except Exception as exc:
-            log_failure(log, "storing image %s failed", exc, key)
-            raise Unavailable("the object store did not take the image; retry shortly") from exc
-        return dict(image_key=key, image_sha256=info.sha256, image_bytes=info.size,
-                    image_format=info.format, image_width=info.width, image_height=info.height)
+        return self.store_images(job_id, [image])
+
+    def store_images(self, job_id: uuid.UUID, images: Sequence[CheckedImage]) -> dict[str, Any]:
+        """Puts a job's uploaded images in the store (images/<id>, images/<id>.1, ...);
+        the job columns that describe them: the first in the image_* columns, the rest in
+        `extra_images`. Unavailable when the store does not take one, with those already
+        put removed again, so a refused job leaves no object behind."""
+        put: list[str] = []
+        entries: list[dict[str, Any]] = []
+        for index, image in enumerate(images):
+            entry: dict[str, Any] = {"key": None, "url": image.url, "sha256": None,
+                                     "bytes": None, "format": None, "width": None,
+                                     "height": None}
+            if image.info is not None and image.data is not None:
+                key = image_key(job_id, index)
+                info = image.info
+                try:
+                    self.store.put(key, image.data, info.content_type)
+                except Exception as exc:
+                    log_failure(log, "storing image %s failed", exc, key)
+                    self.delete_quietly(put)
+                    raise Unavailable("the object store did not take the image; retry "
+                                      "shortly") from exc
+                put.append(key)
+                entry.update(key=key, url=None, sha256=info.sha256, bytes=info.size,
+                             format=info.format, width=info.width, height=info.height)
+            entries.append(entry)
+        first = entries[0]
+        columns: dict[str, Any] = {"image_url": first["url"]} if first["key"] is None else dict(
+            image_key=first["key"], image_sha256=first["sha256"], image_bytes=first["bytes"],
+            image_format=first["format"], image_width=first["width"],
+            image_height=first["height"])
+        if len(entries) > 1:
+            columns["extra_images"] = entries[1:]
+        return columns
+
+    def delete_quietly(self, keys: Sequence[str]) -> None:
+        """Removes images no job will name; a failure leaves them to the orphan sweep."""
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except Exception as exc:
+                log.warning("could not delete orphaned image %s: %s: %s", key,
+                            exc.__class__.__name__, exc)
 
     def _check_model(self, model: str) -> str:
         settings = self.settings

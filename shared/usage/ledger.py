@@ -8,7 +8,7 @@ embedded setup: one process, nothing on the network) cannot nest a write in a CT
 there the returned rows are tallied in Python and written by one upsert after the move,
 in the same transaction.
 
-What is counted where: `accepted` and `images` (a job with an image, uploaded or by
+What is counted where: `accepted` and `images` (each image of a job, uploaded or by
 reference) at the hour a job is created; a line created failed is `failed` too. Each
 terminal move counts its outcome at the hour it finished; a success adds its tokens and
 engine seconds. A retry is no outcome. Nothing here refers to a job or a tenant, so
@@ -34,6 +34,7 @@ from sqlalchemy import (
     Integer,
     Row,
     bindparam,
+    case,
     column,
     func,
     or_,
@@ -59,7 +60,7 @@ USAGE_COLUMNS = (Job.prompt_tokens, Job.image_tokens, Job.completion_tokens,
                  Job.engine_seconds)
 # What an insert returns for its acceptance to be counted.
 CREATED_COLUMNS = (Job.tenant_id, Job.model, Job.status, Job.image_key, Job.image_url,
-                   Job.created_at)
+                   Job.extra_images, Job.created_at)
 
 # The ledger as a bare table: the model's Python-side defaults would add every counter to
 # each INSERT ... SELECT, and the upsert names only those it adds to.
@@ -129,7 +130,10 @@ def count_created(created: CTE, at: datetime | None) -> Insert:
     c = created.c
     return _from_rows(created, at, {
         "accepted": func.count(),
-        "images": func.count().filter(or_(c.image_key.is_not(None), c.image_url.is_not(None))),
+        # A job of several images counts each (the first, and those in extra_images).
+        "images": func.coalesce(func.sum(
+            case((or_(c.image_key.is_not(None), c.image_url.is_not(None)), 1), else_=0)
+            + func.coalesce(func.json_array_length(c.extra_images), 0)), 0),
         "failed": func.count().filter(c.status == JobStatus.failed),
     })
 
@@ -177,7 +181,8 @@ class Tally:
             job = row if isinstance(row, Mapping) else row._mapping
             self.add(job["tenant_id"], job["model"], job["created_at"], accepted=1,
                      images=int(job.get("image_key") is not None
-                                or job.get("image_url") is not None),
+                                or job.get("image_url") is not None)
+                     + len(job.get("extra_images") or ()),
                      failed=int(job["status"] == JobStatus.failed))
 
     def moved(self, rows: Iterable[Row[Any]], outcome: JobStatus, at: datetime, *,
