@@ -102,7 +102,9 @@ class EngineSettings(_Section):
     max_num_seqs: int = 64
     min_pixels: int | None = None
     max_pixels: int | None = None
-    limit_mm_per_prompt: int = 1
+    # Images vLLM admits in one prompt: at least VLMQ_MAX_IMAGES_PER_JOB, or a job with
+    # more is refused at the engine (invalid_request). vLLM profiles memory for this many.
+    limit_mm_per_prompt: int = 8
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
     # A vLLM outside the tested releases (worker/engines/vllm_version.py) stops the worker;

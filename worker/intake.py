@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 
 # A job present at this many engine failures runs alone, so a poison input fails by itself.
 SOLO_AFTER_ENGINE_FAILURES = 2
+
+
+@dataclass(frozen=True)
+class _ImageSource:
+    """One image of a job: an upload (key, and the hash it must match) or a reference."""
+
+    key: str | None
+    sha256: str | None
+    url: str | None
 
 
 class Intake:
@@ -103,8 +113,8 @@ class Intake:
         return claimed
 
     def _prepare_and_submit(self, job: ClaimedJob) -> None:
-        image = self._prepared_image(job)
-        if image is None:
+        images = self._prepared_images(job)
+        if images is None:
             return
         solo = job.engine_failures >= SOLO_AFTER_ENGINE_FAILURES
         if solo:
@@ -113,28 +123,56 @@ class Intake:
         request = GenerationRequest(
             request_id=str(job.id),
             prompt=job.prompt,
-            image=image,
+            image=images[0],
+            extra_images=tuple(images[1:]),
             params={**job.params, "priority": job.priority},
             solo=solo,
         )
         future = self.ctx.engine.submit(request)
         future.add_done_callback(lambda done: self.recorder.put(self._outcome(job, done, solo)))
 
-    def _prepared_image(self, job: ClaimedJob) -> Image.Image | None:
-        """The job's image ready for the engine, or None with the job's failure recorded.
+    def _prepared_images(self, job: ClaimedJob) -> list[Image.Image] | None:
+        """The job's images ready for the engine, in prompt order, or None with the job's
+        failure recorded (naming the image at fault, `images[n]`, for a job of several).
+        Each image passes the checks a job of one does; their bytes together are held to
+        VLMQ_MAX_JOB_IMAGE_BYTES, which references were not held to at submit."""
+        sources = [_ImageSource(job.image_key, job.image_sha256, job.image_url)]
+        sources += [_ImageSource(e.get("key"), e.get("sha256"), e.get("url"))
+                    for e in job.extra_images or ()]
+        images: list[Image.Image] = []
+        total = 0
+        for index, source in enumerate(sources):
+            label = f"images[{index}]: " if len(sources) > 1 else ""
+            data = self._image_bytes(job, source, label)
+            if data is None:
+                return None
+            total += len(data)
+            limit = self.settings.max_job_image_bytes
+            if total > limit:
+                self.recorder.put(Failed(
+                    job.id, job.attempt, "images_too_large",
+                    f"the job's images take more than {limit} bytes together "
+                    "(VLMQ_MAX_JOB_IMAGE_BYTES)", transient=False))
+                return None
+            image = self._prepared_image(job, source, data, label)
+            if image is None:
+                return None
+            images.append(image)
+        return images
+
+    def _prepared_image(self, job: ClaimedJob, source: _ImageSource, data: bytes,
+                        label: str) -> Image.Image | None:
+        """One image ready for the engine, or None with the job's failure recorded.
 
         Only a failed fetch may be worth retrying: bytes that fail the checks stay what they
         are.
         """
-        source = job.image_key if job.image_key is not None else job.image_url
-        data = self._image_bytes(job)
-        if data is None:
-            return None
+        where = source.key if source.key is not None else source.url
         s = self.settings
         try:
-            if job.image_key is not None and job.image_sha256 is not None:
+            if source.key is not None and source.sha256 is not None:
                 return decode_stored_image(
-                    data, sha256=job.image_sha256, max_bytes=s.max_upload_bytes,
+                    data, sha256=source.sha256, max_bytes=s.max_upload_bytes,
                     max_pixels=s.max_image_pixels, max_side=s.max_image_side,
                     allowed_formats=s.allowed_formats, prepare_max_pixels=s.worker_max_pixels,
                 )
@@ -145,49 +183,53 @@ class Intake:
                 prepare_max_pixels=s.worker_max_pixels,
             )
         except InvalidInput as exc:
-            log.warning("job %s: image %s refused (%s): %s", job.id, source, exc.code,
+            log.warning("job %s: image %s refused (%s): %s", job.id, where, exc.code,
                         exc.message)
-            self.recorder.put(Failed(job.id, job.attempt, exc.code, exc.message,
+            self.recorder.put(Failed(job.id, job.attempt, exc.code, label + exc.message,
                                      transient=False))
         except Exception as exc:
-            log.warning("job %s: image %s unusable", job.id, source, exc_info=True)
+            log.warning("job %s: image %s unusable", job.id, where, exc_info=True)
             self.recorder.put(Failed(job.id, job.attempt, "image_unreadable",
-                                     f"could not read the image: {exc}", transient=False))
+                                     f"{label}could not read the image: {exc}",
+                                     transient=False))
         return None
 
-    def _image_bytes(self, job: ClaimedJob) -> bytes | None:
+    def _image_bytes(self, job: ClaimedJob, source: _ImageSource, label: str) -> bytes | None:
         """From the store for an upload, from its URL for a reference; None once failed."""
-        if job.image_key is not None:
-            if job.image_sha256 is None:
+        if source.key is not None:
+            if source.sha256 is None:
                 # Every upload is stored with its hash; a row without one was not made by us.
                 self.recorder.put(Failed(job.id, job.attempt, "image_corrupted",
-                                         "the job's image has no recorded hash to check it "
-                                         "against; submit the job again", transient=False))
+                                         f"{label}the job's image has no recorded hash to "
+                                         "check it against; submit the job again",
+                                         transient=False))
                 return None
             try:
-                return self.ctx.store.get(job.image_key)
+                return self.ctx.store.get(source.key)
             except Exception as exc:
-                log.warning("job %s: fetching image %s failed", job.id, job.image_key,
+                log.warning("job %s: fetching image %s failed", job.id, source.key,
                             exc_info=True)
                 self.recorder.put(Failed(job.id, job.attempt, "storage_error",
-                                         f"could not fetch the image: {exc}", transient=True))
+                                         f"{label}could not fetch the image: {exc}",
+                                         transient=True))
                 return None
-        if job.image_url is None:
+        if source.url is None:
             self.recorder.put(Failed(job.id, job.attempt, "image_missing",
-                                     "the job has neither an uploaded image nor an image_url; "
-                                     "submit it again with one", transient=False))
+                                     f"{label}the job has neither an uploaded image nor an "
+                                     "image_url; submit it again with one", transient=False))
             return None
         try:
-            return self.fetcher.fetch(job.image_url)
+            return self.fetcher.fetch(source.url)
         except ImageFetchError as exc:
             log.warning("job %s: image URL not fetched (%s, %s): %s", job.id, exc.code,
                         "will retry" if exc.transient else "final", exc.message)
-            self.recorder.put(Failed(job.id, job.attempt, exc.code, exc.message,
+            self.recorder.put(Failed(job.id, job.attempt, exc.code, label + exc.message,
                                      transient=exc.transient))
         except Exception as exc:
             log.warning("job %s: fetching the image URL failed", job.id, exc_info=True)
             self.recorder.put(Failed(job.id, job.attempt, "image_fetch_failed",
-                                     f"could not fetch the image: {exc}", transient=True))
+                                     f"{label}could not fetch the image: {exc}",
+                                     transient=True))
         return None
 
     def _outcome(self, job: ClaimedJob, done: Future[GenerationOutput],

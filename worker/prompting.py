@@ -1,4 +1,4 @@
-"""Renders a job's prompt with the model's own chat template, one image first."""
+"""Renders a job's prompt with the model's own chat template, its images first."""
 
 from __future__ import annotations
 
@@ -70,21 +70,22 @@ class ChatPrompt:
         self.template_owner = processor_or_tokenizer
         self.guard = SpecialTokenGuard.of(processor_or_tokenizer)
 
-    def render(self, prompt: str) -> str:
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": self.guard(prompt)}],
-            }
-        ]
+    def render(self, prompt: str, images: int = 1) -> str:
+        """The user's turn holds the job's images, in order, then its text: the template
+        gives each image its own placeholder block (Qwen2-VL's <|vision_start|>
+        <|image_pad|><|vision_end|>), which the engine's processor expands to that image's
+        tokens, the n-th block for the n-th image."""
+        content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
+        content.append({"type": "text", "text": self.guard(prompt)})
+        messages = [{"role": "user", "content": content}]
         return self.template_owner.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
 
 
-def render_chat_prompt(processor_or_tokenizer: Any, prompt: str) -> str:
+def render_chat_prompt(processor_or_tokenizer: Any, prompt: str, images: int = 1) -> str:
     """One-off rendering; engines keep a ChatPrompt so the guard is built once."""
-    return ChatPrompt(processor_or_tokenizer).render(prompt)
+    return ChatPrompt(processor_or_tokenizer).render(prompt, images)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

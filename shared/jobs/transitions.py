@@ -172,6 +172,8 @@ class ClaimedJob:
     tenant_id: str
     image_width: int | None
     image_height: int | None
+    # The second and later images, in prompt order (Job.extra_images); None: one image.
+    extra_images: list[dict[str, Any]] | None = None
 
 
 def claim_batch(
@@ -211,7 +213,7 @@ def claim_batch(
         .returning(
             Job.id, Job.attempts, Job.prompt, Job.params, Job.priority, Job.image_key,
             Job.image_sha256, Job.image_url, Job.created_at, Job.engine_failures,
-            Job.tenant_id, Job.image_width, Job.image_height,
+            Job.tenant_id, Job.image_width, Job.image_height, Job.extra_images,
         )
         .execution_options(synchronize_session=False)
     )

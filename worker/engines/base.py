@@ -71,6 +71,13 @@ class GenerationRequest:
     solo: bool = False
     # Whether its result counts in the worker's metrics (a warm-up request's does not).
     counted: bool = True
+    # The job's second and later images, in prompt order.
+    extra_images: tuple[Image.Image, ...] = ()
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """Every image, in the order the prompt places them."""
+        return [self.image, *self.extra_images]
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,8 @@ def _max_tokens(request: GenerationRequest) -> int:
 
 
 def _image_tokens(request: GenerationRequest) -> int:
-    width, height = request.image.size
-    return max(1, round(width / _PATCH) * round(height / _PATCH))
+    return sum(max(1, round(image.width / _PATCH) * round(image.height / _PATCH))
+               for image in request.images)
 
 
 def _prompt_tokens(request: GenerationRequest) -> int:

@@ -51,7 +51,7 @@ class TransformersBackend:
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
         requests, rejected = refuse_constrained(requests, "transformers")
         for request in requests:
-            text = self.chat.render(request.prompt)
+            text = self.chat.render(request.prompt, len(request.images))
             try:
                 n_tokens = self._count_prompt_tokens(text, request)
                 check_prompt_fits(n_tokens, self.max_model_len)
@@ -87,7 +87,7 @@ class TransformersBackend:
         del self.model
 
     def _count_prompt_tokens(self, text: str, request: GenerationRequest) -> int:
-        inputs = self.processor(text=[text], images=[request.image], return_tensors="pt")
+        inputs = self.processor(text=[text], images=request.images, return_tensors="pt")
         return int(inputs["input_ids"].shape[1])
 
     def _take_group(self) -> list[tuple[GenerationRequest, str]]:
@@ -105,7 +105,8 @@ class TransformersBackend:
         params = group[0][0].params
         inputs = self.processor(
             text=[text for _, text in group],
-            images=[request.image for request, _ in group],
+            # Flat, in order: the processor fills the texts' image blocks one by one.
+            images=[image for request, _ in group for image in request.images],
             padding=True,
             return_tensors="pt",
         ).to(self.device)

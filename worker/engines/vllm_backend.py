@@ -82,8 +82,10 @@ class VllmBackend:
                 self.engine.add_request(
                     request.request_id,
                     {
-                        "prompt": self.chat.render(request.prompt),
-                        "multi_modal_data": {"image": request.image},
+                        "prompt": self.chat.render(request.prompt, len(request.images)),
+                        # A list for several: the n-th fills the prompt's n-th image block.
+                        "multi_modal_data": {"image": request.image if not request.extra_images
+                                             else request.images},
                     },
                     self._sampling_params(request.params),
                     priority=int(request.params.get("priority", 0)),
