@@ -1,10 +1,12 @@
 """OpenAI chat-completions bodies as vlmq jobs, and finished jobs as `chat.completion`s.
 
 A batch line's `body` and a `POST /v1/chat/completions` body map the same way: the text
-of the system and user messages becomes the job's prompt, the one `image_url` part its
-image, and the sampling and `response_format` fields its generation parameters. What a job cannot express (more
-than one image, an assistant turn, tools, streaming, n > 1) is refused with the field it
-concerns, so a client learns which part of its request to change.
+of the system and user messages becomes the job's prompt, the `image_url` parts its images
+(in the order given, placed before the text as a job's images are; their number is held
+to VLMQ_MAX_IMAGES_PER_JOB at intake), and the sampling and `response_format` fields its
+generation parameters. What a job cannot express (an assistant turn, tools, streaming,
+n > 1) is refused with the field it concerns, so a client learns which part of its request
+to change.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ MAX_STOP_SEQUENCES = 8
 MAX_STOP_CHARS = 256
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
-# What one request can ask for is one image and a prompt; beyond these a body is abuse.
+# What one request can ask for is a few images and a prompt; beyond these a body is abuse.
 MAX_MESSAGES = 64
 MAX_CONTENT_PARTS = 64
 MAX_MODEL_CHARS = Job.model.type.length
@@ -73,9 +75,14 @@ class ChatJob:
 
     model: str
     prompt: str
-    image_url: str  # a data:, https:// or s3:// URL, not yet fetched or decoded
+    # data:, https:// or s3:// URLs, not yet fetched or decoded, in the order given.
+    image_urls: tuple[str, ...]
     params: dict[str, Any]  # GenerationParams fields the request set
     priority: int | None
+
+    @property
+    def image_url(self) -> str:
+        return self.image_urls[0]
 
 
 def parse_chat_request(body: object) -> ChatJob:
@@ -99,12 +106,12 @@ def parse_chat_request(body: object) -> ChatJob:
                            code="unsupported_field")
     if req.n not in (None, 1):
         raise InvalidInput("n: only one choice per request", code="unsupported_field")
-    prompt, image_url = _prompt_and_image(req.messages)
-    return ChatJob(model=req.model, prompt=prompt, image_url=image_url,
+    prompt, image_urls = _prompt_and_images(req.messages)
+    return ChatJob(model=req.model, prompt=prompt, image_urls=image_urls,
                    params=_params(req), priority=req.priority)
 
 
-def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
+def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
     texts: list[str] = []
     images: list[str] = []
     for i, message in enumerate(messages):
@@ -112,7 +119,7 @@ def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
         if role not in ("system", "developer", "user"):
             raise InvalidInput(
                 f"messages[{i}].role: {quoted(role)} is not supported; send system and user "
-                "messages only (one question about one image)", code="unsupported_message",
+                "messages only (one question about its images)", code="unsupported_message",
             )
         content = message.get("content")
         if isinstance(content, str):
@@ -140,15 +147,13 @@ def _prompt_and_image(messages: list[dict[str, Any]]) -> tuple[str, str]:
                     f"messages[{i}].content[{j}]: parts are text, or image_url in a user "
                     "message", code="unsupported_content",
                 )
-    if len(images) != 1:
-        raise InvalidInput(
-            f"messages: exactly one image_url part is needed, found {len(images)}",
-            code="image_count",
-        )
+    if not images:
+        raise InvalidInput("messages: an image_url part is needed, found none",
+                           code="image_count")
     prompt = "\n\n".join(t for t in texts if t.strip())
     if not prompt:
         raise InvalidInput("messages: a non-empty text part is required", code="missing_prompt")
-    return prompt, images[0]
+    return prompt, tuple(images)
 
 
 def _params(req: ChatRequest) -> dict[str, Any]:

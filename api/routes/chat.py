@@ -54,6 +54,7 @@ async def chat_completions(
     chat = parse_chat_request(body)
     sub = Submission(
         image=None, image_url=chat.image_url, prompt=chat.prompt, model=chat.model,
+        images=tuple((None, url) for url in chat.image_urls) if len(chat.image_urls) > 1 else (),
         params=GenerationParams.model_validate(chat.params),
         options=JobOptions(priority=chat.priority if chat.priority is not None else 5),
         tenant_id=auth.principal.tenant_id, tenant_keep_images=auth.keep_images,

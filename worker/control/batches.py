@@ -45,6 +45,7 @@ from shared.batches.view import BatchObject, batch_event_payload
 from shared.chat import parse_chat_request
 from shared.errors import InvalidInput
 from shared.jobs import transitions as jobs_transitions
+from shared.jobs.images import job_images_bytes
 from shared.jobs.intake import Intake
 from shared.jobs.params import GenerationParams
 from shared.jobs.status import JobStatus
@@ -137,8 +138,8 @@ class BatchRunner:
 
     @property
     def max_line_bytes(self) -> int:
-        # A line carries at most one image as base64 (4/3 of its bytes) and its text.
-        return self.settings.max_upload_bytes * 4 // 3 + 256 * 1024
+        # A line carries its images as base64 (4/3 of their bytes) and its text.
+        return job_images_bytes(self.settings) * 4 // 3 + 256 * 1024
 
     def _run(self) -> None:
         wait = self.settings.batch_poll_seconds
@@ -361,7 +362,7 @@ class BatchRunner:
             batch_line=request.index, custom_id=request.custom_id, attempts=0,
             engine_failures=0, priority=batch.priority, created_at=now, runnable_at=now,
             expires_at=batch.expires_at, model=batch.model or self.settings.model,
-            prompt="", params={}, keep_image=keep_image,
+            prompt="", params={}, keep_image=keep_image, extra_images=None,
         )
         try:
             chat = parse_chat_request(request.body)
@@ -370,8 +371,9 @@ class BatchRunner:
             row.update(prompt=prompt, model=model, params=resolved)
             if chat.priority is not None:  # later than the batch class if asked, never sooner
                 row["priority"] = max(chat.priority, batch.priority)
-            image = self.intake.check_image(None, chat.image_url, batch.tenant_id)
-            row.update(self.intake.store_image(row["id"], image))
+            images = self.intake.check_images([(None, url) for url in chat.image_urls],
+                                              batch.tenant_id)
+            row.update(self.intake.store_images(row["id"], images))
         except InvalidInput as exc:
             jobs_transitions.created_failed(row, exc.code, exc.message, now)
         except ValueError as exc:  # GenerationParams out of range
