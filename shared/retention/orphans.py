@@ -2,20 +2,22 @@
 a process that died between its put and its insert. Each is removed once older than the
 safety window, which must exceed the longest time between a put and its row's commit.
 
-Every key the server writes names its row: `images/<job id>` (shared/jobs/intake.py) and
-`files/<file id>`. Keys of any other shape are left alone: nothing says they are ours.
+Every key the server writes names its row: `images/<job id>` and `images/<job id>.<n>` (a
+job's n-th image after its first, shared/jobs/images.py), and `files/<file id>`. Keys of
+any other shape are left alone: nothing says they are ours. An image is kept only while
+its job's row still names that very key.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.jobs.images import job_of_key, stored_keys
 from shared.models import Job, StoredFile
 from shared.storage import ObjectStore
 from shared.timeutil import utcnow
@@ -26,14 +28,9 @@ _PAGE = 1000
 
 
 def _named_images(session: Session, keys: Sequence[str]) -> set[str]:
-    ids = {}
-    for key in keys:
-        try:
-            ids[uuid.UUID(key.removeprefix("images/"))] = key
-        except ValueError:
-            continue
-    named = session.execute(select(Job.image_key).where(Job.id.in_(list(ids)))).scalars()
-    return {key for key in named if key is not None}
+    ids = {job for key in keys if (job := job_of_key(key)) is not None}
+    rows = session.execute(select(Job.image_key, Job.extra_images).where(Job.id.in_(ids)))
+    return {key for row in rows for key in stored_keys(row.image_key, row.extra_images)}
 
 
 def _named_files(session: Session, keys: Sequence[str]) -> set[str]:
@@ -43,13 +40,9 @@ def _named_files(session: Session, keys: Sequence[str]) -> set[str]:
 
 
 def _ours(prefix: str, key: str) -> bool:
-    name = key.removeprefix(prefix)
     if prefix == "images/":
-        try:
-            uuid.UUID(name)
-        except ValueError:
-            return False
-        return True
+        return job_of_key(key) is not None
+    name = key.removeprefix(prefix)
     return name.startswith("file-") and "/" not in name
 
 

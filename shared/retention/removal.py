@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches.status import TERMINAL as BATCH_TERMINAL
 from shared.errors import Conflict, Gone, NotFound
+from shared.jobs.images import stored_keys, without_keys
 from shared.jobs.status import TERMINAL
 from shared.models import Batch, Job, StoredFile, WebhookAttempt, WebhookDelivery
 from shared.storage import ObjectStore
@@ -30,7 +31,7 @@ from shared.timeutil import utcnow
 # its error's code; everything the client sent or got back goes.
 _JOB_STRIPPED: dict[str, Any] = dict(
     prompt="", params={}, image_key=None, image_url=None, image_sha256=None, image_bytes=None,
-    image_format=None, image_width=None, image_height=None, custom_id=None,
+    image_format=None, image_width=None, image_height=None, extra_images=None, custom_id=None,
     idempotency_key=None, request_sha256=None, result_text=None, error_message=None,
     webhook_url=None, webhook_events=None,
 )
@@ -40,6 +41,16 @@ _JOB_STRIPPED: dict[str, Any] = dict(
 class DueJob:
     id: uuid.UUID
     image_key: str | None
+    # The job's second and later images (Job.extra_images), whose stored keys go too.
+    extra_images: list[dict[str, Any]] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return stored_keys(self.image_key, self.extra_images)
+
+
+# What a query for due jobs selects.
+DUE_COLUMNS = (Job.id, Job.image_key, Job.extra_images)
 
 
 def _ended() -> Any:
@@ -55,7 +66,7 @@ def remove_jobs(sessions: sessionmaker[Session], store: ObjectStore,
     deliveries. Returns how many rows were stripped (a job stripped meanwhile is skipped)."""
     if not due:
         return 0
-    store.delete_many([job.image_key for job in due if job.image_key])
+    store.delete_many([key for job in due for key in job.keys])
     with sessions.begin() as session:
         return len(strip_jobs(session, [job.id for job in due], utcnow()))
 
@@ -86,18 +97,26 @@ def drop_images(sessions: sessionmaker[Session], store: ObjectStore,
                 due: Sequence[DueJob]) -> int:
     """The images of ended jobs that do not keep theirs: objects, then the rows' keys. The
     image's description (hash, size, format) stays, so the job says what it was."""
-    keys = [job.image_key for job in due if job.image_key]
+    keys = [key for job in due for key in job.keys]
     if not keys:
         return 0
     store.delete_many(keys)
+    several = [job for job in due if job.extra_images]
     with sessions.begin() as session:
-        return len(session.scalars(
+        dropped = set(session.scalars(
             update(Job)
-            .where(Job.id.in_([job.id for job in due]), _ended(), Job.image_key.is_not(None))
+            .where(Job.id.in_([job.id for job in due if not job.extra_images]), _ended(),
+                   Job.image_key.is_not(None))
             .values(image_key=None)
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         ).all())
+        for job in several:  # each row's own list, its keys cleared
+            dropped.update(session.scalars(
+                update(Job).where(Job.id == job.id, _ended())
+                .values(image_key=None, extra_images=without_keys(job.extra_images))
+                .returning(Job.id).execution_options(synchronize_session=False)).all())
+        return len(dropped)
 
 
 def delete_job(sessions: sessionmaker[Session], store: ObjectStore, job_id: uuid.UUID,
@@ -105,7 +124,8 @@ def delete_job(sessions: sessionmaker[Session], store: ObjectStore, job_id: uuid
     """DELETE /v1/jobs/{id}: an ended job's image, prompt, result and deliveries go; a
     queued or running one is a Conflict (cancel it first). Deleting twice is no error."""
     with sessions() as session:
-        query = select(Job.status, Job.image_key, Job.purged_at).where(Job.id == job_id)
+        query = select(Job.status, Job.image_key, Job.extra_images,
+                       Job.purged_at).where(Job.id == job_id)
         if tenant_id is not None:
             query = query.where(Job.tenant_id == tenant_id)
         row = session.execute(query).one_or_none()
@@ -116,7 +136,7 @@ def delete_job(sessions: sessionmaker[Session], store: ObjectStore, job_id: uuid
                        f"(POST /v1/jobs/{job_id}/cancel), then delete it",
                        code="job_not_finished")
     if row.purged_at is None:
-        remove_jobs(sessions, store, [DueJob(job_id, row.image_key)])
+        remove_jobs(sessions, store, [DueJob(job_id, row.image_key, row.extra_images)])
 
 
 def gone(kind: str, object_id: object, purged_at: datetime) -> Gone:

@@ -35,7 +35,7 @@ from shared.jobs.status import TERMINAL
 from shared.models import Batch, Job, StoredFile, Tenant
 from shared.retention import orphans, removal
 from shared.retention.policy import retention
-from shared.retention.removal import DueFile, DueJob
+from shared.retention.removal import DUE_COLUMNS, DueFile, DueJob
 from shared.settings import RetentionSettings
 from shared.storage import ObjectStore
 from shared.timeutil import utcnow
@@ -137,13 +137,13 @@ class RetentionSweeper(ExclusiveLoop):
 
     def _images_due(self) -> list[DueJob]:
         with self.sessions() as session:
-            return _due_jobs(session, select(Job.id, Job.image_key).where(
+            return _due_jobs(session, select(*DUE_COLUMNS).where(
                 ~Job.keep_image, Job.image_key.is_not(None), Job.finished_at.is_not(None),
             ).order_by(Job.finished_at).limit(self.chunk))
 
     def _jobs_due(self, tenant_id: str, cutoff: datetime) -> list[DueJob]:
         with self.sessions() as session:
-            return _due_jobs(session, select(Job.id, Job.image_key).where(
+            return _due_jobs(session, select(*DUE_COLUMNS).where(
                 Job.tenant_id == tenant_id, Job.finished_at < cutoff,
                 Job.purged_at.is_(None), Job.batch_id.is_(None),
                 Job.status.in_(sorted(TERMINAL)),
@@ -160,7 +160,7 @@ class RetentionSweeper(ExclusiveLoop):
 
     def _lines_due(self, batch_id: str) -> list[DueJob]:
         with self.sessions() as session:
-            return _due_jobs(session, select(Job.id, Job.image_key).where(
+            return _due_jobs(session, select(*DUE_COLUMNS).where(
                 Job.batch_id == batch_id, Job.purged_at.is_(None),
                 Job.status.in_(sorted(TERMINAL)),
             ).limit(self.chunk))
@@ -196,4 +196,4 @@ class RetentionSweeper(ExclusiveLoop):
 
 
 def _due_jobs(session: Session, query: Any) -> list[DueJob]:
-    return [DueJob(row.id, row.image_key) for row in session.execute(query)]
+    return [DueJob(row.id, row.image_key, row.extra_images) for row in session.execute(query)]

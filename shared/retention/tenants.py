@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.batches.status import ACTIVE as BATCH_ACTIVE
 from shared.errors import Conflict, NotFound
 from shared.jobs import transitions
+from shared.jobs.images import stored_keys
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile, Tenant, WebhookDelivery
 from shared.queue import request_abort
@@ -111,11 +112,12 @@ def _cancel_active(sessions: sessionmaker[Session], broker: BrokerSettings, tena
 def _remove_jobs(sessions: sessionmaker[Session], store: ObjectStore, tenant_id: str,
                  chunk: int) -> int:
     with sessions() as session:
-        rows = session.execute(select(Job.id, Job.image_key).where(
+        rows = session.execute(select(Job.id, Job.image_key, Job.extra_images).where(
             Job.tenant_id == tenant_id, Job.status.not_in(_ACTIVE_JOBS)).limit(chunk)).all()
     if not rows:
         return 0
-    store.delete_many([row.image_key for row in rows if row.image_key])
+    store.delete_many([key for row in rows
+                       for key in stored_keys(row.image_key, row.extra_images)])
     ids = [row.id for row in rows]
     with sessions.begin() as session:
         delete_deliveries(session, WebhookDelivery.job_id.in_(ids))
