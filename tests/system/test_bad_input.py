@@ -138,10 +138,11 @@ def ico_file() -> bytes:
 HTML = b"<!doctype html><html><head><title>x</title></head><body><img src=a.png></body></html>"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
-# Under the API's body cap (image limit * 4/3 + 256 KiB) but over the 2 MiB image limit:
-# refused by the image check. Over the body cap: refused before the body is read.
+# Under the API's body cap (a job's images, here 8 of the 2 MiB image limit, * 4/3 + 256
+# KiB) but over the image limit: refused by the image check. Over the body cap: refused
+# before the body is read.
 IMAGE_OVER_LIMIT = 2 * MiB + 50_000
-BODY_OVER_CAP = 3 * MiB + 512 * 1024
+BODY_OVER_CAP = 8 * 2 * MiB * 4 // 3 + 512 * 1024
 
 CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
     ("corrupt-jpeg", lambda: multipart(corrupt_jpeg(), "photo.jpg"), 400, "corrupt_image"),
@@ -296,10 +297,11 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         "invalid_multipart",
     ),
     (
-        "two-image-files",
-        lambda: {"files": [*multipart(good_png())["files"], ("image", ("b.png", good_png()))]},
+        "nine-image-files",
+        lambda: {"files": [*multipart(good_png())["files"],
+                           *(("image", (f"{i}.png", good_png())) for i in range(8))]},
         400,
-        "invalid_multipart",
+        "too_many_images",
     ),
 ]
 
