@@ -5,8 +5,9 @@ The order means a queued job always has its image. Once the row is committed the
 accepted: workers claim queued jobs from Postgres and poll it on their own, so the broker
 message after the commit is only a wake-up, sent in the background (shared/wakeups.py).
 Without an Idempotency-Key the happy path is one decode of the image, one object put and
-one autocommitted INSERT (which counts the job in the usage ledger too). A tenant near its active-jobs quota has its insert counted under
-a per-tenant advisory lock instead (api/infra/quotas.py), so no race takes it past the quota.
+one autocommitted INSERT (which counts the job in the usage ledger too). A tenant near its
+active-jobs quota has its insert counted under a per-tenant advisory lock instead
+(api/infra/quotas.py), so no race takes it past the quota.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from shared.jobs.intake import CheckedImage, ImageInput
 from shared.jobs.status import JobStatus
 from shared.models import Job
 from shared.net.urls import resolve_webhook_url
+from shared.retention.policy import keeps_images
 from shared.settings import WebhookSettings
 from shared.tenancy.principal import DEFAULT_TENANT
 from shared.timeutil import utcnow
@@ -156,10 +158,7 @@ def _replay(deps: ApiDeps, tenant_id: str, key: str, fingerprint: str) -> Job | 
 
 
 def _keep_image(sub: Submission, default: bool) -> bool:
-    for choice in (sub.options.keep_image, sub.tenant_keep_images):
-        if choice is not None:
-            return choice
-    return default
+    return keeps_images(sub.options.keep_image, keeps_images(sub.tenant_keep_images, default))
 
 
 def _deadline(now: datetime, seconds: int | None) -> datetime | None:

@@ -52,7 +52,7 @@ from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, StoredFile, Tenant
 from shared.outages import unreachable
 from shared.queue import request_abort
-from shared.retention.policy import retention
+from shared.retention.policy import keeps_images, retention
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.tenancy.repo import tenant_rules
@@ -351,7 +351,7 @@ class BatchRunner:
         """Whether the tenant's lines keep their images once they end (its own setting,
         else the server's)."""
         own = session.scalar(select(Tenant.keep_images).where(Tenant.id == tenant_id))
-        return self.settings.keep_images if own is None else own
+        return keeps_images(own, self.settings.keep_images)
 
     def _row(self, batch: Batch, keep_image: bool,
              request: batch_input.Request) -> dict[str, Any]:
