@@ -193,6 +193,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class JobPixels:
+    """A job's images' pixels together, held to VLMQ_MAX_JOB_IMAGE_PIXELS as the worker
+    reads each image's header: referenced images reach no total at submit, and an image
+    past the total is refused before its pixels are decoded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, width: int, height: int) -> None:
+        self.used += width * height
+        if self.used > self.limit:
+            raise PayloadTooLarge(
+                f"the job's images hold {self.used} pixels together up to this one; a job's "
+                f"images may hold {self.limit} (VLMQ_MAX_JOB_IMAGE_PIXELS)",
+                code="images_too_large",
+            )
+
+
 def decode_stored_image(
     data: bytes,
     *,
@@ -202,6 +221,7 @@ def decode_stored_image(
     max_side: int,
     allowed_formats: list[str],
     prepare_max_pixels: int,
+    job_pixels: JobPixels | None = None,
 ) -> Image.Image:
     """The worker's decode of an uploaded image read back from the store, fully loaded.
 
@@ -221,6 +241,7 @@ def decode_stored_image(
     return decode_fetched_image(
         data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
         allowed_formats=allowed_formats, prepare_max_pixels=prepare_max_pixels,
+        job_pixels=job_pixels,
     )
 
 
@@ -232,6 +253,7 @@ def decode_fetched_image(
     max_side: int,
     allowed_formats: list[str],
     prepare_max_pixels: int,
+    job_pixels: JobPixels | None = None,
 ) -> Image.Image:
     """The worker's decode of an image fetched by reference (or read back and verified).
 
@@ -239,8 +261,10 @@ def decode_fetched_image(
     limits first apply to it: from the header, before any pixel is decoded. There is no
     hash to compare. Raises InvalidInput with the API's codes.
     """
-    _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
-                  allowed_formats=allowed_formats)
+    _, size, _ = _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels,
+                               max_side=max_side, allowed_formats=allowed_formats)
+    if job_pixels is not None:
+        job_pixels.take(*size)
     try:
         img = prepare_image(data, prepare_max_pixels)
         # Decode here rather than at first use, which would be on the engine's thread.

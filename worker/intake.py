@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from shared.errors import InvalidInput
-from shared.images import decode_fetched_image, decode_stored_image
+from shared.images import JobPixels, decode_fetched_image, decode_stored_image
 from shared.jobs import transitions as jobs_transitions
 from shared.jobs.lifecycle import Failed, Result, Succeeded
 from shared.jobs.transitions import ClaimedJob
@@ -135,12 +135,14 @@ class Intake:
         """The job's images ready for the engine, in prompt order, or None with the job's
         failure recorded (naming the image at fault, `images[n]`, for a job of several).
         Each image passes the checks a job of one does; their bytes together are held to
-        VLMQ_MAX_JOB_IMAGE_BYTES, which references were not held to at submit."""
+        VLMQ_MAX_JOB_IMAGE_BYTES and their pixels to VLMQ_MAX_JOB_IMAGE_PIXELS, which
+        references were not held to at submit."""
         sources = [_ImageSource(job.image_key, job.image_sha256, job.image_url)]
         sources += [_ImageSource(e.get("key"), e.get("sha256"), e.get("url"))
                     for e in job.extra_images or ()]
         images: list[Image.Image] = []
         total = 0
+        pixels = JobPixels(self.settings.max_job_image_pixels)
         for index, source in enumerate(sources):
             label = f"images[{index}]: " if len(sources) > 1 else ""
             data = self._image_bytes(job, source, label)
@@ -154,14 +156,14 @@ class Intake:
                     f"the job's images take more than {limit} bytes together "
                     "(VLMQ_MAX_JOB_IMAGE_BYTES)", transient=False))
                 return None
-            image = self._prepared_image(job, source, data, label)
+            image = self._prepared_image(job, source, data, label, pixels)
             if image is None:
                 return None
             images.append(image)
         return images
 
     def _prepared_image(self, job: ClaimedJob, source: _ImageSource, data: bytes,
-                        label: str) -> Image.Image | None:
+                        label: str, pixels: JobPixels) -> Image.Image | None:
         """One image ready for the engine, or None with the job's failure recorded.
 
         Only a failed fetch may be worth retrying: bytes that fail the checks stay what they
@@ -175,12 +177,13 @@ class Intake:
                     data, sha256=source.sha256, max_bytes=s.max_upload_bytes,
                     max_pixels=s.max_image_pixels, max_side=s.max_image_side,
                     allowed_formats=s.allowed_formats, prepare_max_pixels=s.worker_max_pixels,
+                    job_pixels=pixels,
                 )
             # A reference: no upload hash to compare, every other check the same.
             return decode_fetched_image(
                 data, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels,
                 max_side=s.max_image_side, allowed_formats=s.allowed_formats,
-                prepare_max_pixels=s.worker_max_pixels,
+                prepare_max_pixels=s.worker_max_pixels, job_pixels=pixels,
             )
         except InvalidInput as exc:
             log.warning("job %s: image %s refused (%s): %s", job.id, where, exc.code,

@@ -307,12 +307,14 @@ def ensure_bucket(s3: Any, bucket: str) -> None:
         s3.create_bucket(Bucket=bucket)
 
 
-def insert_job(st: Stack, url: str) -> uuid.UUID:
+def insert_job(st: Stack, url: str, *more_urls: str) -> uuid.UUID:
     now = utcnow()
+    extra = [{"key": None, "url": u, "sha256": None, "bytes": None, "format": None,
+              "width": None, "height": None} for u in more_urls]
     job = Job(
         tenant_id="default", model=st.settings.model, prompt="Describe it.", params=PARAMS,
-        image_url=url, status=JobStatus.queued, attempts=0, priority=5, created_at=now,
-        runnable_at=now,
+        image_url=url, extra_images=extra or None, status=JobStatus.queued, attempts=0,
+        priority=5, created_at=now, runnable_at=now,
     )
     with db_sessions(st.settings)() as session:
         jobs_repo.insert_job(session, job)
@@ -345,6 +347,8 @@ def test_jobs_with_image_urls_through_an_echo_worker(stack: Stack, s3: Any) -> N
         image_fetch_allowed_buckets=json.dumps([extra_bucket]),
         image_fetch_timeout_seconds="5", retry_backoff_seconds="0.1",
         retry_backoff_max_seconds="0.2",
+        # One 112x84 picture fits, two do not: references reach no total at submit.
+        max_job_image_pixels=str(112 * 84 * 3 // 2),
     )
     limit = st.settings.max_upload_bytes
     store_bucket, _ = store_location(st.settings.store_url)
@@ -381,6 +385,7 @@ def test_jobs_with_image_urls_through_an_echo_worker(stack: Stack, s3: Any) -> N
             "503": server.url("/busy.png"),
         }
         ids = {name: insert_job(st, url) for name, url in urls.items()}
+        ids["two-pictures"] = insert_job(st, urls["http"], urls["s3-listed"])
         worker = start_worker(st.env, st.log_dir, name=f"worker-{st.settings.model}")
         try:
             jobs = wait_all_terminal(st, list(ids.values()), timeout=120)
@@ -404,6 +409,7 @@ def test_jobs_with_image_urls_through_an_echo_worker(stack: Stack, s3: Any) -> N
         "to-private": ("image_url_refused", "private address 10.0.0.1"),
         "too-big": ("image_too_large", f"the limit is {limit}"),
         "not-an-image": ("invalid_image", "not an image"),
+        "two-pictures": ("images_too_large", "images[1]: the job's images hold 18816 pixels"),
     }
     for name, (code, words) in final.items():
         job = got[name]
