@@ -194,6 +194,10 @@ class Batch(Base):
     )
 
 
+_IMAGES_TO_DROP = ("NOT keep_image AND NOT images_dropped AND finished_at IS NOT NULL "
+                   "AND (image_key IS NOT NULL OR extra_images IS NOT NULL)")
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -228,6 +232,9 @@ class Job(Base):
     # submit from the job's `keep_image`, else its tenant's, else the server's default).
     keep_image: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True,
                                              server_default=text("true"))
+    # True once the images of a job that does not keep them are gone from the store.
+    images_dropped: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False,
+                                                 server_default=text("false"))
 
     # A line of a batch: which batch, its line number (0-based) and the client's custom_id.
     batch_id: Mapped[str | None] = mapped_column(
@@ -307,13 +314,11 @@ class Job(Base):
         ),
         Index("ix_jobs_purged", "purged_at", postgresql_where=text("purged_at IS NOT NULL"),
               sqlite_where=text("purged_at IS NOT NULL")),
-        # Ended jobs whose image goes at once.
+        # Ended jobs whose images go at once, any of them an upload (the first may be a
+        # reference and the later ones uploads).
         Index(
             "ix_jobs_image_drop", "finished_at",
-            postgresql_where=text("NOT keep_image AND image_key IS NOT NULL "
-                                  "AND finished_at IS NOT NULL"),
-            sqlite_where=text("NOT keep_image AND image_key IS NOT NULL "
-                              "AND finished_at IS NOT NULL"),
+            postgresql_where=text(_IMAGES_TO_DROP), sqlite_where=text(_IMAGES_TO_DROP),
         ),
     )
 

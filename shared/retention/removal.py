@@ -95,28 +95,28 @@ def delete_deliveries(session: Session, which: Any) -> None:
 
 def drop_images(sessions: sessionmaker[Session], store: ObjectStore,
                 due: Sequence[DueJob]) -> int:
-    """The images of ended jobs that do not keep theirs: objects, then the rows' keys. The
-    image's description (hash, size, format) stays, so the job says what it was."""
-    keys = [key for job in due for key in job.keys]
-    if not keys:
+    """The images of ended jobs that do not keep theirs: objects, then the rows' keys,
+    each row marked `images_dropped`. The images' descriptions (hash, size, format) stay,
+    so the job says what they were. Returns how many objects the marked rows named."""
+    if not due:
         return 0
-    store.delete_many(keys)
+    store.delete_many([key for job in due for key in job.keys])
     several = [job for job in due if job.extra_images]
     with sessions.begin() as session:
         dropped = set(session.scalars(
             update(Job)
-            .where(Job.id.in_([job.id for job in due if not job.extra_images]), _ended(),
-                   Job.image_key.is_not(None))
-            .values(image_key=None)
+            .where(Job.id.in_([job.id for job in due if not job.extra_images]), _ended())
+            .values(image_key=None, images_dropped=True)
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         ).all())
         for job in several:  # each row's own list, its keys cleared
             dropped.update(session.scalars(
                 update(Job).where(Job.id == job.id, _ended())
-                .values(image_key=None, extra_images=without_keys(job.extra_images))
+                .values(image_key=None, extra_images=without_keys(job.extra_images),
+                        images_dropped=True)
                 .returning(Job.id).execution_options(synchronize_session=False)).all())
-        return len(dropped)
+    return sum(len(job.keys) for job in due if job.id in dropped)
 
 
 def delete_job(sessions: sessionmaker[Session], store: ObjectStore, job_id: uuid.UUID,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches.status import ACTIVE as BATCH_ACTIVE
@@ -138,7 +138,8 @@ class RetentionSweeper(ExclusiveLoop):
     def _images_due(self) -> list[DueJob]:
         with self.sessions() as session:
             return _due_jobs(session, select(*DUE_COLUMNS).where(
-                ~Job.keep_image, Job.image_key.is_not(None), Job.finished_at.is_not(None),
+                ~Job.keep_image, ~Job.images_dropped, Job.finished_at.is_not(None),
+                or_(Job.image_key.is_not(None), Job.extra_images.is_not(None)),
             ).order_by(Job.finished_at).limit(self.chunk))
 
     def _jobs_due(self, tenant_id: str, cutoff: datetime) -> list[DueJob]:

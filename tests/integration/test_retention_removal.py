@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.jobs.images import image_key
 from shared.jobs.status import JobStatus
 from shared.models import Batch, Job, Tenant, WebhookAttempt, WebhookDelivery
 from shared.retention import removal
 from shared.retention.policy import retention
+from shared.retention.sweeper import RetentionSweeper
+from shared.settings import RetentionSettings
+from shared.storage import LocalStore
 from shared.timeutil import utcnow
 from shared.webhooks.events import DeliveryStatus
 
 
-def _job(session: Session, status: JobStatus, **columns: object) -> uuid.UUID:
-    job_id = uuid.uuid4()
+def _job(session: Session, status: JobStatus, job_id: uuid.UUID | None = None,
+         **columns: object) -> uuid.UUID:
+    job_id = job_id or uuid.uuid4()
     now = utcnow()
     ended = status not in (JobStatus.queued, JobStatus.running)
-    session.execute(insert(Job).values(
+    values: dict[str, object] = dict(
         id=job_id, tenant_id="t", model="m", prompt="secret prompt", params={"max_tokens": 8},
         status=status, attempts=1, created_at=now, image_key=f"images/{job_id}",
         image_sha256="0" * 64, image_bytes=10, image_format="PNG", image_width=4,
@@ -30,7 +36,8 @@ def _job(session: Session, status: JobStatus, **columns: object) -> uuid.UUID:
         webhook_url="https://hooks.example.com/x", result_text="secret result" if ended else None,
         error_code="engine_error" if status == JobStatus.failed else None,
         error_message="quoting the input" if status == JobStatus.failed else None,
-        prompt_tokens=12, completion_tokens=3, finished_at=now if ended else None, **columns))
+        prompt_tokens=12, completion_tokens=3, finished_at=now if ended else None)
+    session.execute(insert(Job).values(**{**values, **columns}))
     delivery = uuid.uuid4()
     session.execute(insert(WebhookDelivery).values(
         id=delivery, job_id=job_id, event="job.succeeded", url="https://hooks.example.com/x",
@@ -39,6 +46,12 @@ def _job(session: Session, status: JobStatus, **columns: object) -> uuid.UUID:
     session.execute(insert(WebhookAttempt).values(
         id=uuid.uuid4(), delivery_id=delivery, number=1, started_at=now))
     return job_id
+
+
+def make_engine_of(sessions: sessionmaker[Session]) -> Engine:
+    bind = sessions.kw["bind"]
+    assert isinstance(bind, Engine)
+    return bind
 
 
 def _count(session: Session, table: type, *where: object) -> int:
@@ -115,3 +128,68 @@ def test_a_tenants_own_retention_wins_and_zero_keeps_for_ever() -> None:
     assert retention(5, 60) == timedelta(seconds=5)
     assert retention(0, 60) is None
     assert retention(None, 0) is None
+
+
+def test_the_image_sweep_drops_every_upload_of_a_job_whatever_comes_first(
+    pg_sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    """A job that does not keep its images loses each upload when it ends: a reference
+    first and uploads after, uploads only, references only (nothing to remove, marked once
+    all the same); a job that keeps its images and one still running keep theirs."""
+    store = LocalStore(tmp_path)
+
+    def upload(job_id: uuid.UUID, index: int) -> dict[str, object]:
+        key = image_key(job_id, index)
+        store.put(key, b"png", "image/png")
+        return {"key": key, "url": None, "sha256": "0" * 64, "bytes": 3, "format": "PNG",
+                "width": 4, "height": 4}
+
+    def reference(url: str) -> dict[str, object]:
+        return {"key": None, "url": url, "sha256": None, "bytes": None, "format": None,
+                "width": None, "height": None}
+
+    def job(session: Session, name: str, status: JobStatus, *, keep: bool, first_upload: bool,
+            extra: list[str]) -> uuid.UUID:
+        job_id = uuid.uuid4()
+        images = [upload(job_id, n + 1) if kind == "upload" else reference(kind)
+                  for n, kind in enumerate(extra)]
+        columns: dict[str, object] = {"image_url": f"https://images.example.com/{name}.png"}
+        if first_upload:
+            store.put(image_key(job_id), b"png", "image/png")
+        _job(session, status, keep_image=keep, extra_images=images or None,
+             **({} if first_upload else {"image_key": None, **columns}), job_id=job_id)
+        return job_id
+
+    with pg_sessions.begin() as session:
+        session.add(Tenant(id="t"))
+        session.flush()
+        ref_first = job(session, "a", JobStatus.succeeded, keep=False, first_upload=False,
+                        extra=["upload", "upload"])
+        uploads = job(session, "b", JobStatus.failed, keep=False, first_upload=True,
+                      extra=["https://images.example.com/x.png", "upload"])
+        refs_only = job(session, "c", JobStatus.succeeded, keep=False, first_upload=False,
+                        extra=["https://images.example.com/y.png"])
+        kept = job(session, "d", JobStatus.succeeded, keep=True, first_upload=True,
+                   extra=["upload"])
+        running = job(session, "e", JobStatus.running, keep=False, first_upload=True,
+                      extra=["upload"])
+
+    sweeper = RetentionSweeper(make_engine_of(pg_sessions), pg_sessions, store,
+                               RetentionSettings(retention_seconds=0))
+    assert sweeper.sweep().images == 4  # two uploads each of ref_first and uploads
+    assert sweeper.sweep().images == 0  # each row marked: found no more
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted([image_key(kept), image_key(kept, 1), image_key(running),
+                           image_key(running, 1)])
+    with pg_sessions() as session:
+        for job_id in (ref_first, uploads, refs_only):
+            row = session.get(Job, job_id)
+            assert row is not None and row.images_dropped and row.image_key is None
+            assert all(e["key"] is None for e in row.extra_images or ())
+            assert len(row.extra_images or ()) in (1, 2)  # the descriptions stay
+        ref_row = session.get(Job, ref_first)
+        assert ref_row is not None and ref_row.image_url == "https://images.example.com/a.png"
+        for job_id in (kept, running):
+            row = session.get(Job, job_id)
+            assert row is not None and not row.images_dropped
+            assert row.image_key == image_key(job_id)
