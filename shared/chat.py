@@ -2,9 +2,9 @@
 
 A batch line's `body` and a `POST /v1/chat/completions` body map the same way: the text
 of the system and user messages becomes the job's prompt, the `image_url` parts its images
-(in the order given, placed before the text as a job's images are; their number is held
-to VLMQ_MAX_IMAGES_PER_JOB at intake), and the sampling and `response_format` fields its
-generation parameters. What a job cannot express (an assistant turn, tools, streaming,
+(in the order given, each where it stood among the text parts, kept as the job's
+`image_offsets`; their number is held to VLMQ_MAX_IMAGES_PER_JOB at intake), and the
+sampling and `response_format` fields its generation parameters. What a job cannot express (an assistant turn, tools, streaming,
 n > 1) is refused with the field it concerns, so a client learns which part of its request
 to change.
 """
@@ -106,14 +106,24 @@ def parse_chat_request(body: object) -> ChatJob:
                            code="unsupported_field")
     if req.n not in (None, 1):
         raise InvalidInput("n: only one choice per request", code="unsupported_field")
-    prompt, image_urls = _prompt_and_images(req.messages)
+    prompt, image_urls, offsets = _prompt_and_images(req.messages)
+    params = _params(req)
+    if any(offsets):  # all zero: every image before the text, as a job without them
+        params["image_offsets"] = offsets
     return ChatJob(model=req.model, prompt=prompt, image_urls=image_urls,
-                   params=_params(req), priority=req.priority)
+                   params=params, priority=req.priority)
 
 
-def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+def _prompt_and_images(
+    messages: list[dict[str, Any]],
+) -> tuple[str, tuple[str, ...], list[int]]:
+    """The prompt (the text parts joined by blank lines), the image URLs in order, and
+    where each image sits in the prompt: at the start of the text that follows it, or at
+    the end when none does."""
     texts: list[str] = []
     images: list[str] = []
+    # For each image, how many of the texts came before it.
+    texts_before: list[int] = []
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in ("system", "developer", "user"):
@@ -123,7 +133,8 @@ def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, 
             )
         content = message.get("content")
         if isinstance(content, str):
-            texts.append(content)
+            if content.strip():
+                texts.append(content)
             continue
         if not isinstance(content, list):
             raise InvalidInput(f"messages[{i}].content: a string or a list of parts",
@@ -134,7 +145,8 @@ def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, 
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
+                if part["text"].strip():
+                    texts.append(part["text"])
             elif kind == "image_url" and role == "user":
                 url = part.get("image_url")
                 url = url.get("url") if isinstance(url, dict) else url
@@ -142,6 +154,7 @@ def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, 
                     raise InvalidInput(f"messages[{i}].content[{j}].image_url.url is missing",
                                        code="invalid_request")
                 images.append(url)
+                texts_before.append(len(texts))
             else:
                 raise InvalidInput(
                     f"messages[{i}].content[{j}]: parts are text, or image_url in a user "
@@ -150,10 +163,14 @@ def _prompt_and_images(messages: list[dict[str, Any]]) -> tuple[str, tuple[str, 
     if not images:
         raise InvalidInput("messages: an image_url part is needed, found none",
                            code="image_count")
-    prompt = "\n\n".join(t for t in texts if t.strip())
+    prompt = "\n\n".join(texts)
     if not prompt:
         raise InvalidInput("messages: a non-empty text part is required", code="missing_prompt")
-    return prompt, tuple(images)
+    starts = [0]
+    for text in texts:
+        starts.append(starts[-1] + len(text) + len("\n\n"))
+    offsets = [starts[n] if n < len(texts) else len(prompt) for n in texts_before]
+    return prompt, tuple(images), offsets
 
 
 def _params(req: ChatRequest) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Renders a job's prompt with the model's own chat template, its images first."""
+"""Renders a job's prompt with the model's own chat template, its images where the job
+places them (`image_offsets`), else first."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from worker.engines.base import RequestRejected
@@ -70,22 +71,31 @@ class ChatPrompt:
         self.template_owner = processor_or_tokenizer
         self.guard = SpecialTokenGuard.of(processor_or_tokenizer)
 
-    def render(self, prompt: str, images: int = 1) -> str:
-        """The user's turn holds the job's images, in order, then its text: the template
-        gives each image its own placeholder block (Qwen2-VL's <|vision_start|>
-        <|image_pad|><|vision_end|>), which the engine's processor expands to that image's
-        tokens, the n-th block for the n-th image."""
-        content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
-        content.append({"type": "text", "text": self.guard(prompt)})
+    def render(self, prompt: str, images: int = 1, offsets: Sequence[int] | None = None) -> str:
+        """The user's turn holds the job's images and its text, each image at its offset in
+        the text (None: all before it): the template gives each image its own placeholder
+        block (Qwen2-VL's <|vision_start|><|image_pad|><|vision_end|>), which the engine's
+        processor expands to that image's tokens, the n-th block for the n-th image. Each
+        piece of text is guarded on its own; a control token cut by an image is no token."""
+        content: list[dict[str, str]] = []
+        done = 0
+        for at in (offsets if offsets is not None else [0] * images):
+            if at > done:
+                content.append({"type": "text", "text": self.guard(prompt[done:at])})
+                done = at
+            content.append({"type": "image"})
+        if done < len(prompt) or not prompt:
+            content.append({"type": "text", "text": self.guard(prompt[done:])})
         messages = [{"role": "user", "content": content}]
         return self.template_owner.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
 
 
-def render_chat_prompt(processor_or_tokenizer: Any, prompt: str, images: int = 1) -> str:
+def render_chat_prompt(processor_or_tokenizer: Any, prompt: str, images: int = 1,
+                       offsets: Sequence[int] | None = None) -> str:
     """One-off rendering; engines keep a ChatPrompt so the guard is built once."""
-    return ChatPrompt(processor_or_tokenizer).render(prompt, images)
+    return ChatPrompt(processor_or_tokenizer).render(prompt, images, offsets)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

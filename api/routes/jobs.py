@@ -42,6 +42,7 @@ from shared.chat import MAX_STOP_SEQUENCES
 from shared.cursor import encode_cursor
 from shared.errors import InvalidInput, UnsupportedMediaType, quoted_list
 from shared.jobs import repo as jobs_repo
+from shared.jobs.params import MAX_IMAGE_OFFSETS
 from shared.jobs.status import JobStatus
 from shared.jobs.structured import MAX_CHOICES
 from shared.tenancy.repo import Authenticated
@@ -53,8 +54,8 @@ _FORM_OPTIONS = set(JobOptions.model_fields)
 _FORM_WEBHOOK = set(WebhookOptions.model_fields)
 _FORM_FIELDS = _FORM_PARAMS | _FORM_OPTIONS | _FORM_WEBHOOK | {"image", "prompt", "model"}
 # Repeated form fields, one value each: `stop`, and `choices` (one label per part).
-_FORM_LISTS = {"stop", "choices"}
-_MAX_FORM_FIELDS = len(_FORM_FIELDS) + MAX_STOP_SEQUENCES + MAX_CHOICES
+_FORM_LISTS = {"stop", "choices", "image_offsets"}
+_MAX_FORM_FIELDS = len(_FORM_FIELDS) + MAX_STOP_SEQUENCES + MAX_CHOICES + MAX_IMAGE_OFFSETS
 # A page of GET /v1/jobs stops early, with a cursor to the rest, once its jobs take this
 # many bytes. Every stored field is bounded, so one job is too (about 6 bytes per prompt
 # character, escaped, plus 40 KiB, plus a result that max_tokens bounds), and a response is

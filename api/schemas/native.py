@@ -104,8 +104,9 @@ class JobCreate(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
 class JobCreateForm(GenerationParams, JobOptions, WebhookOptions, ModelChoice):
     """Multipart form of POST /v1/jobs: the JSON form's fields, with the image as a file part.
 
-    Documents the form; the route reads it field by field (repeated `stop`, `choices` and
-    `webhook_events` parts, one file) and validates it with the same models as JSON.
+    Documents the form; the route reads it field by field (repeated `stop`, `choices`,
+    `image_offsets` and `webhook_events` parts, one file per image) and validates it with the
+    same models as JSON.
     """
 
     response_format: str | None = Field(  # type: ignore[assignment]

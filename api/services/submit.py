@@ -81,7 +81,8 @@ class Accepted:
 def submit_job(deps: ApiDeps, sub: Submission) -> Accepted:
     settings = deps.settings
     intake = deps.intake
-    prompt, model, params = intake.check_fields(sub.prompt, sub.model, sub.params)
+    prompt, model, params = intake.check_fields(sub.prompt, sub.model, sub.params,
+                                                len(sub.given_images()))
     check_webhook(settings, sub.webhook)
     images = intake.check_images(sub.given_images(), sub.tenant_id)
     fingerprint = None

@@ -71,17 +71,18 @@ class Intake:
     reserve: Reserve = no_budget
 
     def check_fields(
-        self, prompt: str | None, model: str | None, params: GenerationParams
+        self, prompt: str | None, model: str | None, params: GenerationParams, images: int = 1
     ) -> tuple[str, str, dict[str, object]]:
-        """The prompt, model and resolved generation parameters, or InvalidInput; a
-        structured-output constraint is compiled here, so one the engine would refuse is
-        never queued."""
+        """The prompt, model and resolved generation parameters for a job of `images`
+        images, or InvalidInput; a structured-output constraint is compiled here, so one
+        the engine would refuse is never queued."""
         settings = self.settings
-        return (
-            _check_prompt(prompt, settings.max_prompt_chars),
-            self._check_model(model or settings.model),
-            _resolve_params(params, settings.default_max_tokens, settings.max_tokens_limit),
-        )
+        prompt = _check_prompt(prompt, settings.max_prompt_chars)
+        model = self._check_model(model or settings.model)
+        resolved = _resolve_params(params, settings.default_max_tokens,
+                                   settings.max_tokens_limit)
+        _check_image_offsets(params.image_offsets, prompt, images)
+        return prompt, model, resolved
 
     def check_image(self, data: bytes | None, url: str | None, tenant_id: str) -> CheckedImage:
         """Upload checks for bytes and data: URLs; the static checks for a reference, which
@@ -225,6 +226,17 @@ def _check_prompt(prompt: str | None, max_chars: int) -> str:
     if "\x00" in prompt:  # Postgres text cannot hold NUL; without this the insert fails as a 503
         raise InvalidInput("the prompt contains a NUL character", code="invalid_prompt")
     return prompt
+
+
+def _check_image_offsets(offsets: list[int] | None, prompt: str, images: int) -> None:
+    if offsets is None:
+        return
+    if len(offsets) != images:
+        raise InvalidInput(f"image_offsets has {len(offsets)} number(s) for {images} "
+                           "image(s); give one per image", code="invalid_image_offsets")
+    if offsets[-1] > len(prompt):
+        raise InvalidInput(f"image_offsets: {offsets[-1]} is past the prompt's end (it has "
+                           f"{len(prompt)} characters)", code="invalid_image_offsets")
 
 
 def _storable(model: str) -> bool:

@@ -3,7 +3,7 @@ batch lines): one schema, so the same values are valid whoever checks them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,8 @@ from shared.jobs.structured import (
 # The structured-output fields: at most one of them, and none is stored when unset, so a
 # job without them keeps exactly the params it had before they existed.
 STRUCTURED_FIELDS = ("response_format", "choices", "regex")
+# As many as VLMQ_MAX_IMAGES_PER_JOB can allow; intake holds them to the job's images.
+MAX_IMAGE_OFFSETS = 64
 
 
 class GenerationParams(BaseModel):
@@ -46,6 +48,15 @@ class GenerationParams(BaseModel):
         description="the answer matches this regular expression",
     )
 
+    image_offsets: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_IMAGE_OFFSETS,
+        description="where each image sits in the prompt, for text between images: the "
+        "n-th number is how many of the prompt's characters (Unicode code points) come "
+        "before the n-th image; one per image, none smaller than the one before. Absent: "
+        "every image comes before the text. Chat completions and batch lines set it from "
+        "the order of their text and image_url parts",
+    )
+
     @field_validator("choices")
     @classmethod
     def _choices(cls, choices: list[str] | None) -> list[str] | None:
@@ -62,6 +73,13 @@ class GenerationParams(BaseModel):
             raise ValueError("stop strings must not be empty")
         return self
 
+    @field_validator("image_offsets")
+    @classmethod
+    def _offsets_in_order(cls, offsets: list[int] | None) -> list[int] | None:
+        if offsets is not None and any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise ValueError("image_offsets must not decrease: the images are in prompt order")
+        return offsets
+
     @model_validator(mode="after")
     def _one_constraint(self) -> GenerationParams:
         given = [name for name in STRUCTURED_FIELDS if getattr(self, name) is not None]
@@ -72,7 +90,9 @@ class GenerationParams(BaseModel):
 
     def stored(self) -> dict[str, Any]:
         """The params as a job stores them: structured fields only when they constrain."""
-        data = self.model_dump(exclude=set(STRUCTURED_FIELDS))
+        data = self.model_dump(exclude={*STRUCTURED_FIELDS, "image_offsets"})
+        if self.image_offsets is not None and any(self.image_offsets):
+            data["image_offsets"] = self.image_offsets
         fmt = self.response_format
         if fmt is not None and fmt.type != "text":
             data["response_format"] = fmt.model_dump(exclude_none=True)

@@ -101,6 +101,29 @@ def test_the_prompt_holds_one_image_block_per_image_in_order(tiny_model: Path) -
         assert len(set(runs)) == n  # the sizes differ, so the order is the images' order
 
 
+def test_text_between_images_is_rendered_in_its_place(tiny_model: Path) -> None:
+    """`image_offsets` put each image block inside the text, and the processor still
+    fills the n-th block with the n-th image; guarded text stays guarded on each side."""
+    from worker.prompting import render_chat_prompt
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    prompt = "Front:Back:Which side shows <|im_end|> the price?"
+    text = render_chat_prompt(processor, prompt, 2, [len("Front:"), len("Front:Back:")])
+    block = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert f"Front:{block}Back:{block}Which side" in text, text
+    assert text.count(block) == 2 and "<|im_end|> the price" not in text
+    images = [sample_image(224, 168, 0), sample_image(112, 112, 1)]
+    expanded = processor(text=[text], images=images)["input_ids"][0]
+    grids = processor.image_processor(images=images)["image_grid_thw"]
+    merge = processor.image_processor.merge_size ** 2
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert _pad_runs(list(expanded), pad) == [int(g.prod()) // merge for g in grids]
+    # An image after all the text, and the default (every image first).
+    assert render_chat_prompt(processor, "Before:", 1, [len("Before:")]).count(
+        f"Before:{block}") == 1
+    assert f"{block}{block}Compare" in render_chat_prompt(processor, "Compare", 2)
+
+
 def _pad_runs(ids: list[int], pad: int) -> list[int]:
     runs: list[int] = []
     previous = None
@@ -167,6 +190,44 @@ def test_a_chat_completion_and_batch_lines_with_several_images(
     per_image = tokens["n2"] - tokens["n1"]
     assert per_image > 0 and tokens["n3"] - tokens["n2"] == per_image, tokens
     assert chat.usage is not None and chat.usage.prompt_tokens == tokens["n2"]
+
+
+def test_text_between_images_reaches_the_job_and_runs(
+    client: httpx.Client, api: str, stack: Stack, vllm_worker: Service
+) -> None:
+    """A chat completion whose text parts sit between its images: the job holds each
+    image's place (`image_offsets`) and runs, with the same prompt tokens as the images
+    first (the same blocks, moved); a native job may place its images itself, and offsets
+    that do not fit its images or prompt are a 400."""
+    parts = [{"type": "text", "text": "Front:"},
+             {"type": "image_url", "image_url": {"url": data_url(png(1))}},
+             {"type": "text", "text": "Back:"},
+             {"type": "image_url", "image_url": {"url": data_url(png(2))}},
+             {"type": "text", "text": "Compare."}]
+    first = [parts[1], parts[3], parts[0], parts[2], parts[4]]
+    with openai_client(api, stack.api_key, timeout=240) as oai:
+        placed, leading = (oai.chat.completions.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": content}])
+            for content in (parts, first))
+    job = client.get(f"/v1/jobs/{placed.id.removeprefix('chatcmpl-')}").json()
+    assert job["prompt"] == "Front:\n\nBack:\n\nCompare."
+    assert job["params"]["image_offsets"] == [len("Front:\n\n"), len("Front:\n\nBack:\n\n")]
+    assert placed.usage is not None and leading.usage is not None
+    assert placed.usage.prompt_tokens == leading.usage.prompt_tokens
+
+    images = [{"base64": b64(1)}, {"base64": b64(2)}]
+    native = client.post("/v1/jobs", json={"prompt": "Front: Back:", "model": MODEL,
+                                            "max_tokens": 4, "images": images,
+                                            "image_offsets": [0, 7]})
+    assert wait_terminal(client, accepted(native), timeout=240)["status"] == "succeeded"
+    model = stack.settings.model
+    for offsets, code in (([0], "invalid_image_offsets"), ([0, 99], "invalid_image_offsets")):
+        bad = client.post("/v1/jobs", json={"prompt": "Front: Back:", "model": model,
+                                             "images": images, "image_offsets": offsets})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == code, bad.text
+    backwards = client.post("/v1/jobs", json={"prompt": "Front: Back:", "model": model,
+                                               "images": images, "image_offsets": [7, 0]})
+    assert backwards.status_code in (400, 422) and "image_offsets" in backwards.text
 
 
 def test_too_many_no_or_a_bad_image_is_a_400_with_nothing_stored(

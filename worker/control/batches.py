@@ -367,7 +367,8 @@ class BatchRunner:
         try:
             chat = parse_chat_request(request.body)
             params = GenerationParams.model_validate(chat.params)
-            prompt, model, resolved = self.intake.check_fields(chat.prompt, chat.model, params)
+            prompt, model, resolved = self.intake.check_fields(chat.prompt, chat.model, params,
+                                                               len(chat.image_urls))
             row.update(prompt=prompt, model=model, params=resolved)
             if chat.priority is not None:  # later than the batch class if asked, never sooner
                 row["priority"] = max(chat.priority, batch.priority)

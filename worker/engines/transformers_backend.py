@@ -51,7 +51,8 @@ class TransformersBackend:
     def add(self, requests: list[GenerationRequest]) -> list[StepResult]:
         requests, rejected = refuse_constrained(requests, "transformers")
         for request in requests:
-            text = self.chat.render(request.prompt, len(request.images))
+            text = self.chat.render(request.prompt, len(request.images),
+                                    request.params.get("image_offsets"))
             try:
                 n_tokens = self._count_prompt_tokens(text, request)
                 check_prompt_fits(n_tokens, self.max_model_len)

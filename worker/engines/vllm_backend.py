@@ -82,7 +82,8 @@ class VllmBackend:
                 self.engine.add_request(
                     request.request_id,
                     {
-                        "prompt": self.chat.render(request.prompt, len(request.images)),
+                        "prompt": self.chat.render(request.prompt, len(request.images),
+                                                  request.params.get("image_offsets")),
                         # A list for several: the n-th fills the prompt's n-th image block.
                         "multi_modal_data": {"image": request.image if not request.extra_images
                                              else request.images},
