@@ -382,6 +382,18 @@ class Worker(Base):
     __table_args__ = (Index("ix_workers_model_seen", "model", "last_seen_at"),)
 
 
+class ModelColdStart(Base):
+    """A model's last measured cold start: from a worker process's start to its first claim
+    (imports, engine load, warm-up). Kept when the workers are gone: a model scaled to zero
+    is when a queued job's estimate needs it."""
+
+    __tablename__ = "model_cold_starts"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    measured_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
 class WebhookDelivery(Base):
     """One terminal event of one job on its way to the job's webhook URL."""
 

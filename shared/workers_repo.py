@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Exists, delete, func, select, update
+from sqlalchemy import Exists, ScalarSelect, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.models import Worker
+from shared.models import ModelColdStart, Worker
 from shared.timeutil import utcnow
 
 
@@ -70,3 +71,24 @@ def live_worker_exists(model: str, ttl_seconds: float) -> Exists:
 
 def is_live(session: Session, model: str, ttl_seconds: float) -> bool:
     return bool(session.scalar(select(live_worker_exists(model, ttl_seconds))))
+
+
+def record_cold_start(session: Session, model: str, seconds: float) -> None:
+    """The model's cold start is now `seconds`: the last measured is the one that counts,
+    as a new release or node type changes it."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(ModelColdStart).values(model=model, seconds=seconds,
+                                                 measured_at=utcnow())
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[ModelColdStart.model],
+        set_={"seconds": stmt.excluded.seconds, "measured_at": stmt.excluded.measured_at}))
+
+
+def cold_start_seconds(model: str) -> ScalarSelect[float]:
+    """The model's last cold start (NULL: never measured), to select beside other values."""
+    return select(ModelColdStart.seconds).where(ModelColdStart.model == model).scalar_subquery()
+
+
+def cold_starts(session: Session) -> dict[str, float]:
+    return {row.model: row.seconds for row in session.execute(
+        select(ModelColdStart.model, ModelColdStart.seconds))}

@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+
+import psutil
 
 from shared.jobs import events as task_events
 from shared.jobs.lifecycle import RetryPolicy
@@ -49,8 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         upkeep.start()
         sweeper.start()
         intake.start()
-        log.info("worker %s for model %s (%s engine, queue %s) ready.", upkeep.worker_id,
-                 settings.model, settings.engine.value, settings.queue_name)
+        cold_start = time.time() - psutil.Process().create_time()
+        upkeep.record_cold_start(cold_start)
+        log.info("worker %s for model %s (%s engine, queue %s), %.1f s after its start: ready.",
+                 upkeep.worker_id, settings.model, settings.engine.value, settings.queue_name,
+                 cold_start)
         stop.wait()
         log.info("stopping: no new claims; finishing %d jobs held", len(inflight))
         intake.stop()

@@ -57,6 +57,11 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "vlmq_engine_in_flight", "Requests inside the engine now", registry=self.registry
         )
+        self.startup_seconds = Gauge(
+            "vlmq_worker_startup_seconds",
+            "From the process's start to its first claim: imports, engine load and warm-up "
+            "(a cold start, as when scaling from zero)", registry=self.registry,
+        )
         self.info = Gauge("vlmq_worker_info", "Worker identity", list(labels), registry=self.registry)
         self.info.labels(**labels).set(1)
 

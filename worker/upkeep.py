@@ -63,6 +63,17 @@ class Upkeep:
         except Exception as exc:
             log_failure(log, "could not remove worker %s from the registry", exc, self.worker_id)
 
+    def record_cold_start(self, seconds: float) -> None:
+        """This worker's start-up time becomes its model's cold start, which a job queued
+        while the model has no worker shows as its estimate."""
+        self.ctx.metrics.startup_seconds.set(seconds)
+        try:
+            with self.ctx.sessions() as session:
+                workers_repo.record_cold_start(session, self.settings.model, seconds)
+                session.commit()
+        except Exception as exc:
+            log_failure(log, "could not record the model's cold start", exc)
+
     def _register(self) -> None:
         s = self.settings
         with self.ctx.sessions() as session:

@@ -119,7 +119,9 @@ def list_jobs(
 @dataclass(frozen=True)
 class QueueEstimate:
     position: int  # jobs of the same model that run before this one
-    # None while no worker serves the model, or until it has finished jobs recently.
+    # While no worker serves the model: the model's last cold start (None if never
+    # measured), the least wait for one to start. Else from recent throughput (None until
+    # it has finished jobs recently).
     eta_seconds: float | None
     # No live worker serves the model: the job waits for one to start (or finish loading),
     # and past throughput says nothing of when that will be.
@@ -139,12 +141,14 @@ def queue_estimate(session: Session, job: Job, worker_ttl_seconds: float,
     ).scalar_subquery()
     # The place in line and whether anyone serves the model, in one round trip: this runs
     # at the end of every long poll on a queued job.
-    ahead, live = session.execute(
-        select(ahead_count, workers_repo.live_worker_exists(job.model, worker_ttl_seconds))
+    ahead, live, cold_start = session.execute(
+        select(ahead_count, workers_repo.live_worker_exists(job.model, worker_ttl_seconds),
+               workers_repo.cold_start_seconds(job.model))
     ).one()
     ahead = ahead or 0
     if not live:
-        return QueueEstimate(position=int(ahead), eta_seconds=None, waiting_for_worker=True)
+        return QueueEstimate(position=int(ahead), eta_seconds=cold_start,
+                             waiting_for_worker=True)
     since = utcnow() - timedelta(seconds=window_seconds)
     done = session.scalar(
         select(func.count()).where(

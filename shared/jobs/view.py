@@ -84,7 +84,9 @@ class JobOut(BaseModel):
     eta_seconds: float | None = Field(
         default=None,
         description="while queued: estimated seconds until done, from recent throughput; "
-        "null while no worker serves the job's model, or before it has finished any job",
+        "while no worker serves the job's model (`waiting_for_worker`), the model's last "
+        "measured cold start, the least wait for a worker to start and take it (null if "
+        "none was ever measured); null before a live model has finished any job",
     )
     waiting_for_worker: bool | None = Field(
         default=None,

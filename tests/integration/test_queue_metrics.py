@@ -112,6 +112,8 @@ def test_a_scrape_shows_each_model_and_priority(pg_sessions: sessionmaker[Sessio
             expires_at=now - timedelta(seconds=30))  # past its deadline
     add_worker(pg_sessions, "busy")
     add_worker(pg_sessions, "idle")
+    with pg_sessions.begin() as session:
+        workers_repo.record_cold_start(session, "stranded", 73.0)
 
     samples = scrape(collector(pg_sessions, Clock())[1])
 
@@ -129,6 +131,8 @@ def test_a_scrape_shows_each_model_and_priority(pg_sessions: sessionmaker[Sessio
     # Jobs waiting and none succeeding: no finite drain time.
     assert value(samples, "vlmq_queue_backlog_seconds", model="stranded") == math.inf
     assert value(samples, "vlmq_workers_live", model="stranded") == 0
+    # Scaled to zero, the model's cold start is still there to read.
+    assert value(samples, "vlmq_model_cold_start_seconds", model="stranded") == 73.0
     # A live worker's model is reported with nothing queued.
     assert value(samples, "vlmq_workers_live", model="busy") == 1
     assert value(samples, "vlmq_workers_live", model="idle") == 1

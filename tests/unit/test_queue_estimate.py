@@ -1,6 +1,7 @@
-"""A queued job's place in line and its estimate: no estimate, and a plain "waiting for a
-worker", while no worker serves its model (a worker still loading its model included);
-from the model's recent throughput once one does."""
+"""A queued job's place in line and its estimate: while no worker serves its model (a
+worker still loading its model included), "waiting for a worker" with the model's last
+cold start as the estimate, or none if never measured; from the model's recent throughput
+once one does."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from shared import workers_repo
 from shared.db import make_engine, make_session_factory
 from shared.jobs import repo as jobs_repo
 from shared.models import Job, Worker
@@ -65,6 +67,27 @@ def test_with_no_live_worker_there_is_no_eta_and_the_job_says_it_waits(
     assert estimate.position == 0
     assert estimate.eta_seconds is None
     assert estimate.waiting_for_worker
+
+
+def test_scaled_to_zero_the_eta_is_the_models_last_cold_start(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        workers_repo.record_cold_start(session, MODEL, 95.0)
+        workers_repo.record_cold_start(session, "other-model", 5.0)
+    with sessions.begin() as session:  # the last measured counts
+        workers_repo.record_cold_start(session, MODEL, 41.5)
+        waiting = job_row("queued")
+        session.add(waiting)
+    with sessions() as session:
+        estimate = jobs_repo.queue_estimate(session, waiting, TTL)
+        assert workers_repo.cold_starts(session) == {MODEL: 41.5, "other-model": 5.0}
+    assert estimate.waiting_for_worker and estimate.eta_seconds == 41.5
+    with sessions.begin() as session:  # once a worker is live, throughput decides
+        session.add(worker_row(seen_seconds_ago=0))
+    with sessions() as session:
+        live = jobs_repo.queue_estimate(session, waiting, TTL)
+    assert not live.waiting_for_worker and live.eta_seconds is None
 
 
 def test_with_a_live_worker_the_eta_comes_from_recent_throughput(

@@ -1,6 +1,7 @@
 """Queue metrics per model and priority, read from Postgres when Prometheus scrapes the
 control process: depth, running jobs, the oldest queued job's age, jobs past their deadline,
-recent throughput, live workers, and the backlog in seconds an autoscaler can act on.
+recent throughput, live workers, each model's last cold start, and the backlog in seconds an
+autoscaler can act on.
 
 They live here because the control process is the one process that always runs: a model
 whose workers are all gone still has its queue measured, which is when it matters most.
@@ -46,6 +47,7 @@ class Snapshot:
     classes: list[jobs_repo.ClassBacklog]
     succeeded: dict[str, int]  # per model, within the window
     workers: dict[str, int]  # live workers per model
+    cold_starts: dict[str, float]  # each model's last measured cold start
 
 
 def read_snapshot(sessions: sessionmaker[Session], worker_ttl_seconds: float,
@@ -55,7 +57,8 @@ def read_snapshot(sessions: sessionmaker[Session], worker_ttl_seconds: float,
         classes = jobs_repo.backlogs_by_priority(session, now)
         succeeded = jobs_repo.succeeded_since(session, now - timedelta(seconds=window_seconds))
         live = workers_repo.live_models(session, worker_ttl_seconds)
-    return Snapshot(classes, succeeded, {m.model: m.workers for m in live})
+        cold_starts = workers_repo.cold_starts(session)
+    return Snapshot(classes, succeeded, {m.model: m.workers for m in live}, cold_starts)
 
 
 def backlog_seconds(queued: int, per_second: float) -> float:
@@ -137,6 +140,8 @@ class QueueCollector(Collector):
             families["backlog"].add_metric([model], backlog_seconds(queued.get(model, 0),
                                                                     per_second))
             families["workers"].add_metric([model], snapshot.workers.get(model, 0))
+        for model, seconds in sorted(snapshot.cold_starts.items()):
+            families["cold_start"].add_metric([model], seconds)
 
 
 def _families() -> dict[str, GaugeMetricFamily]:
@@ -164,6 +169,10 @@ def _families() -> dict[str, GaugeMetricFamily]:
         "workers": GaugeMetricFamily(
             "vlmq_workers_live", "Workers whose heartbeat is within VLMQ_WORKER_TTL_SECONDS, "
             "by model", labels=["model"]),
+        "cold_start": GaugeMetricFamily(
+            "vlmq_model_cold_start_seconds", "The model's last measured cold start, from a "
+            "worker process's start to its first claim: how long a job queued while the "
+            "model has no live worker waits at least", labels=["model"]),
         "up": GaugeMetricFamily(
             "vlmq_queue_stats_up", "1 when the last read of the queue from the database "
             "succeeded; 0 leaves the other vlmq_queue_* and vlmq_workers_live out"),
