@@ -314,6 +314,12 @@ def probe_problems(objects: list[Obj]) -> list[str]:
     return problems
 
 
+@functools.cache
+def _image_entrypoint() -> bool:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    return any(line.strip().upper().startswith("ENTRYPOINT") for line in lines)
+
+
 def worker_problems(objects: list[Obj]) -> list[str]:
     problems = []
     for w in workers(objects):
@@ -331,10 +337,14 @@ def worker_problems(objects: list[Obj]) -> list[str]:
             gpus = resources.get(part, {}).get("nvidia.com/gpu")
             if str(gpus) != "1" and (part == "limits" or gpus is not None):
                 problems.append(f"{name}: {part} nvidia.com/gpu is {gpus}, not 1")
+        # The hook signals PID 1, which is the worker only while nothing wraps the command:
+        # `vlmq worker` execs it in place, and the image adds no entrypoint of its own.
         stop = " ".join(c.get("lifecycle", {}).get("preStop", {}).get("exec", {})
                         .get("command", []))
         if "kill -TERM 1" not in stop:
             problems.append(f"{name}: the preStop hook does not send SIGTERM to PID 1")
+        if c["command"] != ["vlmq", "worker"] or _image_entrypoint():
+            problems.append(f"{name}: the worker would not be the container's PID 1")
         if "MODEL_NAME" in json.dumps(w):
             problems.append(f"{name}: the worker unit's placeholder model is left in it")
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
