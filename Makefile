@@ -34,6 +34,11 @@ test-fast: install
 bench: install
 	$(VENV)/bin/python -m tests.bench
 
+# Statements, WAL bytes and Postgres CPU per job on the hot path, on a private cluster
+# with pg_stat_statements; about a minute. docs/scaling.md reads capacity from them.
+bench-postgres: install
+	$(VENV)/bin/python -m tests.bench.postgres_cost
+
 soak: install
 	$(VENV)/bin/python -m tests.soak
 
