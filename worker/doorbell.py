@@ -38,9 +38,12 @@ def priority_lists(queue: str) -> list[str]:
 
 
 class RedisDoorbell:
-    def __init__(self, broker_url: str, queue: str) -> None:
-        self.client = redis.Redis.from_url(broker_url, socket_timeout=30,
-                                           socket_connect_timeout=5, health_check_interval=30)
+    def __init__(self, broker_url: str, queue: str, max_wait: float = 1.0) -> None:
+        # A BLMPOP answers within its own timeout (at most `max_wait`), so a reply later
+        # than that plus a margin means a broker that is gone or cut off, not a slow one:
+        # the socket gives up then, and the worker claims without wake-ups meanwhile.
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=max_wait + 2,
+                                           socket_connect_timeout=2, health_check_interval=30)
         self.keys = priority_lists(queue)
 
     def wait(self, count: int, timeout: float) -> int:
@@ -81,5 +84,6 @@ class KombuDoorbell:
 
 def make_doorbell(settings: Settings, celery: Celery) -> Doorbell:
     if is_redis(settings.broker_url):
-        return RedisDoorbell(settings.broker_url, settings.queue_name)
+        return RedisDoorbell(settings.broker_url, settings.queue_name,
+                             max_wait=settings.claim_poll_seconds)
     return KombuDoorbell(celery, settings.queue_name)

@@ -2,9 +2,11 @@
 
 One thread claims: when the worker has room it takes the waiting wake-up messages and
 claims up to that many queued jobs of its model from Postgres in one statement, in
-priority order. Preparing (fetch from the store and check the bytes against the upload's
-hash, or fetch an image given by reference; check the limits, decode, resize) runs on a
-small thread pool, and each prepared request goes to the micro-batcher with a callback
+priority order. Wake-ups only shorten the wait between claims: when the broker fails, the
+thread claims every `VLMQ_CLAIM_POLL_SECONDS` without them and tries the broker again
+later. Preparing (fetch from the store and check the bytes against the upload's hash, or
+fetch an image given by reference; check the limits, decode, resize) runs on a small
+thread pool, and each prepared request goes to the micro-batcher with a callback
 that hands its outcome to the recorder, so no thread waits on a job. An image that fails
 its checks fails its job alone, before the engine sees it.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # A job present at this many engine failures runs alone, so a poison input fails by itself.
 SOLO_AFTER_ENGINE_FAILURES = 2
+# After the broker fails, wake-ups are not waited for again for this long: a broker that is
+# down or cut off would otherwise cost a timeout before every claim.
+BROKER_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Intake:
         # saves a round trip per freed slot when the queue is long.
         self.min_claim = max(1, ctx.settings.max_batch_size // 4)
         self.stopping = threading.Event()
+        self._broker_back_at = 0.0  # time.monotonic() from which wake-ups are tried again
         self._pool = ThreadPoolExecutor(ctx.settings.prepare_threads, "prepare")
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
 
@@ -86,11 +93,10 @@ class Intake:
             if busy and not self.inflight.wait_for_room(self.min_claim, timeout=0.5):
                 continue
             room = self.inflight.room()
+            self._wait_for_wakeup(room, self.settings.claim_poll_seconds if drained else 0.0)
+            if self.stopping.is_set():
+                break
             try:
-                wait = self.settings.claim_poll_seconds if drained else 0.0
-                self.doorbell.wait(room, timeout=wait)
-                if self.stopping.is_set():
-                    break
                 claimed = self._claim(room)
             except Exception as exc:
                 log_failure(log, "claiming jobs failed; retrying in 1s", exc)
@@ -100,6 +106,21 @@ class Intake:
             for job in claimed:
                 self.inflight.add(job.id, job.attempt)
                 self._pool.submit(self._prepare_and_submit, job)
+
+    def _wait_for_wakeup(self, room: int, timeout: float) -> None:
+        """Takes up to `room` wake-ups, waiting at most `timeout` for the first. The claim
+        that follows finds the jobs in Postgres either way, so a broker failure is logged
+        and the wait becomes a plain poll until BROKER_RETRY_SECONDS have passed."""
+        if time.monotonic() < self._broker_back_at:
+            self.stopping.wait(timeout)
+            return
+        try:
+            self.doorbell.wait(room, timeout=timeout)
+        except Exception as exc:
+            log_failure(log, "waiting for wake-ups failed; claiming every %.1fs without them, "
+                        "broker retried in %.0fs", exc, self.settings.claim_poll_seconds,
+                        BROKER_RETRY_SECONDS)
+            self._broker_back_at = time.monotonic() + BROKER_RETRY_SECONDS
 
     def _claim(self, room: int) -> list[ClaimedJob]:
         s = self.settings
