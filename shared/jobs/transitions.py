@@ -363,12 +363,16 @@ def expire_overdue(session: Session, now: datetime, message: str, limit: int = 1
         select(Job.id)
         .where(_from("expire_overdue"), Job.expires_at < now, Job.batch_id.is_(None))
         .limit(limit)
-        .scalar_subquery()
+        # Materialized, so the overdue jobs are found once: as an IN-subquery, with stale
+        # statistics on a queue grown from empty, Postgres planned a nested loop that
+        # rescanned the queued rows for each one (0.2-0.8 s a sweep at 2,000 queued).
+        .cte("overdue")
+        .prefix_with("MATERIALIZED")
     )
     rows = _execute_move(
         session,
         update(Job)
-        .where(Job.id.in_(overdue), _from("expire_overdue"))
+        .where(Job.id.in_(select(overdue.c.id)), _from("expire_overdue"))
         .values(status=target, finished_at=now, error_code="expired", error_message=message)
         .returning(*_MOVED_COLUMNS),
         target, now,
