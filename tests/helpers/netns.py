@@ -29,6 +29,7 @@ from typing import Any
 PREFIX = "vlmqt-"
 _CLONE_NEWNET = 0x40000000
 _NETNS_DIR = Path("/run/netns")
+_NOWHERE_MAC = "02:00:00:00:00:01"  # locally administered; no interface here has it
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -215,13 +216,20 @@ class Network:
         _ip("link", "set", host.port, "up", netns=self.hub.netns)
 
     def strand(self, host: Host, address: str) -> None:
-        """Packets from `host` to `address` go to a next hop that does not exist, so they are
-        lost without an answer (as across a partition) while the rest of its traffic flows."""
-        nowhere = str(self.subnet.broadcast_address - 1)
-        _ip("route", "add", f"{address}/32", "via", nowhere, netns=host.netns)
+        """Packets from `host` to `address` go to a next hop that does not exist, known by a
+        made-up hardware address so that nothing even says it is unreachable: they are lost
+        without an answer, as across a partition, while the rest of its traffic flows."""
+        _ip("neigh", "replace", self._nowhere, "lladdr", _NOWHERE_MAC, "dev", "eth0",
+            "nud", "permanent", netns=host.netns)
+        _ip("route", "add", f"{address}/32", "via", self._nowhere, netns=host.netns)
 
     def unstrand(self, host: Host, address: str) -> None:
         _ip("route", "del", f"{address}/32", netns=host.netns, check=False)
+        _ip("neigh", "del", self._nowhere, "dev", "eth0", netns=host.netns, check=False)
+
+    @property
+    def _nowhere(self) -> str:
+        return str(self.subnet.broadcast_address - 1)  # hosts are numbered from .10 up
 
     def destroy(self) -> None:
         for name in reversed(self._names):

@@ -317,9 +317,13 @@ def statuses(site: Site, ids: list[str]) -> Counter[str]:
 
 
 def check_webhooks(site: Site, label: str, ids: list[str]) -> dict[str, int]:
-    """Every job got exactly one job.succeeded event (one webhook-id, possibly retried);
-    returns each job's attempts as its webhook told them."""
-    hits = [h for h in site.receiver.received if h.path == f"/{label}"]
+    """Every job got exactly one job.succeeded event (one webhook-id), signed, delivered
+    once; returns each job's attempts as its webhook told them."""
+    delivered = ("SELECT count(*) FROM webhook_deliveries "
+                 "WHERE status = 'succeeded' AND job_id = ANY(%s::uuid[])")
+    wait_until(lambda: site.sql(delivered, ids)[0][0] == len(ids), 60,
+               f"{label}: webhooks not all delivered")
+    hits = [h for h in list(site.receiver.received) if h.path == f"/{label}"]
     by_id: dict[str, set[str]] = defaultdict(set)  # webhook-id -> job ids
     events: dict[str, set[str]] = defaultdict(set)  # job id -> webhook-ids
     attempts: dict[str, int] = {}
@@ -332,6 +336,9 @@ def check_webhooks(site: Site, label: str, ids: list[str]) -> dict[str, int]:
         events[job["id"]].add(hit.headers["webhook-id"])
         attempts[job["id"]] = job["attempts"]
     assert {k: v for k, v in by_id.items() if len(v) != 1} == {}, "a webhook-id for two jobs"
+    # Standard Webhooks allow redelivery of an id; a receiver that answers at once needs none.
+    repeated = Counter(h.headers["webhook-id"] for h in hits) - Counter(by_id.keys())
+    assert not repeated, f"delivered more than once: {repeated}"
     assert {k: v for k, v in events.items() if len(v) != 1} == {}, "a job with two events"
     assert set(events) == set(ids)
     rows = site.sql("SELECT job_id::text, count(*), bool_and(status = 'succeeded') "
@@ -390,10 +397,6 @@ def test_link_cut_longer_than_the_lease(site: Site) -> None:
     # w1's results for the reaped jobs reach Postgres once its connections retransmit.
     wait_until(lambda: site.worker_counts(site.w1)["discarded"] > before["discarded"], 60,
                "w1 never sent its late results")
-    site.receiver.wait_for(JOBS, timeout=60)
-    wait_until(lambda: site.sql("SELECT count(*) FROM webhook_deliveries "
-                                "WHERE status = 'succeeded'")[0][0] >= JOBS,
-               60, "webhooks not all delivered")
     print(f"drained in {drained:.1f}s")
 
     assert statuses(site, submitted) == Counter(succeeded=JOBS)
@@ -417,6 +420,32 @@ def test_link_cut_longer_than_the_lease(site: Site) -> None:
     assert {job_id for job_id, n in hook_attempts.items() if n > 1} == reaped
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "worker/upkeep.py sends Flower's worker heartbeat to Redis on the thread that renews "
+    "leases and the registry row, with no socket timeout: a silent Redis stalls both, so "
+    "the worker's leases lapse and its jobs are reaped although Postgres is reachable"))
+def test_worker_beats_without_redis(site: Site) -> None:
+    """Redis cut off from w2 for twice the lease: its upkeep beat (lease renewals, its row
+    in the registry) must go on, as it needs only Postgres."""
+    pid = site.workers["w2"].proc.pid
+
+    def silent() -> float:
+        """Seconds since w2's last beat (its worker id holds its pid)."""
+        [(seconds,)] = site.sql("SELECT extract(epoch from now() - last_seen_at) FROM workers "
+                                "WHERE id LIKE %s", f"%:{pid}:%")
+        return float(seconds)
+
+    wait_until(lambda: silent() < 1.5, 30, "w2 does not beat even with Redis")
+    site.net.strand(site.w2, site.redis_address)
+    try:
+        time.sleep(2 * LEASE_SECONDS)
+        since = silent()
+    finally:
+        site.net.unstrand(site.w2, site.redis_address)
+    print(f"\nw2's last beat {since:.1f}s before the end of a {2 * LEASE_SECONDS}s cut")
+    assert since < LEASE_SECONDS
+
+
 def test_redis_cut_from_a_worker_host(site: Site) -> None:
     before = site.worker_counts(site.w2)
     site.net.strand(site.w2, site.redis_address)
@@ -427,9 +456,11 @@ def test_redis_cut_from_a_worker_host(site: Site) -> None:
         after = site.worker_counts(site.w2)
     finally:
         site.net.unstrand(site.w2, site.redis_address)
-    site.receiver.wait_for(JOBS + POLL_JOBS, timeout=60)
     took = after["succeeded"] - before["succeeded"]
-    print(f"\nw2, without Redis, ran {took:.0f} of {POLL_JOBS} jobs through its poll")
+    attempts = Counter(n for (n,) in site.sql(
+        "SELECT attempts FROM jobs WHERE id = ANY(%s::uuid[])", ids))
+    print(f"\nw2, without Redis, ran {took:.0f} of {POLL_JOBS} jobs through its poll; "
+          f"attempts {dict(attempts)}")
     assert "waiting for wake-ups failed" in site.workers["w2"].log_text(), "Redis was not cut"
     # w1 still has its wake-ups; w2's share shows its claims went on without them.
     assert took >= POLL_JOBS // 5, "w2 stopped claiming without its wake-ups"
