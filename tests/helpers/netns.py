@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,11 +116,16 @@ def _owner_alive(netns: str) -> bool:
 
 def remove_leftovers() -> list[str]:
     """Deletes the namespaces (and what runs in them) of earlier test processes that died
-    without cleaning up; a live process's namespaces are left alone."""
+    without cleaning up, and their folders named like them in the temporary directory (see
+    `Network.temp_dir`); a live process's are left alone."""
     names = [line.split()[0] for line in _ip("netns", "list", check=False).splitlines() if line]
     gone = [n for n in names if n.startswith(PREFIX) and not _owner_alive(n)]
     for name in gone:
         _kill_and_delete(name)
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        if not _owner_alive(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(str(folder))
     return gone
 
 
@@ -174,6 +180,11 @@ class Network:
         _ip("addr", "add", f"{self._addr(1)}/24", "dev", "br0", netns=hub)
         _ip("link", "set", "br0", "up", netns=hub)
         self.hub = Host("hub", hub, self._addr(1), "br0")
+
+    def temp_dir(self, role: str) -> Path:
+        """A new folder for a server's files, found and removed by `remove_leftovers` if
+        this process dies before removing it."""
+        return Path(tempfile.mkdtemp(prefix=f"{self.tag}-{role}-"))
 
     def _addr(self, n: int) -> str:
         return str(self.subnet.network_address + n)

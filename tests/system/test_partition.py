@@ -25,7 +25,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -77,13 +76,13 @@ class HubPostgres:
     """initdb + pg_ctl in a temporary folder (as the postgres user, initdb refuses root),
     the server started inside the hub and listening on the hub's address only."""
 
-    def __init__(self, hub: Host) -> None:
+    def __init__(self, hub: Host, home: Path) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not found:
             pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
         self.bin = Path(found[-1]).parent
         self.hub = hub
-        self.home = Path(tempfile.mkdtemp(prefix="vlmq-pg-partition-"))
+        self.home = home
         self.data = self.home / "data"
         self.url = f"postgresql://postgres@{hub.address}:{PG_PORT}/postgres"
         user = pwd.getpwnam("postgres")
@@ -220,7 +219,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         api_host, w1, w2 = net.add_host("api"), net.add_host("w1"), net.add_host("w2")
         redis_address = net.add_hub_address()
-        pg = HubPostgres(net.hub)
+        pg = HubPostgres(net.hub, net.temp_dir("pg"))
         pg.start(str(net.subnet))
         others.append(net.hub.popen(
             ["redis-server", "--bind", redis_address, "--port", str(REDIS_PORT),
