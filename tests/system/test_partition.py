@@ -11,8 +11,11 @@ touched.
   leases lapse, the control process's sweeper requeues its jobs and w2 runs them; when
   the link returns, w1's results for them are refused by fencing. Every job succeeds
   once, and each gets one job.succeeded webhook (one webhook-id).
-- Redis cut off from w2 alone: w2 no longer hears wake-ups, and still claims its share
-  of a drain through its own poll of Postgres.
+- Redis cut off from w2 alone (silently: its packets to Redis go nowhere): w2 no longer
+  hears wake-ups, and still claims its share of a drain through its own poll of Postgres.
+  A strict xfail records what such a cut still breaks: the worker's upkeep beat.
+
+Ports are fixed: each namespace has its own. Skipped without root or iproute2.
 """
 
 from __future__ import annotations
