@@ -1,4 +1,5 @@
-"""The GPU worker's periodic upkeep, one thread, plus a listener for aborts:
+"""The GPU worker's periodic upkeep, one thread, plus on Redis a listener for aborts and a
+sender of Flower's heartbeats:
 
 - keeps this worker's row in the registry fresh, so the API knows its model is served;
 - renews the leases of the jobs it holds (fenced by the attempt it claimed);
@@ -6,7 +7,8 @@
   reaped by the sweeper and claimed elsewhere. The abort message on Redis does this at
   once; the beat is the backstop when the message is missed or the broker has no pub/sub;
 - on Redis, sends Celery's worker heartbeat event, so Flower lists the worker and its load
-  (its jobs' task events, shared/task_events.py, carry the same node name).
+  (its jobs' task events, shared/task_events.py, carry the same node name), from a thread
+  of its own: a silent broker stalls the heartbeat, never the lease renewals.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ class Upkeep:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, name="upkeep", daemon=True)]
         if is_redis(self.settings.broker_url):
+            # Redis's threads of their own: a silent broker must never hold up the beat,
+            # whose lease renewals need Postgres alone.
             self._threads.append(
                 threading.Thread(target=self._listen_for_aborts, name="aborts", daemon=True))
+            self._threads.append(threading.Thread(target=self._run_heartbeats,
+                                                  name="heartbeats", daemon=True))
 
     @property
     def node_name(self) -> str:
@@ -93,6 +99,10 @@ class Upkeep:
                 # A database hiccup must not kill the worker; the next beat retries.
                 log_failure(log, "upkeep beat failed", exc)
 
+    def _run_heartbeats(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            self._announce("worker-heartbeat")
+
     def _announce(self, event: str) -> None:
         if not is_redis(self.settings.broker_url):
             return
@@ -107,7 +117,6 @@ class Upkeep:
             log.debug("could not send the %s event", event, exc_info=True)
 
     def _beat(self) -> None:
-        self._announce("worker-heartbeat")
         claims = self.inflight.claims()
         with self.ctx.sessions() as session:
             if not workers_repo.heartbeat(session, self.worker_id):

@@ -13,7 +13,8 @@ touched.
   once, and each gets one job.succeeded webhook (one webhook-id).
 - Redis cut off from w2 alone (silently: its packets to Redis go nowhere): w2 no longer
   hears wake-ups, and still claims its share of a drain through its own poll of Postgres.
-  A strict xfail records what such a cut still breaks: the worker's upkeep beat.
+  Its upkeep beat (lease renewals, its row in the registry) goes on meanwhile: it needs
+  Postgres alone.
 
 Ports are fixed: each namespace has its own. Skipped without root or iproute2.
 """
@@ -422,10 +423,6 @@ def test_link_cut_longer_than_the_lease(site: Site) -> None:
     assert {job_id for job_id, n in hook_attempts.items() if n > 1} == reaped
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker/upkeep.py sends Flower's worker heartbeat to Redis on the thread that renews "
-    "leases and the registry row, with no socket timeout: a silent Redis stalls both, so "
-    "the worker's leases lapse and its jobs are reaped although Postgres is reachable"))
 def test_worker_beats_without_redis(site: Site) -> None:
     """Redis cut off from w2 for twice the lease: its upkeep beat (lease renewals, its row
     in the registry) must go on, as it needs only Postgres."""
