@@ -464,3 +464,24 @@ def test_redis_cut_from_a_worker_host(site: Site) -> None:
     # w1 still has its wake-ups; w2's share shows its claims went on without them.
     assert took >= POLL_JOBS // 5, "w2 stopped claiming without its wake-ups"
     check_webhooks(site, "poll", ids)
+
+
+def test_the_sweeper_moves_on_when_its_host_goes_silent(site: Site) -> None:
+    """The control process holds the sweeper's lock; its host's link is cut. Postgres
+    probes the lock's silent session (shared/exclusive.py), ends it, and a worker takes the
+    lock and sweeps; when the link returns, the control process finds its lock gone."""
+    holder = "this process is the sweeper now"
+    assert all(holder not in w.log_text() for w in site.workers.values())
+    site.net.cut(site.api_host)
+    started = time.monotonic()
+    try:
+        wait_until(lambda: any(holder in w.log_text() for w in site.workers.values()), 40,
+                   "no worker took the sweeper's lock from the silent control process")
+        took = time.monotonic() - started
+    finally:
+        site.net.restore(site.api_host)
+    print(f"\na worker took the sweeper's lock {took:.1f}s after the control host went silent")
+    wait_until(lambda: "sweeper: the lock was lost" in site.control.log_text()
+               or "sweeper: lock unavailable" in site.control.log_text(), 40,
+               "the control process did not notice it lost the lock")
+    assert site.control.proc.poll() is None
