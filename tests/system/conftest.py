@@ -31,8 +31,8 @@ from tests.helpers.store import s3_client
 # that run longest go first and the two workers finish together instead of one waiting on
 # a long file started last.
 LONGEST_FIRST = ("test_vllm_engine", "test_structured_output", "test_multi_image",
-                 "test_faults", "test_demo", "test_api_memory", "test_openapi",
-                 "test_batch_expansion", "test_gpu_check")
+                 "test_faults", "test_partition", "test_demo", "test_api_memory",
+                 "test_openapi", "test_batch_expansion", "test_gpu_check")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
