@@ -8,17 +8,13 @@ for the run; the machine's own Postgres configuration is never touched.
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import psutil
 
-from tests.helpers.services import free_port
+from tests.helpers.private_pg import PrivatePostgres, server_binaries
 
 # Each vlmq process connects as a role of its own, so pg_stat_statements (keyed by user)
 # and pg_stat_activity (usename) attribute statements and backends to the process kind.
@@ -41,35 +37,17 @@ SETTINGS = {
 }
 
 
-class PrivateCluster:
+class PrivateCluster(PrivatePostgres):
+    """A private cluster with the statistics extensions loaded (SETTINGS), read for CPU and
+    WAL besides."""
+
     def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
+        bin_dir = server_binaries()
+        if bin_dir is None:
             raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = Path(found[-1]).parent
-        self.version = self.bin.parent.name
-        self.home = Path(tempfile.mkdtemp(prefix="vlmq-pgcost-"))
-        self.data = self.home / "data"
-        self.port = free_port()
-        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            user = pwd.getpwnam("postgres")
-            os.chown(self.home, user.pw_uid, user.pw_gid)
-
-    def _run(self, tool: str, *args: str) -> str:
-        argv = [str(self.bin / tool), *args]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        return subprocess.run(argv, check=True, capture_output=True, text=True,
-                              timeout=120).stdout
-
-    def start(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        options = " ".join([f"-p {self.port}", f"-k {self.home}",
-                            "-c listen_addresses=127.0.0.1",
-                            *(f"-c {k}={v}" for k, v in SETTINGS.items())])
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "postgres.log"),
-                  "-o", options, "-w", "start")
+        super().__init__(bin_dir, home=Path(tempfile.mkdtemp(prefix="vlmq-pgcost-")),
+                         settings=SETTINGS)
+        self.admin_url = self.url
 
     def postmaster(self) -> psutil.Process:
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
@@ -100,7 +78,7 @@ class PrivateCluster:
         out: dict[str, int] = {"records": 0, "record_bytes": 0, "fpi_bytes": 0}
         if start_lsn == end_lsn:
             return out
-        text = self._run("pg_waldump", "-p", str(self.data / "pg_wal"), "-s", start_lsn,
+        text = self.run("pg_waldump", "-p", str(self.data / "pg_wal"), "-s", start_lsn,
                          "-e", end_lsn, "--stats=record")
         for line in text.splitlines():
             # Type  N  (%)  Record size  (%)  FPI size  (%)  Combined size  (%)
@@ -118,12 +96,4 @@ class PrivateCluster:
 
     def keep_log(self, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.home / "postgres.log", dest)
-
-    def destroy(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.home, ignore_errors=True)
-
+        shutil.copyfile(self.log_path, dest)

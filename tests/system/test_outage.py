@@ -10,27 +10,22 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
 from tests.helpers.images import png_bytes
+from tests.helpers.private_pg import PrivatePostgres, server_binaries
 from tests.helpers.services import RedisServer, free_port, start_api, start_worker, stop, wait_http
 from tests.helpers.stack import Stack
 
@@ -41,50 +36,12 @@ PARKED = "parked"  # no worker serves it, so accepted jobs stay queued
 ECHO_MODEL = "outage-echo"
 
 
-class PrivatePostgres:
-    """initdb + pg_ctl in a temporary folder, as the postgres user when run as root."""
-
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = Path(found[-1]).parent
-        self.home = Path(tempfile.mkdtemp(prefix="vlmq-pg-"))
-        self.data = self.home / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            user = pwd.getpwnam("postgres")
-            os.chown(self.home, user.pw_uid, user.pw_gid)
-
-    def _run(self, tool: str, *args: str) -> None:
-        argv = [str(self.bin / tool), *args]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=60)
-
-    def start(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "postgres.log"),
-                  "-o", options, "-w", "start")
-
-    def restart(self) -> None:
-        """`-m fast`: every open connection is cut, as in a failover or an upgrade."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "restart")
-
-    def destroy(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[PrivatePostgres]:
-    pg = PrivatePostgres()
+    bin_dir = server_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+    pg = PrivatePostgres(bin_dir)
     try:
         pg.start()
         yield pg

@@ -22,10 +22,7 @@ Ports are fixed: each namespace has its own. Skipped without root or iproute2.
 from __future__ import annotations
 
 import base64
-import glob
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -49,6 +46,7 @@ from standardwebhooks.webhooks import Webhook
 from tests.helpers import netns
 from tests.helpers.images import png_bytes
 from tests.helpers.netns import Host, Network
+from tests.helpers.private_pg import PrivatePostgres, server_binaries
 from tests.helpers.services import Service, stop, wait_http
 from tests.helpers.stack import Stack, make_stack
 from tests.helpers.webhook_receiver import Receiver
@@ -74,51 +72,6 @@ REAPED_SO_FAR = """
            count(*) FILTER (WHERE status = 'running' AND attempts > 1)
     FROM jobs
 """
-
-
-class HubPostgres:
-    """initdb + pg_ctl in a temporary folder (as the postgres user, initdb refuses root),
-    the server started inside the hub and listening on the hub's address only."""
-
-    def __init__(self, hub: Host, home: Path) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = Path(found[-1]).parent
-        self.hub = hub
-        self.home = home
-        self.data = self.home / "data"
-        self.url = f"postgresql://postgres@{hub.address}:{PG_PORT}/postgres"
-        user = pwd.getpwnam("postgres")
-        os.chown(self.home, user.pw_uid, user.pw_gid)
-
-    def _run(self, tool: str, *args: str) -> None:
-        argv = self.hub.wrap(["runuser", "-u", "postgres", "--", str(self.bin / tool), *args])
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=60)
-
-    def start(self, clients: str) -> None:
-        """`clients`: the network (CIDR) whose hosts may connect, without a password."""
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        with (self.data / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {clients} trust\n")
-        # A throwaway database: durability buys nothing here and costs the shared CPUs.
-        # A client cut off between a statement and its COMMIT leaves its session idle in a
-        # transaction, holding row locks that would stall the sweeper for the whole cut;
-        # the timeout ends such sessions, as a production server should be set to.
-        options = (f"-p {PG_PORT} -k {self.home} -c listen_addresses={self.hub.address} "
-                   "-c max_connections=300 -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off "
-                   f"-c idle_in_transaction_session_timeout={LEASE_SECONDS * 1000}")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "postgres.log"),
-                  "-o", options, "-w", "start")
-
-    def destroy(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class HostService(Service):
@@ -216,15 +169,27 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     netns.remove_leftovers()
     log_dir = tmp_path_factory.mktemp("partition")
     net = Network()
-    pg: HubPostgres | None = None
+    pg: PrivatePostgres | None = None
     others: list[subprocess.Popen[bytes]] = []
     services: list[Service] = []
     receiver: Receiver | None = None
     try:
         api_host, w1, w2 = net.add_host("api"), net.add_host("w1"), net.add_host("w2")
         redis_address = net.add_hub_address()
-        pg = HubPostgres(net.hub, net.temp_dir("pg"))
-        pg.start(str(net.subnet))
+        bin_dir = server_binaries()
+        if bin_dir is None:
+            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+        # A throwaway database: durability buys nothing here and costs the shared CPUs.
+        # A client cut off between a statement and its COMMIT leaves its session idle in a
+        # transaction, holding row locks that would stall the sweeper for the whole cut;
+        # the timeout ends such sessions, as a production server should be set to.
+        pg = PrivatePostgres(
+            bin_dir, home=net.temp_dir("pg"), address=net.hub.address, port=PG_PORT,
+            clients=str(net.subnet), wrap=net.hub.wrap, settings={
+                "max_connections": "300", "fsync": "off", "synchronous_commit": "off",
+                "full_page_writes": "off",
+                "idle_in_transaction_session_timeout": str(LEASE_SECONDS * 1000)})
+        pg.start()
         others.append(net.hub.popen(
             ["redis-server", "--bind", redis_address, "--port", str(REDIS_PORT),
              "--protected-mode", "no", "--save", "", "--appendonly", "no",
