@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import DatabaseSettings
@@ -61,6 +62,13 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def upsert_insert(bind: Connection | Engine, table: Any) -> Any:
+    """`INSERT` of the bind's dialect, the form that takes `on_conflict_do_update` (Postgres
+    in production, SQLite in the embedded setup)."""
+    module = postgresql if bind.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

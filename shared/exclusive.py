@@ -122,11 +122,13 @@ class ExclusiveLoop:
             self._release()
         conn = self.engine.connect()
         try:
-            conn.execute(_LOCK_SESSION)
             taken = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
                                  {"key": self.lock_key}).scalar()
+            if taken:  # the holder's session alone: the others try again each period
+                conn.execute(_LOCK_SESSION)
             conn.commit()  # session-level lock: it outlives this transaction
         except Exception:
+            conn.invalidate()  # closing its session ends a lock it may have taken
             conn.close()
             raise
         if not taken:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Exists, ScalarSelect, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import upsert_insert
 from shared.models import ModelColdStart, Worker
 from shared.timeutil import utcnow
 
@@ -76,9 +76,8 @@ def is_live(session: Session, model: str, ttl_seconds: float) -> bool:
 def record_cold_start(session: Session, model: str, seconds: float) -> None:
     """The model's cold start is now `seconds`: the last measured is the one that counts,
     as a new release or node type changes it."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(ModelColdStart).values(model=model, seconds=seconds,
-                                                 measured_at=utcnow())
+    stmt = upsert_insert(session.get_bind(), ModelColdStart).values(
+        model=model, seconds=seconds, measured_at=utcnow())
     session.execute(stmt.on_conflict_do_update(
         index_elements=[ModelColdStart.model],
         set_={"seconds": stmt.excluded.seconds, "measured_at": stmt.excluded.measured_at}))

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import Insert
 from sqlalchemy.orm import Session
 
+from shared.db import upsert_insert
 from shared.jobs.status import JobStatus
 from shared.models import Job, UsageHour, UtcDateTime
 from shared.timeutil import as_utc
@@ -203,7 +204,6 @@ class Tally:
             for (tenant, model, hour), counts in sorted(self._rows.items())
         ]
         bind = conn.get_bind() if isinstance(conn, Session) else conn
-        module = postgresql if bind.dialect.name == "postgresql" else sqlite
-        stmt = module.insert(_LEDGER).values(values)
+        stmt = upsert_insert(bind, _LEDGER).values(values)
         conn.execute(_upsert(stmt, COUNTERS))  # type: ignore[arg-type]
         self._rows.clear()
