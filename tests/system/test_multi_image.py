@@ -255,6 +255,18 @@ def test_too_many_no_or_a_bad_image_is_a_400_with_nothing_stored(
         data={"prompt": "p", "model": model})
     assert bad_form.status_code in (400, 415), bad_form.text
     assert "images[1]: " in bad_form.json()["error"]["message"]
+    two = [{"base64": b64(1)}, {"base64": b64(2)}]
+    hostile: list[object] = [[[0], [1]], ["0", "x"], [0, -1], list(range(65)), [0, 10**30],
+                             {"a": 1}, "0,1", [0, 1.5], [[[[[[[[0]]]]]]]] * 2]
+    for offsets in hostile:
+        refused = client.post("/v1/jobs", json={"prompt": "Front: Back:", "model": model,
+                                                 "images": two, "image_offsets": offsets})
+        assert refused.status_code in (400, 422), (offsets, refused.text)
+        assert "image_offsets" in refused.json()["error"]["message"], refused.text
+    form = client.post("/v1/jobs", files=[
+        ("image", ("a.png", png(1), "image/png")), ("image", ("b.png", png(2), "image/png"))],
+        data={"prompt": "p", "model": model, "image_offsets": ["0", "not a number"]})
+    assert form.status_code in (400, 422) and "image_offsets" in form.text, form.text
     assert count_objects(s3, stack.settings.store_url) == before
 
 
