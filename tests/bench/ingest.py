@@ -7,13 +7,12 @@ and the PNGs are encoded before the clock starts, so the figure is the API's own
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from tests.bench import cpu_profile
+from tests.bench.clients import fan_out, submit_upload
 from tests.bench.procwatch import cpu_seconds
 from tests.bench.stack import PARKED_MODEL
 from tests.bench.workload import Workload
@@ -24,10 +23,7 @@ WARM_UP = 16
 def upload(client: httpx.Client, w: Workload, i: int, png: bytes) -> float:
     """One multipart submit of a parked job; returns its round trip in seconds."""
     start = time.perf_counter()
-    resp = client.post("/v1/jobs", files={"image": (f"{i}.png", png, "image/png")},
-                       data={"prompt": w.prompt(i), "model": PARKED_MODEL,
-                             "max_tokens": str(w.max_tokens), "temperature": "0"})
-    resp.raise_for_status()
+    submit_upload(client, w, PARKED_MODEL, i, png)
     return time.perf_counter() - start
 
 
@@ -39,23 +35,10 @@ def measure_ingest(base: str, headers: dict[str, str], api_pid: int,
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         for i in range(WARM_UP):
             upload(client, w, i, pngs[i])
-    todo = iter(range(WARM_UP, len(pngs)))
-    lock = threading.Lock()
-
-    def client_loop() -> None:
-        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
-            while True:
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                upload(client, w, i, pngs[i])
-
     split_before, cpu_before = cpu_profile.snapshot(), cpu_seconds(api_pid)
     start = time.perf_counter()
-    with ThreadPoolExecutor(w.upload_threads) as pool:
-        for f in [pool.submit(client_loop) for _ in range(w.upload_threads)]:
-            f.result()
+    fan_out(base, headers, w.upload_threads, range(WARM_UP, len(pngs)),
+            lambda client, i: upload(client, w, i, pngs[i]))
     seconds = time.perf_counter() - start
     api_cpu = cpu_seconds(api_pid) - cpu_before
     split = cpu_profile.delta(split_before, cpu_profile.snapshot())

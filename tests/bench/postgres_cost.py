@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.bench.clients import fan_out, submit_upload
 from tests.bench.pgcluster import ROLES, PrivateCluster
 from tests.bench.pgmeter import HARNESS, RECORD_KINDS, Cost, Meter
 from tests.bench.stack import Stack, alive, stack
@@ -72,35 +73,10 @@ def make_roles(admin_url: str) -> None:
             conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
 
 
-def upload(client: httpx.Client, w: Workload, model: str, i: int, png: bytes) -> str:
-    resp = client.post("/v1/jobs", files={"image": (f"{i}.png", png, "image/png")},
-                       data={"prompt": w.prompt(i), "model": model,
-                             "max_tokens": str(w.max_tokens), "temperature": "0"})
-    resp.raise_for_status()
-    return resp.json()["id"]
-
-
 def submit_all(base: str, headers: dict[str, str], w: Workload, model: str, n: int,
                pngs: list[bytes]) -> list[str]:
-    ids: list[str] = []
-    todo = iter(range(n))
-    lock = threading.Lock()
-
-    def client_loop() -> None:
-        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
-            while True:
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                job_id = upload(client, w, model, i, pngs[i % len(pngs)])
-                with lock:
-                    ids.append(job_id)
-
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-        for f in [pool.submit(client_loop) for _ in range(CLIENT_THREADS)]:
-            f.result()
-    return ids
+    return fan_out(base, headers, CLIENT_THREADS, range(n), lambda client, i: str(
+        submit_upload(client, w, model, i, pngs[i % len(pngs)]).json()["id"]))
 
 
 def poll_finished(base: str, headers: dict[str, str], ids: list[str]) -> None:
